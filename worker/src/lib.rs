@@ -14,9 +14,23 @@
 //! - [`secret`]: a string that never reaches logs, events or metrics.
 //! - [`intake`]: the Screwdriver wire format, decoded into typed jobs or refused as poison.
 //! - [`naming`]: pod names, labels and annotation keys, and Kubernetes syntax rules.
+//! - [`events`]: lifecycle CloudEvents and their deterministic ids.
+//! - [`broker`]: connection supervisor, topology, consuming, confirmed publishing.
+//! - [`health`]: readiness flags behind `/readyz`.
+//! - [`telemetry`]: metric names and recording functions, log set-up.
+//! - [`http`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`tombstones`]: builds known to be stopped.
+//! - [`cache`]: `clear` messages (disk cache removal), path-safe.
 #![forbid(unsafe_code)]
 
+pub mod broker;
+pub mod cache;
 pub mod config;
+pub mod events;
+pub mod health;
+pub mod http;
 pub mod intake;
 pub mod naming;
 pub mod secret;
+pub mod telemetry;
+pub mod tombstones;

@@ -7,7 +7,7 @@
 mod annotations;
 mod decode;
 
-pub use annotations::{Annotations, ResourceAnnotations, Tier};
+pub use annotations::{Annotations, INTERPRETED_KEYS, ResourceAnnotations, Tier};
 pub use decode::{Limits, decode};
 
 use std::fmt;

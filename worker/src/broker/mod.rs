@@ -1,0 +1,519 @@
+//! Broker: the RabbitMQ connection and everything that rides on it.
+//!
+//! Owns the connection supervisor (connect, declare or check the topology, consume with
+//! `prefetchCount` and manual acks, reconnect with backoff, drain on shutdown), confirmed
+//! publishing ([`Publisher`]), the worker's headers, and the queue-depth sampler. It knows
+//! nothing of builds: each delivery goes to a [`Handler`], which settles it through
+//! [`Settle`].
+
+pub mod headers;
+pub mod publisher;
+pub mod topology;
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::tcp::OwnedTLSConfig;
+use lapin::types::{FieldTable, LongString, ShortString};
+use lapin::{Acker, BasicProperties, Connection, ConnectionProperties, DefaultConnectionBuilder};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+pub use publisher::{Outgoing, PublishError, Publisher, PublisherControl};
+pub use topology::{Topology, TopologyError, TopologyReport};
+
+use crate::health::Readiness;
+use crate::secret::Secret;
+use crate::telemetry::metrics;
+
+/// How often queue depth is sampled.
+const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+/// Reconnect backoff bounds.
+const RECONNECT_MIN: Duration = Duration::from_millis(500);
+const RECONNECT_MAX: Duration = Duration::from_secs(30);
+
+/// Which queue a delivery came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The pool's queue (start, stop, verify, clear; retries come back here too).
+    Main,
+    /// Screwdriver's verify queue (admin-provisioned topology only).
+    Verify,
+}
+
+/// One delivery, with the means to settle it exactly once.
+#[derive(Debug)]
+pub struct Inbound {
+    /// Message body.
+    pub data: Vec<u8>,
+    /// AMQP properties (headers, message id, ...).
+    pub properties: BasicProperties,
+    /// Delivered before (the broker says so: an earlier holder did not settle it).
+    pub redelivered: bool,
+    /// Which queue it came from.
+    pub source: Source,
+    /// When it arrived.
+    pub received: Instant,
+    /// Ack / nack.
+    pub settle: Settle,
+}
+
+/// Settles a delivery exactly once; later calls are no-ops. Shared between the handler and the
+/// supervisor, which returns unsettled deliveries to the queue when the drain deadline passes.
+#[derive(Debug, Clone)]
+pub struct Settle {
+    acker: Acker,
+    settled: Arc<Mutex<bool>>,
+}
+
+impl Settle {
+    fn new(acker: Acker) -> Self {
+        Self {
+            acker,
+            settled: Arc::new(Mutex::new(false)),
+        }
+    }
+
+    fn claim(&self) -> bool {
+        let mut s = self.settled.lock().expect("settle lock poisoned");
+        !std::mem::replace(&mut *s, true)
+    }
+
+    /// Acknowledges: the message is done. Errors (a channel that died meanwhile) are logged:
+    /// the broker will deliver the message again, and handling is idempotent.
+    pub async fn ack(&self) {
+        if self.claim() {
+            if let Err(e) = self.acker.ack(BasicAckOptions::default()).await {
+                warn!(error = %e, "ack failed; the message will be delivered again");
+            }
+        }
+    }
+
+    /// Returns the message to its queue untouched (shutdown, or nothing was done).
+    pub async fn requeue(&self) {
+        if self.claim() {
+            let opts = BasicNackOptions {
+                requeue: true,
+                multiple: false,
+            };
+            if let Err(e) = self.acker.nack(opts).await {
+                warn!(error = %e, "nack failed; the message will be delivered again");
+            }
+        }
+    }
+
+    /// Rejects without requeue: with an admin-provisioned topology this sends the message
+    /// into the administrator's dead-letter delay loop.
+    pub async fn reject(&self) {
+        if self.claim() {
+            let opts = BasicNackOptions {
+                requeue: false,
+                multiple: false,
+            };
+            if let Err(e) = self.acker.nack(opts).await {
+                warn!(error = %e, "nack failed; the message will be delivered again");
+            }
+        }
+    }
+}
+
+/// What the worker does with each delivery.
+pub trait Handler: Send + Sync + 'static {
+    /// Handles one delivery and settles it.
+    fn handle(&self, inbound: Inbound) -> impl Future<Output = ()> + Send;
+
+    /// A `build.stopped` event was seen on the events exchange (from any replica).
+    fn stopped_elsewhere(&self, build_id: u64);
+}
+
+/// Connection parameters.
+#[derive(Debug, Clone)]
+pub struct BrokerOptions {
+    /// AMQP URI (with credentials and heartbeat).
+    pub uri: Secret,
+    /// PEM CA bundle for `amqps`.
+    pub ca_pem: Option<String>,
+    /// Connection name shown in the management UI.
+    pub connection_name: String,
+    /// The topology.
+    pub topology: Topology,
+    /// Consumer prefetch.
+    pub prefetch: u16,
+    /// Longest wait for builds in flight after shutdown starts.
+    pub drain_timeout: Duration,
+}
+
+/// Why the supervisor stopped for good.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The topology does not match the configuration.
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
+}
+
+/// Runs the broker side until `shutdown` is cancelled, then drains: stops consuming, lets
+/// builds in flight finish until the drain deadline, returns the rest to the queue, and
+/// closes the connection. Reconnects with backoff whenever the connection drops.
+pub async fn run<H: Handler>(
+    opts: BrokerOptions,
+    handler: Arc<H>,
+    control: PublisherControl,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> Result<TopologyReport, BrokerError> {
+    let tracker = TaskTracker::new();
+    // Cancelled when the drain deadline passes: unsettled deliveries go back to the queue.
+    let abort = CancellationToken::new();
+    let mut delay = RECONNECT_MIN;
+    let mut first = true;
+    let mut report = TopologyReport::default();
+
+    while !shutdown.is_cancelled() {
+        let connection = tokio::select! {
+            c = connect(&opts) => c,
+            _ = shutdown.cancelled() => break,
+        };
+        let connection = match connection {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                warn!(error = %e, retry_in = ?delay, "cannot connect to the broker");
+                sleep_or_shutdown(jitter(delay), &shutdown).await;
+                delay = (delay * 2).min(RECONNECT_MAX);
+                continue;
+            }
+        };
+        match opts.topology.ensure(&connection).await {
+            Ok(r) => report = r,
+            Err(e) if e.is_fatal() => {
+                error!(error = %e, "broker topology problem");
+                let _ = connection.close(200, "topology problem".into()).await;
+                return Err(e.into());
+            }
+            Err(e) => {
+                warn!(error = %e, "topology check failed; reconnecting");
+                let _ = connection.close(200, "reconnect".into()).await;
+                sleep_or_shutdown(jitter(delay), &shutdown).await;
+                delay = (delay * 2).min(RECONNECT_MAX);
+                continue;
+            }
+        }
+        if !report.dead_queue_exists {
+            warn!(
+                queue = %opts.topology.dead_queue,
+                "dead-letter queue does not exist: refused messages are acknowledged after \
+                 their build is marked failed, as the original worker did"
+            );
+        }
+        control.connected(publisher::channel_pool(connection.clone()));
+        if !first {
+            metrics::broker_reconnected();
+        }
+        first = false;
+
+        let session = Session {
+            opts: &opts,
+            connection: &connection,
+            handler: &handler,
+            tracker: &tracker,
+            abort: &abort,
+            readiness: &readiness,
+            shutdown: &shutdown,
+        };
+        let ended = session.consume().await;
+        readiness.set_consuming(false);
+        metrics::broker_connected(false);
+        control.disconnected();
+        match ended {
+            SessionEnd::Shutdown => {
+                drain(&tracker, &abort, opts.drain_timeout).await;
+                let _ = connection.close(200, "shutdown".into()).await;
+                return Ok(report);
+            }
+            SessionEnd::Lost(reason) => {
+                warn!(%reason, "broker connection lost; reconnecting");
+                delay = RECONNECT_MIN;
+                sleep_or_shutdown(jitter(delay), &shutdown).await;
+            }
+        }
+    }
+    readiness.set_consuming(false);
+    control.disconnected();
+    drain(&tracker, &abort, opts.drain_timeout).await;
+    Ok(report)
+}
+
+enum SessionEnd {
+    Shutdown,
+    Lost(String),
+}
+
+struct Session<'a, H> {
+    opts: &'a BrokerOptions,
+    connection: &'a Arc<Connection>,
+    handler: &'a Arc<H>,
+    tracker: &'a TaskTracker,
+    abort: &'a CancellationToken,
+    readiness: &'a Readiness,
+    shutdown: &'a CancellationToken,
+}
+
+impl<H: Handler> Session<'_, H> {
+    async fn consume(&self) -> SessionEnd {
+        let channel = match self.connection.create_channel().await {
+            Ok(c) => c,
+            Err(e) => return SessionEnd::Lost(format!("cannot open the consume channel: {e}")),
+        };
+        if let Err(e) = channel
+            .basic_qos(self.opts.prefetch, BasicQosOptions::default())
+            .await
+        {
+            return SessionEnd::Lost(format!("basic.qos failed: {e}"));
+        }
+        let tag = format!(
+            "{}-{}",
+            self.opts.connection_name,
+            uuid::Uuid::new_v4().simple()
+        );
+        let mut main = match channel
+            .basic_consume(
+                ShortString::from(self.opts.topology.queue.as_str()),
+                ShortString::from(tag.as_str()),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => return SessionEnd::Lost(format!("basic.consume failed: {e}")),
+        };
+        let verify_tag = format!("{tag}-verify");
+        let mut verify = match &self.opts.topology.verify_queue {
+            Some(q) => match channel
+                .basic_consume(
+                    ShortString::from(q.as_str()),
+                    ShortString::from(verify_tag.as_str()),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+            {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    return SessionEnd::Lost(format!(
+                        "basic.consume of the verify queue failed: {e}"
+                    ));
+                }
+            },
+            None => None,
+        };
+        // The channel is kept alive beside its consumer for the whole session.
+        let (_feed_channel, mut tombstones) = match self.stopped_feed().await {
+            Some((ch, c)) => (Some(ch), Some(c)),
+            None => (None, None),
+        };
+        let sampler = CancellationToken::new();
+        tokio::spawn(sample_queues(
+            self.connection.clone(),
+            self.opts.topology.clone(),
+            sampler.clone(),
+        ));
+        let _sampler_guard = sampler.drop_guard();
+
+        self.readiness.set_consuming(true);
+        metrics::broker_connected(true);
+        info!(queue = %self.opts.topology.queue, prefetch = self.opts.prefetch, "consuming");
+
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => {
+                    self.readiness.set_consuming(false);
+                    let _ = channel.basic_cancel(ShortString::from(tag.as_str()), BasicCancelOptions::default()).await;
+                    if verify.is_some() {
+                        let _ = channel.basic_cancel(ShortString::from(verify_tag.as_str()), BasicCancelOptions::default()).await;
+                    }
+                    // Deliveries that raced the cancel go straight back.
+                    while let Ok(Some(Ok(d))) = tokio::time::timeout(Duration::from_millis(200), main.next()).await {
+                        let _ = d.acker.nack(BasicNackOptions { requeue: true, multiple: false }).await;
+                    }
+                    return SessionEnd::Shutdown;
+                }
+                next = main.next() => match next {
+                    Some(Ok(d)) => self.dispatch(d, Source::Main),
+                    Some(Err(e)) => return SessionEnd::Lost(e.to_string()),
+                    None => return SessionEnd::Lost("consumer cancelled".into()),
+                },
+                next = next_opt(&mut verify) => match next {
+                    Some(Ok(d)) => self.dispatch(d, Source::Verify),
+                    Some(Err(e)) => return SessionEnd::Lost(e.to_string()),
+                    None => return SessionEnd::Lost("verify consumer cancelled".into()),
+                },
+                next = next_opt(&mut tombstones) => {
+                    if let Some(Ok(d)) = next {
+                        if let Some(id) = stopped_build_id(&d.data) {
+                            self.handler.stopped_elsewhere(id);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn dispatch(&self, d: Delivery, source: Source) {
+        let settle = Settle::new(d.acker.clone());
+        let inbound = Inbound {
+            data: d.data,
+            properties: d.properties,
+            redelivered: d.redelivered,
+            source,
+            received: Instant::now(),
+            settle: settle.clone(),
+        };
+        let handler = Arc::clone(self.handler);
+        let abort = self.abort.clone();
+        self.tracker.spawn(async move {
+            tokio::select! {
+                _ = handler.handle(inbound) => {}
+                _ = abort.cancelled() => settle.requeue().await,
+            }
+        });
+    }
+
+    /// An exclusive, server-named queue bound to `build.stopped` on the events exchange, so
+    /// every replica learns of every stop (a `start` consumed later is not launched).
+    async fn stopped_feed(&self) -> Option<(lapin::Channel, lapin::Consumer)> {
+        let exchange = self.opts.topology.events_exchange.as_deref()?;
+        let channel = self.connection.create_channel().await.ok()?;
+        let queue = channel
+            .queue_declare(
+                ShortString::from(""),
+                QueueDeclareOptions::exclusive().auto_delete(),
+                FieldTable::default(),
+            )
+            .await
+            .ok()?;
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                ShortString::from(exchange),
+                ShortString::from(crate::events::EventType::BuildStopped.suffix()),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .ok()?;
+        let consumer = channel
+            .basic_consume(
+                queue.name().clone(),
+                ShortString::from(""),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .ok()?;
+        Some((channel, consumer))
+    }
+}
+
+async fn next_opt(c: &mut Option<lapin::Consumer>) -> Option<lapin::Result<Delivery>> {
+    match c {
+        Some(c) => c.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn stopped_build_id(body: &[u8]) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    v.get("data")?.get("buildId")?.as_u64()
+}
+
+async fn connect(opts: &BrokerOptions) -> lapin::Result<Connection> {
+    let props = ConnectionProperties::default()
+        .with_connection_name(LongString::from(opts.connection_name.as_str()));
+    let mut builder = DefaultConnectionBuilder::new()?
+        .with_uri_str(opts.uri.expose().to_string())
+        .with_properties(props);
+    if let Some(pem) = &opts.ca_pem {
+        builder = builder.with_tls_config(OwnedTLSConfig {
+            identity: None,
+            cert_chain: Some(pem.clone()),
+        });
+    }
+    // lapin retries the TCP connect itself; bound one attempt so readiness and shutdown stay
+    // responsive while the broker is down.
+    tokio::time::timeout(Duration::from_secs(30), builder.connect())
+        .await
+        .map_err(|_| lapin::Error::from(std::io::Error::from(std::io::ErrorKind::TimedOut)))?
+}
+
+/// Waits for builds in flight until the deadline, then returns the rest to the queue.
+async fn drain(tracker: &TaskTracker, abort: &CancellationToken, deadline: Duration) {
+    tracker.close();
+    if tokio::time::timeout(deadline, tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            deadline = ?deadline,
+            "drain deadline passed; returning unfinished messages to the queue"
+        );
+        abort.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+    }
+}
+
+/// Samples ready messages and consumers of the pool's queues every few seconds with passive
+/// declares on a channel of its own (`bcw_queue_messages`, `bcw_queue_consumers`).
+async fn sample_queues(connection: Arc<Connection>, topology: Topology, stop: CancellationToken) {
+    let mut queues = vec![topology.queue.clone(), topology.dead_queue.clone()];
+    queues.extend(topology.retry_queues.iter().map(|(q, _)| q.clone()));
+    queues.extend(topology.verify_queue.iter().cloned());
+    let mut channel: Option<lapin::Channel> = None;
+    loop {
+        for q in &queues {
+            if channel.as_ref().is_none_or(|c| !c.status().connected()) {
+                channel = connection.create_channel().await.ok();
+            }
+            let Some(ch) = &channel else { break };
+            match ch
+                .queue_declare(
+                    ShortString::from(q.as_str()),
+                    QueueDeclareOptions::default().passive(),
+                    FieldTable::default(),
+                )
+                .await
+            {
+                Ok(info) => metrics::queue_sampled(q, info.message_count(), info.consumer_count()),
+                Err(_) => channel = None,
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(SAMPLE_EVERY) => {}
+        }
+    }
+}
+
+async fn sleep_or_shutdown(d: Duration, shutdown: &CancellationToken) {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => {}
+        _ = shutdown.cancelled() => {}
+    }
+}
+
+fn jitter(d: Duration) -> Duration {
+    use rand::RngExt;
+    d.mul_f64(rand::rng().random_range(0.5..1.0))
+}

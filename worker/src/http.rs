@@ -1,0 +1,89 @@
+//! The operations HTTP server: `/healthz`, `/readyz` and `/metrics` (contract section 8).
+//!
+//! Serves state owned elsewhere (readiness flags, the Prometheus handle); it never changes it.
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::health::{NotReady, Readiness};
+
+#[derive(Clone)]
+struct AppState {
+    readiness: Readiness,
+    metrics: Option<PrometheusHandle>,
+}
+
+/// The router, for tests and for [`serve`].
+pub fn router(readiness: Readiness, metrics: Option<PrometheusHandle>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(render_metrics))
+        .with_state(AppState { readiness, metrics })
+}
+
+async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
+    match s.readiness.check() {
+        Ok(()) => (StatusCode::OK, "ready\n"),
+        Err(NotReady::NotConsuming) => (StatusCode::SERVICE_UNAVAILABLE, "not consuming\n"),
+        Err(NotReady::Draining) => (StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
+    }
+}
+
+async fn render_metrics(State(s): State<AppState>) -> impl IntoResponse {
+    let body = s
+        .metrics
+        .as_ref()
+        .map(PrometheusHandle::render)
+        .unwrap_or_default();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+}
+
+/// Binds the listener (so the caller learns the port before serving).
+pub async fn bind(host: &str, port: u16) -> std::io::Result<TcpListener> {
+    TcpListener::bind((host, port)).await
+}
+
+/// Serves until `stop` is cancelled. The metrics recorder's upkeep runs alongside (histograms
+/// grow without it).
+pub async fn serve(
+    listener: TcpListener,
+    readiness: Readiness,
+    metrics: Option<PrometheusHandle>,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    if let Some(handle) = metrics.clone() {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => handle.run_upkeep(),
+                    _ = stop.cancelled() => return,
+                }
+            }
+        });
+    }
+    axum::serve(listener, router(readiness, metrics))
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+}
+
+/// The address a listener is bound to.
+pub fn local_addr(listener: &TcpListener) -> std::io::Result<SocketAddr> {
+    listener.local_addr()
+}
