@@ -91,10 +91,10 @@ impl Settle {
     /// Acknowledges: the message is done. Errors (a channel that died meanwhile) are logged:
     /// the broker will deliver the message again, and handling is idempotent.
     pub async fn ack(&self) {
-        if self.claim() {
-            if let Err(e) = self.acker.ack(BasicAckOptions::default()).await {
-                warn!(error = %e, "ack failed; the message will be delivered again");
-            }
+        if self.claim()
+            && let Err(e) = self.acker.ack(BasicAckOptions::default()).await
+        {
+            warn!(error = %e, "ack failed; the message will be delivered again");
         }
     }
 
@@ -358,10 +358,10 @@ impl<H: Handler> Session<'_, H> {
                     None => return SessionEnd::Lost("verify consumer cancelled".into()),
                 },
                 next = next_opt(&mut tombstones) => {
-                    if let Some(Ok(d)) = next {
-                        if let Some(id) = stopped_build_id(&d.data) {
-                            self.handler.stopped_elsewhere(id);
-                        }
+                    if let Some(Ok(d)) = next
+                        && let Some(id) = stopped_build_id(&d.data)
+                    {
+                        self.handler.stopped_elsewhere(id);
                     }
                 }
             }

@@ -155,7 +155,7 @@ fn positive_number(v: &Value) -> Option<u64> {
         Value::String(s) => s.trim().parse::<f64>().ok()?,
         _ => return None,
     };
-    (f.is_finite() && f >= 1.0 && f < 1e12).then_some(f as u64)
+    (f.is_finite() && (1.0..1e12).contains(&f)).then_some(f as u64)
 }
 
 fn is_true(v: &Value) -> bool {
