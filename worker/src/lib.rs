@@ -21,6 +21,7 @@
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`tombstones`]: builds known to be stopped.
 //! - [`cache`]: `clear` messages (disk cache removal), path-safe.
+//! - [`watch`]: pod watching, failure classification, reporting, garbage collection.
 #![forbid(unsafe_code)]
 
 pub mod broker;
@@ -34,3 +35,4 @@ pub mod naming;
 pub mod secret;
 pub mod telemetry;
 pub mod tombstones;
+pub mod watch;

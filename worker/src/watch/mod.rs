@@ -1,0 +1,5 @@
+//! Watch: one pod watch per executor, run by the replica that holds the executor's reporter
+//! Lease, turning pod phases into lifecycle events, failing builds that cannot start, and
+//! collecting garbage.
+
+pub mod assess;
