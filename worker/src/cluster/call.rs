@@ -1,0 +1,499 @@
+//! One Kubernetes call: what an answer means, and the retry loop around it.
+//!
+//! Every call of the worker to a cluster goes through [`Caller::call`]: the executor's breaker
+//! admits it, the client-side budget paces it, a deadline cuts it off, the answer is
+//! classified, and transient failures are retried with exponential backoff and full jitter
+//! (honouring `Retry-After`), stopping at once when the breaker opens. Permanent errors are
+//! never retried.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::StatusCode;
+use http_body_util::BodyExt;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::backoff::{Backoff, parse_retry_after};
+use crate::breaker::{Outcome, SharedBreaker, Transition};
+use crate::budget::Budget;
+use crate::telemetry::metrics;
+
+/// Longest `Retry-After` the worker honours; a longer one is shortened to this.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// The RBAC verb of a call (metric label, and what the Role in `deploy/` must grant).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Verb {
+    /// GET one object.
+    Get,
+    /// GET a collection.
+    List,
+    /// POST.
+    Create,
+    /// PUT.
+    Update,
+    /// DELETE one object.
+    Delete,
+    /// DELETE a collection.
+    DeleteCollection,
+}
+
+impl Verb {
+    /// The RBAC verb.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verb::Get => "get",
+            Verb::List => "list",
+            Verb::Create => "create",
+            Verb::Update => "update",
+            Verb::Delete => "delete",
+            Verb::DeleteCollection => "deletecollection",
+        }
+    }
+
+    /// Whether a failed call might still have changed something (only writes that create).
+    fn may_have_written(self) -> bool {
+        matches!(self, Verb::Create | Verb::Update)
+    }
+}
+
+/// Why a call did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// The breaker refused the call (no request was sent by this attempt).
+    #[error("circuit breaker open (retry in {retry_in:?})")]
+    BreakerOpen {
+        /// When a call may be tried again.
+        retry_in: Duration,
+        /// An earlier attempt of this call may have written (timeout, 5xx after sending).
+        ambiguous: bool,
+    },
+    /// Infrastructure failure after the retries this call was allowed.
+    #[error("cluster unavailable: {message}")]
+    Unavailable {
+        /// HTTP status of the last attempt, if any.
+        status: Option<u16>,
+        /// What happened last.
+        message: String,
+        /// An attempt may have written despite the failure.
+        ambiguous: bool,
+    },
+    /// 409 AlreadyExists.
+    #[error("already exists")]
+    AlreadyExists,
+    /// 409 Conflict (stale resourceVersion).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// 404 NotFound.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// 422 Invalid: the object itself is wrong.
+    #[error("invalid: {0}")]
+    Invalid(String),
+    /// 403 from the RuntimeClass admission: the executor's runtime class does not exist.
+    #[error("runtime class not found: {0}")]
+    RuntimeClassMissing(String),
+    /// 403 because a ResourceQuota is exhausted: wait, do not trip the breaker.
+    #[error("resource quota exceeded: {0}")]
+    QuotaExceeded(String),
+    /// 401/403 otherwise (RBAC, credentials): a configuration error of the executor.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// Any other refusal (400, 405, 413, ...), or an answer that cannot be read.
+    #[error("refused ({status}): {message}")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// The Status message.
+        message: String,
+    },
+}
+
+impl CallError {
+    /// True for failures that say nothing about the object and may pass (retry later).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            CallError::BreakerOpen { .. } | CallError::Unavailable { .. } | CallError::QuotaExceeded(_)
+        )
+    }
+
+    /// True when the call may have written although it failed.
+    pub fn is_ambiguous(&self) -> bool {
+        matches!(
+            self,
+            CallError::BreakerOpen { ambiguous: true, .. } | CallError::Unavailable { ambiguous: true, .. }
+        )
+    }
+
+    /// True for errors that mean the executor itself is misconfigured (not the build).
+    pub fn is_executor_misconfigured(&self) -> bool {
+        matches!(self, CallError::RuntimeClassMissing(_) | CallError::Forbidden(_))
+    }
+
+    /// A bounded label for metrics and retry reasons.
+    pub fn label(&self) -> &'static str {
+        match self {
+            CallError::BreakerOpen { .. } => "breaker_open",
+            CallError::Unavailable { .. } => "unavailable",
+            CallError::AlreadyExists => "already_exists",
+            CallError::Conflict(_) => "conflict",
+            CallError::NotFound(_) => "not_found",
+            CallError::Invalid(_) => "invalid",
+            CallError::RuntimeClassMissing(_) => "runtime_class_not_found",
+            CallError::QuotaExceeded(_) => "quota_exceeded",
+            CallError::Forbidden(_) => "forbidden",
+            CallError::Refused { .. } => "refused",
+        }
+    }
+}
+
+/// The raw answer of one request.
+#[derive(Debug)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Body bytes.
+    pub body: Bytes,
+    /// `Retry-After`, parsed.
+    pub retry_after: Option<Duration>,
+}
+
+/// How one attempt went.
+enum Attempt {
+    Done(Answer),
+    Refused(CallError),
+    Transient {
+        status: Option<u16>,
+        message: String,
+        ambiguous: bool,
+        retry_after: Option<Duration>,
+        code: String,
+    },
+}
+
+/// A breaker transition of one executor, for metrics, logs and `cluster.*` events.
+#[derive(Debug, Clone)]
+pub struct BreakerSignal {
+    /// The executor.
+    pub executor: String,
+    /// What changed.
+    pub transition: Transition,
+}
+
+/// Everything a call needs besides the request: the executor's breaker, budget, backoff and
+/// deadline.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Executor name (metric label).
+    pub executor: String,
+    /// The kube client (its own retry is off).
+    pub client: kube::Client,
+    /// The executor's breaker.
+    pub breaker: SharedBreaker,
+    /// The executor's request budget.
+    pub budget: std::sync::Arc<Budget>,
+    /// Retry schedule.
+    pub backoff: Backoff,
+    /// One attempt slower than this is cut off and counts as a failure.
+    pub timeout: Duration,
+    /// Where breaker transitions go.
+    pub signals: mpsc::UnboundedSender<BreakerSignal>,
+}
+
+impl Caller {
+    /// Sends the request built by `request` (rebuilt for each attempt), retrying transient
+    /// failures. A 2xx answer is returned; a refusal is classified.
+    pub async fn call(
+        &self,
+        verb: Verb,
+        request: impl Fn() -> Result<http::Request<Vec<u8>>, kube::core::request::Error>,
+    ) -> Result<Answer, CallError> {
+        let mut ambiguous = false;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let call = match self.breaker.try_acquire() {
+                Ok(c) => c,
+                Err(rejected) => {
+                    return Err(CallError::BreakerOpen {
+                        retry_in: rejected.retry_in,
+                        ambiguous,
+                    });
+                }
+            };
+            if let Some(t) = call.transition() {
+                self.signal(t);
+            }
+            let waited = self.budget.acquire().await;
+            if !waited.is_zero() {
+                metrics::budget_wait(&self.executor, waited);
+            }
+            let req = request().map_err(|e| CallError::Refused {
+                status: 0,
+                message: format!("cannot build the request: {e}"),
+            })?;
+            let started = Instant::now();
+            let attempt_result = match tokio::time::timeout(self.timeout, self.send(req)).await {
+                Ok(r) => r,
+                Err(_) => Attempt::Transient {
+                    status: None,
+                    message: format!("no answer within {:?}", self.timeout),
+                    ambiguous: verb.may_have_written(),
+                    retry_after: None,
+                    code: "timeout".into(),
+                },
+            };
+            let took = started.elapsed();
+            let (outcome, code) = match &attempt_result {
+                Attempt::Done(a) => (Outcome::Success, a.status.as_u16().to_string()),
+                Attempt::Refused(e) => (Outcome::Neutral, refused_code(e)),
+                Attempt::Transient { code, .. } => (Outcome::Failure, code.clone()),
+            };
+            metrics::kube_request(&self.executor, verb.as_str(), &code, took);
+            let transition = call.record(outcome, &mut rand::rng());
+            let opened = matches!(transition, Some(Transition::Opened { .. }));
+            if let Some(t) = transition {
+                self.signal(t);
+            }
+            match attempt_result {
+                Attempt::Done(a) => return Ok(a),
+                Attempt::Refused(e) => return Err(e),
+                Attempt::Transient {
+                    status,
+                    message,
+                    ambiguous: amb,
+                    retry_after,
+                    ..
+                } => {
+                    ambiguous |= amb && verb.may_have_written();
+                    if opened || !self.backoff.may_retry_after(attempt) {
+                        return Err(CallError::Unavailable {
+                            status,
+                            message,
+                            ambiguous,
+                        });
+                    }
+                    // The server's Retry-After wins over our own schedule (429/503).
+                    let delay = match retry_after {
+                        Some(ra) => ra.min(MAX_RETRY_AFTER),
+                        None => self.backoff.delay_with(attempt, &mut rand::rng()),
+                    };
+                    debug!(
+                        executor = %self.executor,
+                        verb = verb.as_str(),
+                        attempt,
+                        ?delay,
+                        %message,
+                        "retrying Kubernetes call"
+                    );
+                    metrics::retried(&self.executor, if status == Some(429) { "throttled" } else { "unavailable" });
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    fn signal(&self, transition: Transition) {
+        let _ = self.signals.send(BreakerSignal {
+            executor: self.executor.clone(),
+            transition,
+        });
+    }
+
+    async fn send(&self, req: http::Request<Vec<u8>>) -> Attempt {
+        let response = match self.client.send(req.map(kube::client::Body::from)).await {
+            Ok(r) => r,
+            Err(e) => {
+                let refused = connection_refused(&e);
+                return Attempt::Transient {
+                    status: None,
+                    message: format!("transport error: {e}"),
+                    // A connection that was never made sent nothing.
+                    ambiguous: !refused,
+                    retry_after: None,
+                    code: if refused { "refused".into() } else { "error".into() },
+                };
+            }
+        };
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, jiff::Timestamp::now()));
+        let body = match response.into_body().collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                return Attempt::Transient {
+                    status: Some(status.as_u16()),
+                    message: format!("reading the answer failed: {e}"),
+                    ambiguous: true,
+                    retry_after: None,
+                    code: status.as_u16().to_string(),
+                };
+            }
+        };
+        classify(status, body, retry_after)
+    }
+}
+
+/// Classifies a complete answer.
+fn classify(status: StatusCode, body: Bytes, retry_after: Option<Duration>) -> Attempt {
+    if status.is_success() {
+        return Attempt::Done(Answer {
+            status,
+            body,
+            retry_after,
+        });
+    }
+    let parsed: Option<kube::core::Status> = serde_json::from_slice(&body).ok();
+    let reason = parsed.as_ref().map(|s| s.reason.clone()).unwrap_or_default();
+    let message = parsed
+        .as_ref()
+        .map(|s| s.message.clone())
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned());
+    let retry_after = retry_after.or_else(|| {
+        parsed
+            .as_ref()
+            .and_then(|s| s.details.as_ref())
+            .map(|d| d.retry_after_seconds)
+            .filter(|s| *s > 0)
+            .map(|s| Duration::from_secs(u64::from(s)))
+    });
+    let code = status.as_u16();
+    match code {
+        409 if reason == "AlreadyExists" => Attempt::Refused(CallError::AlreadyExists),
+        409 => Attempt::Refused(CallError::Conflict(message)),
+        404 => Attempt::Refused(CallError::NotFound(message)),
+        422 => Attempt::Refused(CallError::Invalid(message)),
+        403 if message.contains("RuntimeClass") && message.contains("not found") => {
+            Attempt::Refused(CallError::RuntimeClassMissing(message))
+        }
+        403 if message.contains("exceeded quota") => Attempt::Refused(CallError::QuotaExceeded(message)),
+        401 | 403 => Attempt::Refused(CallError::Forbidden(message)),
+        408 | 429 => Attempt::Transient {
+            status: Some(code),
+            message,
+            ambiguous: false,
+            retry_after,
+            code: code.to_string(),
+        },
+        500..=599 => Attempt::Transient {
+            status: Some(code),
+            message,
+            ambiguous: true,
+            retry_after,
+            code: code.to_string(),
+        },
+        _ => Attempt::Refused(CallError::Refused { status: code, message }),
+    }
+}
+
+fn refused_code(e: &CallError) -> String {
+    match e {
+        CallError::AlreadyExists | CallError::Conflict(_) => "409".into(),
+        CallError::NotFound(_) => "404".into(),
+        CallError::Invalid(_) => "422".into(),
+        CallError::RuntimeClassMissing(_) | CallError::QuotaExceeded(_) | CallError::Forbidden(_) => "403".into(),
+        CallError::Refused { status, .. } => status.to_string(),
+        CallError::BreakerOpen { .. } | CallError::Unavailable { .. } => "error".into(),
+    }
+}
+
+/// True when the error chain shows the TCP connection was never established.
+fn connection_refused(e: &kube::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::AddrNotAvailable
+            )
+        {
+            return true;
+        }
+        if let Some(h) = s.downcast_ref::<hyper_util::client::legacy::Error>()
+            && h.is_connect()
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    let text = e.to_string();
+    if text.contains("Connection refused") {
+        warn!(error = %text, "connection refused without an io::Error in the chain");
+        return true;
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: u16, reason: &str, message: &str) -> Bytes {
+        Bytes::from(
+            serde_json::json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": message, "reason": reason, "code": code})
+            .to_string(),
+        )
+    }
+
+    fn refused(code: u16, reason: &str, message: &str) -> CallError {
+        match classify(StatusCode::from_u16(code).unwrap(), status(code, reason, message), None) {
+            Attempt::Refused(e) => e,
+            _ => panic!("{code} was not refused"),
+        }
+    }
+
+    #[test]
+    fn user_errors_are_refusals_not_failures() {
+        assert_eq!(refused(409, "AlreadyExists", "pods \"x\" already exists"), CallError::AlreadyExists);
+        assert!(matches!(refused(409, "Conflict", "modified"), CallError::Conflict(_)));
+        assert!(matches!(refused(422, "Invalid", "bad"), CallError::Invalid(_)));
+        assert!(matches!(
+            refused(403, "Forbidden", "pods \"x\" is forbidden: pod rejected: RuntimeClass \"kata\" not found"),
+            CallError::RuntimeClassMissing(_)
+        ));
+        assert!(matches!(
+            refused(403, "Forbidden", "pods \"x\" is forbidden: exceeded quota: compute"),
+            CallError::QuotaExceeded(_)
+        ));
+        assert!(matches!(refused(403, "Forbidden", "User cannot create pods"), CallError::Forbidden(_)));
+        assert!(matches!(refused(404, "NotFound", "nope"), CallError::NotFound(_)));
+    }
+
+    #[test]
+    fn infrastructure_errors_are_transient_and_429_is_not_ambiguous() {
+        match classify(StatusCode::TOO_MANY_REQUESTS, status(429, "TooManyRequests", "slow down"), Some(Duration::from_secs(1))) {
+            Attempt::Transient { ambiguous, retry_after, .. } => {
+                assert!(!ambiguous);
+                assert_eq!(retry_after, Some(Duration::from_secs(1)));
+            }
+            _ => panic!("429 must be transient"),
+        }
+        for code in [500, 502, 503, 504] {
+            match classify(StatusCode::from_u16(code).unwrap(), Bytes::from_static(b"oops"), None) {
+                Attempt::Transient { ambiguous, .. } => assert!(ambiguous),
+                _ => panic!("{code} must be transient"),
+            }
+        }
+    }
+
+    #[test]
+    fn retry_after_falls_back_to_status_details() {
+        let body = Bytes::from(
+            serde_json::json!({"kind": "Status", "status": "Failure", "message": "m", "reason": "TooManyRequests",
+                "code": 429, "details": {"retryAfterSeconds": 3}})
+            .to_string(),
+        );
+        match classify(StatusCode::TOO_MANY_REQUESTS, body, None) {
+            Attempt::Transient { retry_after, .. } => assert_eq!(retry_after, Some(Duration::from_secs(3))),
+            _ => panic!("429 must be transient"),
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! Cluster: the executor's Kubernetes API, as the few typed operations the worker needs.
+//!
+//! Owns the kube client of each executor (from `host`/`token`/`caFile`, a kubeconfig, or the
+//! in-cluster service account; kube's own retry switched off) and the operations on pods,
+//! Secrets and Leases. Every operation goes through [`call::Caller`]: breaker, budget,
+//! deadline, classification, retry. It never decides what a failure means for a build.
+
+pub mod call;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::core::{ObjectList, Request};
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+
+pub use call::{BreakerSignal, CallError, Caller, Verb};
+
+use crate::backoff::Backoff;
+use crate::breaker::{BreakerPolicy, SharedBreaker, State};
+use crate::budget::Budget;
+use crate::config::ExecutorConfig;
+
+/// Page size of list calls.
+const PAGE: u32 = 500;
+
+/// Why a cluster client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The kubeconfig could not be read or used.
+    #[error("kubeconfig {path}: {error}")]
+    Kubeconfig {
+        /// Its path.
+        path: String,
+        /// What went wrong.
+        error: String,
+    },
+    /// Anything else about the connection settings.
+    #[error("{0}")]
+    Settings(String),
+}
+
+/// One executor's cluster.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    /// Executor name.
+    pub executor: String,
+    /// Namespace of the build pods.
+    pub namespace: String,
+    caller: Caller,
+    watch_client: kube::Client,
+}
+
+impl Cluster {
+    /// Connects (lazily: no request is made) to the executor's cluster.
+    pub async fn connect(
+        executor: &str,
+        config: &ExecutorConfig,
+        signals: mpsc::UnboundedSender<BreakerSignal>,
+    ) -> Result<Cluster, SetupError> {
+        let opts = &config.options;
+        let timeout = opts.fusebox.breaker.timeout;
+        let (call_config, watch_config) = client_configs(config, timeout).await?;
+        let client = kube::Client::try_from(call_config).map_err(|e| SetupError::Settings(e.to_string()))?;
+        let watch_client = kube::Client::try_from(watch_config).map_err(|e| SetupError::Settings(e.to_string()))?;
+        let backoff = Backoff::for_requests(&opts.requestretry, opts.requestretry.retry_delay * 16)
+            .map_err(|e| SetupError::Settings(e.to_string()))?;
+        let budget = Budget::try_new(opts.kubernetes.qps, opts.kubernetes.burst)
+            .map_err(|e| SetupError::Settings(e.to_string()))?;
+        Ok(Cluster {
+            executor: executor.to_string(),
+            namespace: opts.kubernetes.jobs_namespace.clone(),
+            caller: Caller {
+                executor: executor.to_string(),
+                client,
+                breaker: SharedBreaker::new(BreakerPolicy::from_settings(&opts.fusebox.breaker)),
+                budget: Arc::new(budget),
+                backoff,
+                timeout,
+                signals,
+            },
+            watch_client,
+        })
+    }
+
+    /// The breaker state now.
+    pub fn breaker_state(&self) -> State {
+        self.caller.breaker.state()
+    }
+
+    /// Reports (once) an open period that ended, for the state gauge.
+    pub fn poll_breaker(&self) -> Option<crate::breaker::Transition> {
+        self.caller.breaker.poll()
+    }
+
+    /// A client without read timeout, for long-lived watches.
+    pub fn watch_client(&self) -> kube::Client {
+        self.watch_client.clone()
+    }
+
+    fn pods(&self) -> Request {
+        Request::new(format!("/api/v1/namespaces/{}/pods", self.namespace))
+    }
+
+    fn secrets(&self) -> Request {
+        Request::new(format!("/api/v1/namespaces/{}/secrets", self.namespace))
+    }
+
+    fn leases(&self) -> Request {
+        Request::new(format!("/apis/coordination.k8s.io/v1/namespaces/{}/leases", self.namespace))
+    }
+
+    /// Creates a pod. `AlreadyExists` is an error here: the caller decides about adoption.
+    pub async fn create_pod(&self, pod: &Pod) -> Result<Pod, CallError> {
+        let body = serde_json::to_vec(pod).map_err(|e| refused(0, e))?;
+        let answer = self
+            .caller
+            .call(Verb::Create, || self.pods().create(&PostParams::default(), body.clone()))
+            .await?;
+        parse(&answer.body)
+    }
+
+    /// Reads a pod; `None` when it does not exist.
+    pub async fn get_pod(&self, name: &str) -> Result<Option<Pod>, CallError> {
+        match self.caller.call(Verb::Get, || self.pods().get(name, &Default::default())).await {
+            Ok(a) => parse(&a.body).map(Some),
+            Err(CallError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Lists pods by label selector (all pages).
+    pub async fn list_pods(&self, selector: &str) -> Result<Vec<Pod>, CallError> {
+        self.list(Verb::List, selector, || self.pods()).await
+    }
+
+    /// Deletes every pod matching the selector (one delete-collection call); returns them.
+    pub async fn delete_pods(&self, selector: &str) -> Result<Vec<Pod>, CallError> {
+        let lp = ListParams::default().labels(selector);
+        let answer = self
+            .caller
+            .call(Verb::DeleteCollection, || {
+                self.pods().delete_collection(&DeleteParams::background(), &lp)
+            })
+            .await?;
+        // The API server answers the deleted items as a list (or a Status for some servers).
+        match serde_json::from_slice::<ObjectList<Pod>>(&answer.body) {
+            Ok(list) => Ok(list.items),
+            Err(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// Deletes one pod; `false` when it did not exist.
+    pub async fn delete_pod(&self, name: &str, grace: Option<u32>) -> Result<bool, CallError> {
+        let mut dp = DeleteParams::background();
+        if let Some(g) = grace {
+            dp = dp.grace_period(g);
+        }
+        match self.caller.call(Verb::Delete, || self.pods().delete(name, &dp)).await {
+            Ok(_) => Ok(true),
+            Err(CallError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates a Secret; an existing one of that name is left as it is.
+    pub async fn create_secret(&self, secret: &Secret) -> Result<(), CallError> {
+        let body = serde_json::to_vec(secret).map_err(|e| refused(0, e))?;
+        match self
+            .caller
+            .call(Verb::Create, || self.secrets().create(&PostParams::default(), body.clone()))
+            .await
+        {
+            Ok(_) | Err(CallError::AlreadyExists) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads a Secret; `None` when it does not exist.
+    pub async fn get_secret(&self, name: &str) -> Result<Option<Secret>, CallError> {
+        match self.caller.call(Verb::Get, || self.secrets().get(name, &Default::default())).await {
+            Ok(a) => parse(&a.body).map(Some),
+            Err(CallError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads a Lease; `None` when it does not exist.
+    pub async fn get_lease(&self, name: &str) -> Result<Option<Lease>, CallError> {
+        match self.caller.call(Verb::Get, || self.leases().get(name, &Default::default())).await {
+            Ok(a) => parse(&a.body).map(Some),
+            Err(CallError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates a Lease (`AlreadyExists` when another replica was first).
+    pub async fn create_lease(&self, lease: &Lease) -> Result<Lease, CallError> {
+        let body = serde_json::to_vec(lease).map_err(|e| refused(0, e))?;
+        let a = self
+            .caller
+            .call(Verb::Create, || self.leases().create(&PostParams::default(), body.clone()))
+            .await?;
+        parse(&a.body)
+    }
+
+    /// Replaces a Lease, guarded by its `resourceVersion` (`Conflict` when it moved on).
+    pub async fn replace_lease(&self, lease: &Lease) -> Result<Lease, CallError> {
+        let name = lease.metadata.name.clone().unwrap_or_default();
+        let body = serde_json::to_vec(lease).map_err(|e| refused(0, e))?;
+        let a = self
+            .caller
+            .call(Verb::Update, || self.leases().replace(&name, &PostParams::default(), body.clone()))
+            .await?;
+        parse(&a.body)
+    }
+
+    async fn list<T: DeserializeOwned + Clone>(
+        &self,
+        verb: Verb,
+        selector: &str,
+        request: impl Fn() -> Request,
+    ) -> Result<Vec<T>, CallError> {
+        let mut items = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut lp = ListParams::default().labels(selector).limit(PAGE);
+            if let Some(t) = &token {
+                lp = lp.continue_token(t);
+            }
+            let a = self.caller.call(verb, || request().list(&lp)).await?;
+            let page: ObjectList<T> = parse(&a.body)?;
+            items.extend(page.items);
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(t) => token = Some(t),
+                None => return Ok(items),
+            }
+        }
+    }
+}
+
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, CallError> {
+    serde_json::from_slice(body).map_err(|e| refused(200, e))
+}
+
+fn refused(status: u16, e: impl std::fmt::Display) -> CallError {
+    CallError::Refused {
+        status,
+        message: format!("unreadable object: {e}"),
+    }
+}
+
+/// The kube configs of an executor: one for calls (read timeout, no built-in retry) and one
+/// for watches (no read timeout: a watch may be quiet for minutes).
+async fn client_configs(config: &ExecutorConfig, timeout: Duration) -> Result<(kube::Config, kube::Config), SetupError> {
+    let k = &config.options.kubernetes;
+    let mut cfg = if !k.kubeconfig.is_empty() {
+        let kc = kube::config::Kubeconfig::read_from(&k.kubeconfig).map_err(|e| SetupError::Kubeconfig {
+            path: k.kubeconfig.clone(),
+            error: e.to_string(),
+        })?;
+        let options = kube::config::KubeConfigOptions {
+            context: (!k.context.is_empty()).then(|| k.context.clone()),
+            ..Default::default()
+        };
+        kube::Config::from_custom_kubeconfig(kc, &options)
+            .await
+            .map_err(|e| SetupError::Kubeconfig {
+                path: k.kubeconfig.clone(),
+                error: e.to_string(),
+            })?
+    } else if !k.host.is_empty() {
+        let host = if k.host.contains("://") {
+            k.host.clone()
+        } else {
+            // Screwdriver's form: a bare host name means https.
+            format!("https://{}", k.host)
+        };
+        let url: http::Uri = host
+            .parse()
+            .map_err(|e| SetupError::Settings(format!("host {host:?}: {e}")))?;
+        let mut cfg = kube::Config::new(url);
+        if !k.ca_file.is_empty() {
+            cfg.root_cert_file = Some(k.ca_file.clone().into());
+        }
+        cfg
+    } else {
+        kube::Config::incluster().map_err(|e| SetupError::Settings(format!("in-cluster configuration: {e}")))?
+    };
+    // Credentials given in the worker's configuration win over the kubeconfig's.
+    if !k.token.is_empty() {
+        cfg.auth_info.token = Some(secrecy::SecretString::from(k.token.expose().to_string()));
+    } else if !k.token_file.is_empty() {
+        cfg.auth_info.token_file = Some(k.token_file.clone());
+    }
+    if k.insecure_skip_tls_verify {
+        cfg.accept_invalid_certs = true;
+    }
+    cfg.default_namespace = k.jobs_namespace.clone();
+    // Our breaker and retry own the policy; kube's built-in retry would hide failures.
+    cfg.default_retry = false;
+    cfg.connect_timeout = Some(timeout.min(Duration::from_secs(10)));
+    let mut watch = cfg.clone();
+    watch.read_timeout = None;
+    cfg.read_timeout = Some(timeout + Duration::from_secs(1));
+    cfg.reset_reader_on_write = true;
+    Ok((cfg, watch))
+}

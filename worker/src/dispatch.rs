@@ -1,0 +1,683 @@
+//! Dispatch: what happens to one delivery, from its bytes to its ack.
+//!
+//! Decodes the message ([`crate::intake`]), carries out the job ([`crate::launch`],
+//! [`crate::cache`]), and settles the delivery only after everything it caused is durable:
+//! events confirmed, the retry or dead-letter copy confirmed by the broker. Anything that fails
+//! on the way returns the message to its queue untouched, so nothing is lost; handling is
+//! idempotent, so nothing happens twice.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use lapin::BasicProperties;
+use lapin::types::FieldTable;
+use tracing::{Instrument, error, info, info_span, warn};
+
+use crate::broker::headers::{self, Carried};
+use crate::broker::{Handler, Inbound, Outgoing, Publisher, Source, Topology};
+use crate::cache::{self, ClearError, ClearOutcome};
+use crate::config::CacheSettings;
+use crate::events::{BuildEventData, EventType, OutgoingEvent, build_event};
+use crate::intake::{self, BuildId, Job, JobKind, Limits, StartBuild};
+use crate::launch::{LaunchOutcome, Launcher, StartRequest, StopOutcome};
+use crate::status::{StatusUpdater, Update};
+use crate::telemetry::metrics;
+use crate::tombstones::Tombstones;
+use crate::watch::assess::Verdict;
+
+/// Longest a build is held in process while waiting for an executor (admin-provisioned
+/// topology, which has no delay queues of its own for waiting).
+const IN_PROCESS_WAIT: Duration = Duration::from_secs(30);
+
+/// Message policy from the configuration.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Intake limits.
+    pub limits: Limits,
+    /// Attempts before dead-lettering.
+    pub reprocess_limit: u32,
+    /// Longest wait for a usable executor.
+    pub max_wait: Duration,
+    /// Re-checks of a stop that found nothing.
+    pub stop_rechecks: u32,
+    /// Disk cache settings for `clear`.
+    pub cache: CacheSettings,
+}
+
+/// Handles every delivery of a replica.
+#[derive(Debug)]
+pub struct Dispatcher {
+    launcher: Launcher,
+    publisher: Publisher,
+    topology: Topology,
+    policy: Policy,
+    source: String,
+    tombstones: Arc<Tombstones>,
+    status: Option<Arc<StatusUpdater>>,
+    dead_queue_exists: AtomicBool,
+}
+
+/// What to do with a delivery once its job was carried out.
+#[derive(Debug)]
+enum Decision {
+    /// Publish these events, then ack.
+    Done {
+        events: Vec<OutgoingEvent>,
+        outcome: &'static str,
+    },
+    /// Send a copy to a delay queue, then ack.
+    Later(Later),
+    /// Send a copy to the dead-letter queue, then ack.
+    Dead(Dead),
+}
+
+#[derive(Debug)]
+struct Later {
+    next: Carried,
+    /// Uses up an attempt (a failure), or not (waiting for an executor).
+    consume: bool,
+    retry_in: Duration,
+    reason: &'static str,
+    error: String,
+    executor: Option<String>,
+    /// Events to publish first (a stop's `build.stopped` before its re-check).
+    events: Vec<OutgoingEvent>,
+    /// A stop re-check: quiet, no `build.retrying`.
+    recheck: bool,
+    build: Option<(BuildId, Option<u64>)>,
+}
+
+#[derive(Debug)]
+struct Dead {
+    reason: String,
+    error: String,
+    build: Option<(BuildId, Option<u64>)>,
+    attempt: u32,
+    job: JobKind,
+    /// The build to mark failed in Screwdriver.
+    fail: Option<StartBuild>,
+}
+
+impl Dispatcher {
+    /// A dispatcher.
+    pub fn new(
+        launcher: Launcher,
+        publisher: Publisher,
+        topology: Topology,
+        policy: Policy,
+        tombstones: Arc<Tombstones>,
+        status: Option<Arc<StatusUpdater>>,
+    ) -> Self {
+        Self {
+            source: crate::events::source(&topology.queue),
+            launcher,
+            publisher,
+            topology,
+            policy,
+            tombstones,
+            status,
+            dead_queue_exists: AtomicBool::new(true),
+        }
+    }
+
+    /// Records whether `<queue>.dead` exists (admin-provisioned topology may lack it).
+    pub fn set_dead_queue_exists(&self, exists: bool) {
+        self.dead_queue_exists.store(exists, Ordering::SeqCst);
+    }
+
+    fn admin(&self) -> bool {
+        !self.topology.declare
+    }
+
+    fn event(&self, ty: EventType, data: BuildEventData) -> OutgoingEvent {
+        build_event(&self.source, ty, data)
+    }
+
+    async fn run(&self, inbound: Inbound) {
+        metrics::inflight(1.0);
+        self.process(&inbound).await;
+        metrics::inflight(-1.0);
+    }
+
+    /// Handles one delivery.
+    async fn process(&self, inbound: &Inbound) {
+        let span = tracing::Span::current();
+        let mut carried = Carried::read(&inbound.properties);
+        let mut redelivered = inbound.redelivered;
+        if self.admin() {
+            // The administrator's dead-letter loop counts attempts in x-death.
+            let queue = match inbound.source {
+                Source::Main => self.topology.queue.as_str(),
+                Source::Verify => self.topology.verify_queue.as_deref().unwrap_or_default(),
+            };
+            let deaths = headers::x_death_count(&inbound.properties, queue);
+            carried.attempt = deaths + 1;
+            redelivered |= deaths > 0;
+        }
+        span.record("attempt", carried.attempt);
+
+        let job = match intake::decode(&inbound.data, self.policy.limits) {
+            Ok(job) => job,
+            Err(poison) => {
+                if let Some(b) = poison.build_id {
+                    span.record("buildId", b.0);
+                }
+                warn!(reason = poison.reason.as_str(), error = %poison.detail, "poison message");
+                let decision = Decision::Dead(Dead {
+                    reason: poison.reason.as_str().to_string(),
+                    error: poison.detail.clone(),
+                    build: poison.build_id.map(|b| (b, None)),
+                    attempt: carried.attempt,
+                    job: poison.job,
+                    fail: None,
+                });
+                self.settle(inbound, &carried, decision).await;
+                metrics::message_handled(poison.job.as_str(), "poison");
+                return;
+            }
+        };
+        let kind = job.kind();
+        if let Some(b) = job.build_id() {
+            span.record("buildId", b.0);
+        }
+        span.record("job", kind.as_str());
+        let started = tokio::time::Instant::now();
+        loop {
+            let decision = self.decide(&job, inbound, &carried, redelivered).await;
+            // Without delay queues of our own, waiting for an executor happens in process.
+            if self.admin()
+                && let Decision::Later(l) = &decision
+                && !l.consume
+                && started.elapsed() < self.policy.max_wait
+            {
+                carried.executors = l.next.executors.clone();
+                tokio::time::sleep(l.retry_in.clamp(Duration::from_secs(1), IN_PROCESS_WAIT)).await;
+                continue;
+            }
+            let outcome = self.settle(inbound, &carried, decision).await;
+            metrics::message_handled(kind.as_str(), outcome);
+            return;
+        }
+    }
+
+    async fn decide(&self, job: &Job, inbound: &Inbound, carried: &Carried, redelivered: bool) -> Decision {
+        match job {
+            Job::Start(build) => self.start(build, inbound, carried, redelivered).await,
+            Job::Stop(stop) => self.stop(stop.build_id, stop.job_id, carried).await,
+            Job::Verify(build) => self.verify(build, carried).await,
+            Job::Clear(c) => match cache::clear(&self.policy.cache, c).await {
+                Ok(ClearOutcome::Removed(p)) => {
+                    info!(path = %p.display(), "cache directory removed");
+                    Decision::Done { events: vec![], outcome: "cleared" }
+                }
+                Ok(ClearOutcome::Absent(_)) => Decision::Done { events: vec![], outcome: "cleared" },
+                Ok(ClearOutcome::Disabled) => Decision::Done { events: vec![], outcome: "ignored" },
+                Err(e @ ClearError::Io { .. }) => {
+                    // As the original worker: a failed removal is logged, not retried forever.
+                    error!(error = %e, "cache removal failed");
+                    Decision::Done { events: vec![], outcome: "failed" }
+                }
+                Err(e) => Decision::Dead(Dead {
+                    reason: "invalid_cache_path".into(),
+                    error: e.to_string(),
+                    build: None,
+                    attempt: carried.attempt,
+                    job: JobKind::Clear,
+                    fail: None,
+                }),
+            },
+        }
+    }
+
+    async fn start(&self, build: &StartBuild, inbound: &Inbound, carried: &Carried, redelivered: bool) -> Decision {
+        let outcome = self
+            .launcher
+            .start(StartRequest {
+                build,
+                attempt: carried.attempt,
+                touched: &carried.executors,
+                redelivered,
+            })
+            .await;
+        let base = BuildEventData {
+            build_id: build.build_id.0,
+            job_id: build.job_id,
+            attempt: carried.attempt,
+            ..Default::default()
+        };
+        match outcome {
+            LaunchOutcome::Launched {
+                executor,
+                namespace,
+                pod,
+                adopted,
+            } => {
+                tracing::Span::current().record("executor", executor.as_str());
+                metrics::launched(&executor, inbound.received.elapsed());
+                info!(%pod, adopted, "build launched");
+                Decision::Done {
+                    events: vec![self.event(
+                        EventType::BuildLaunched,
+                        BuildEventData {
+                            executor: Some(executor),
+                            namespace: Some(namespace),
+                            pod: Some(pod),
+                            ..base
+                        },
+                    )],
+                    outcome: if adopted { "adopted" } else { "launched" },
+                }
+            }
+            LaunchOutcome::Stopped => {
+                info!("build was stopped before it launched; not launching");
+                Decision::Done {
+                    events: vec![],
+                    outcome: "stopped",
+                }
+            }
+            LaunchOutcome::Wait { touched, retry_in, reason } => Decision::Later(Later {
+                next: Carried {
+                    executors: touched,
+                    ..carried.clone()
+                },
+                consume: false,
+                retry_in,
+                reason,
+                error: format!("waiting: {reason}"),
+                executor: None,
+                events: vec![],
+                recheck: false,
+                build: Some((build.build_id, build.job_id)),
+            }),
+            LaunchOutcome::Retry {
+                touched,
+                reason,
+                error,
+                executor,
+            } => Decision::Later(Later {
+                next: Carried {
+                    executors: touched,
+                    ..carried.clone()
+                },
+                consume: true,
+                retry_in: Duration::ZERO,
+                reason,
+                error,
+                executor: Some(executor),
+                events: vec![],
+                recheck: false,
+                build: Some((build.build_id, build.job_id)),
+            }),
+            LaunchOutcome::Refuse { reason, error } => Decision::Dead(Dead {
+                reason: reason.into(),
+                error,
+                build: Some((build.build_id, build.job_id)),
+                attempt: carried.attempt,
+                job: JobKind::Start,
+                fail: Some(build.clone()),
+            }),
+        }
+    }
+
+    async fn stop(&self, build: BuildId, job_id: Option<u64>, carried: &Carried) -> Decision {
+        match self.launcher.stop(build).await {
+            StopOutcome::Done { deleted, location } => {
+                info!(deleted, "stop carried out");
+                let (executor, namespace, pod) = match location {
+                    Some((e, n, p)) => (Some(e), Some(n), Some(p)),
+                    None => (None, None, None),
+                };
+                let mut events = Vec::new();
+                if deleted > 0 || carried.recheck == 0 {
+                    events.push(self.event(
+                        EventType::BuildStopped,
+                        BuildEventData {
+                            build_id: build.0,
+                            job_id,
+                            executor,
+                            namespace,
+                            pod,
+                            attempt: carried.recheck + 1,
+                            deleted_pods: Some(deleted),
+                            ..Default::default()
+                        },
+                    ));
+                }
+                if deleted == 0 && carried.recheck < self.policy.stop_rechecks && !self.admin() {
+                    // The start may still be queued or in flight: look again later.
+                    return Decision::Later(Later {
+                        next: Carried {
+                            recheck: carried.recheck + 1,
+                            ..carried.clone()
+                        },
+                        consume: false,
+                        retry_in: Duration::ZERO,
+                        reason: "stop_recheck",
+                        error: String::new(),
+                        executor: None,
+                        events,
+                        recheck: true,
+                        build: Some((build, job_id)),
+                    });
+                }
+                Decision::Done {
+                    events,
+                    outcome: "stopped",
+                }
+            }
+            StopOutcome::Wait { unreachable, retry_in } => Decision::Later(Later {
+                next: Carried {
+                    executors: unreachable,
+                    ..carried.clone()
+                },
+                consume: false,
+                retry_in,
+                reason: "no_executor",
+                error: "waiting for executors to answer the stop".into(),
+                executor: None,
+                events: vec![],
+                recheck: false,
+                build: Some((build, job_id)),
+            }),
+        }
+    }
+
+    async fn verify(&self, build: &StartBuild, carried: &Carried) -> Decision {
+        let found = self.launcher.verify(build).await;
+        if !found.unreachable.is_empty() && found.verdict.is_none() {
+            return Decision::Later(Later {
+                next: Carried {
+                    executors: found.unreachable,
+                    ..carried.clone()
+                },
+                consume: false,
+                retry_in: Duration::from_secs(5),
+                reason: "no_executor",
+                error: "waiting for executors to answer the verify".into(),
+                executor: None,
+                events: vec![],
+                recheck: false,
+                build: Some((build.build_id, build.job_id)),
+            });
+        }
+        let (state, reason, message) = match &found.verdict {
+            None => ("missing", None, None),
+            Some(v @ Verdict::LaunchFailed { reason, message }) => (v.state(), Some(reason.clone()), Some(message.clone())),
+            Some(v @ Verdict::Failed { reason, message, .. }) => (v.state(), Some(reason.clone()), Some(message.clone())),
+            Some(v @ Verdict::TimedOut { message }) => (v.state(), Some("DeadlineExceeded".into()), Some(message.clone())),
+            Some(v) => (v.state(), None, None),
+        };
+        if let (Some(status), Some(Verdict::LaunchFailed { message, .. })) = (&self.status, &found.verdict) {
+            status.send(build, Update::Failure(message.clone())).await;
+        }
+        Decision::Done {
+            events: vec![self.event(
+                EventType::BuildVerified,
+                BuildEventData {
+                    build_id: build.build_id.0,
+                    job_id: build.job_id,
+                    executor: found.executor,
+                    namespace: found.namespace,
+                    pod: found.pod,
+                    attempt: carried.attempt,
+                    reason,
+                    message,
+                    state: Some(state.into()),
+                    ..Default::default()
+                },
+            )],
+            outcome: "verified",
+        }
+    }
+
+    /// Makes the decision durable, then settles the delivery. Returns the outcome label.
+    async fn settle(&self, inbound: &Inbound, carried: &Carried, decision: Decision) -> &'static str {
+        match decision {
+            Decision::Done { events, outcome } => {
+                if self.publish_all(&events).await {
+                    inbound.settle.ack().await;
+                    outcome
+                } else {
+                    inbound.settle.requeue().await;
+                    "requeued"
+                }
+            }
+            Decision::Later(later) => self.later(inbound, carried, later).await,
+            Decision::Dead(dead) => self.dead(inbound, dead).await,
+        }
+    }
+
+    async fn later(&self, inbound: &Inbound, carried: &Carried, later: Later) -> &'static str {
+        let now_ms = jiff::Timestamp::now().as_millisecond();
+        let mut next = later.next;
+        if later.consume {
+            if let Some(ex) = &later.executor {
+                metrics::retried(ex, later.reason);
+            }
+            if carried.attempt >= self.policy.reprocess_limit {
+                let fail = match intake::decode(&inbound.data, self.policy.limits) {
+                    Ok(Job::Start(b)) => Some(b),
+                    _ => None,
+                };
+                return self
+                    .dead(
+                        inbound,
+                        Dead {
+                            reason: later.reason.to_string(),
+                            error: format!(
+                                "gave up after {} attempts: {}",
+                                carried.attempt, later.error
+                            ),
+                            build: later.build,
+                            attempt: carried.attempt,
+                            job: JobKind::Start,
+                            fail,
+                        },
+                    )
+                    .await;
+            }
+            if self.admin() {
+                // The administrator's dead-letter loop brings it back.
+                inbound.settle.reject().await;
+                return "retried";
+            }
+            next.attempt = carried.attempt + 1;
+            next.waiting_since_ms = None;
+        } else if !later.recheck {
+            let since = carried.waiting_since_ms.unwrap_or(now_ms);
+            if Duration::from_millis(now_ms.saturating_sub(since).max(0) as u64) > self.policy.max_wait {
+                let fail = match intake::decode(&inbound.data, self.policy.limits) {
+                    Ok(Job::Start(b)) => Some(b),
+                    _ => None,
+                };
+                return self
+                    .dead(
+                        inbound,
+                        Dead {
+                            reason: "no_executor".into(),
+                            error: format!(
+                                "no usable executor within rabbitmq.maxWait ({}): {}",
+                                humantime::format_duration(self.policy.max_wait),
+                                later.error
+                            ),
+                            build: later.build,
+                            attempt: carried.attempt,
+                            job: JobKind::Start,
+                            fail,
+                        },
+                    )
+                    .await;
+            }
+            next.waiting_since_ms = Some(since);
+        }
+        if self.admin() {
+            // Stop re-checks and waits without delay queues: done for now.
+            if self.publish_all(&later.events).await {
+                inbound.settle.ack().await;
+                return "done";
+            }
+            inbound.settle.requeue().await;
+            return "requeued";
+        }
+        let queue = if later.consume {
+            self.topology.retry_queue_for(next.attempt)
+        } else if later.recheck {
+            self.topology.retry_queue_for(next.recheck + 1)
+        } else {
+            self.topology.retry_queue_near(later.retry_in)
+        };
+        let Some((queue, delay)) = queue.cloned() else {
+            inbound.settle.requeue().await;
+            return "requeued";
+        };
+        let mut events = later.events;
+        let first_wait = !later.consume && carried.waiting_since_ms.is_none();
+        if !later.recheck
+            && (later.consume || first_wait)
+            && let Some((build, job_id)) = later.build
+        {
+            events.push(self.event(
+                EventType::BuildRetrying,
+                BuildEventData {
+                    build_id: build.0,
+                    job_id,
+                    executor: later.executor.clone(),
+                    attempt: carried.attempt,
+                    reason: Some(later.reason.to_string()),
+                    message: Some(later.error.clone()),
+                    retry_in_seconds: Some(delay.as_secs()),
+                    ..Default::default()
+                },
+            ));
+        }
+        if !self.publish_all(&events).await {
+            inbound.settle.requeue().await;
+            return "requeued";
+        }
+        let mut table = inbound.properties.headers().clone().unwrap_or_default();
+        next.write(&mut table);
+        match self.copy_to(inbound, &queue, table).await {
+            Ok(()) => {
+                if !later.recheck {
+                    info!(queue = %queue, reason = later.reason, next_attempt = next.attempt, "build will be retried");
+                }
+                inbound.settle.ack().await;
+                if later.recheck { "rechecking" } else { "retried" }
+            }
+            Err(e) => {
+                warn!(error = %e, "could not put the message on its delay queue; returning it to the queue");
+                inbound.settle.requeue().await;
+                "requeued"
+            }
+        }
+    }
+
+    async fn dead(&self, inbound: &Inbound, dead: Dead) -> &'static str {
+        let dead_queue = self.topology.dead_queue.clone();
+        let use_queue = !self.admin() || self.dead_queue_exists.load(Ordering::SeqCst);
+        if use_queue {
+            let mut table = inbound.properties.headers().clone().unwrap_or_default();
+            headers::dead_letter(&mut table, &dead.reason, &dead.error, dead.attempt);
+            if let Err(e) = self.copy_to(inbound, &dead_queue, table).await {
+                warn!(error = %e, "could not dead-letter the message; returning it to the queue");
+                inbound.settle.requeue().await;
+                return "requeued";
+            }
+        } else {
+            error!(reason = %dead.reason, error = %dead.error, job = dead.job.as_str(), "message refused; no dead-letter queue exists, acknowledging it");
+        }
+        metrics::dead_lettered(&dead.reason);
+        warn!(reason = %dead.reason, error = %dead.error, "message dead-lettered");
+        if let Some(build) = &dead.fail
+            && let Some(status) = &self.status
+        {
+            status
+                .send(build, Update::Failure(failure_message(&dead.reason, &dead.error)))
+                .await;
+        }
+        if let Some((build, job_id)) = dead.build {
+            let ev = self.event(
+                EventType::BuildDeadLettered,
+                BuildEventData {
+                    build_id: build.0,
+                    job_id,
+                    attempt: dead.attempt,
+                    reason: Some(dead.reason.clone()),
+                    message: Some(dead.error.clone()),
+                    ..Default::default()
+                },
+            );
+            // The copy is safe in the dead-letter queue; an unpublished event must not send
+            // the message round again, so a failure here is only logged.
+            if let Err(e) = self.publisher.publish_event(&ev).await {
+                warn!(error = %e, "build.dead_lettered event not published");
+            }
+        }
+        inbound.settle.ack().await;
+        "dead_lettered"
+    }
+
+    async fn copy_to(&self, inbound: &Inbound, queue: &str, headers: FieldTable) -> Result<(), crate::broker::PublishError> {
+        let p = &inbound.properties;
+        let mut props = BasicProperties::default().with_headers(headers);
+        if let Some(ct) = p.content_type() {
+            props = props.with_content_type(ct.clone());
+        }
+        if let Some(id) = p.message_id() {
+            props = props.with_message_id(id.clone());
+        }
+        if let Some(id) = p.correlation_id() {
+            props = props.with_correlation_id(id.clone());
+        }
+        self.publisher
+            .publish(Outgoing {
+                exchange: "",
+                routing_key: queue,
+                body: &inbound.data,
+                properties: props,
+                mandatory: true,
+            })
+            .await
+    }
+
+    async fn publish_all(&self, events: &[OutgoingEvent]) -> bool {
+        for ev in events {
+            if let Err(e) = self.publisher.publish_event(ev).await {
+                warn!(error = %e, event = ev.ty.suffix(), "event not confirmed; the message goes back to the queue");
+                return false;
+            }
+        }
+        true
+    }
+}
+
+impl Handler for Dispatcher {
+    async fn handle(&self, inbound: Inbound) {
+        let span = info_span!(
+            "message",
+            buildId = tracing::field::Empty,
+            executor = tracing::field::Empty,
+            attempt = tracing::field::Empty,
+            job = tracing::field::Empty,
+        );
+        self.run(inbound).instrument(span).await;
+    }
+
+    fn stopped_elsewhere(&self, build_id: u64) {
+        self.tombstones.insert(BuildId(build_id));
+    }
+}
+
+/// The sentence a Screwdriver user sees on a build that could not be launched.
+fn failure_message(reason: &str, error: &str) -> String {
+    match reason {
+        "no_executor" => "Build failed to start: no build cluster was available in time. Please try again later.".into(),
+        "invalid_pod" => format!("Build failed to start: the cluster refused the build pod ({error})."),
+        "runtime_class_not_found" | "executor_misconfigured" => {
+            "Build failed to start: the build cluster is misconfigured. Please reach out to your cluster admin for help.".into()
+        }
+        "no_eligible_executor" => format!("Build failed to start: no build cluster accepts this image ({error})."),
+        _ => format!("Build failed to start: {error}"),
+    }
+}

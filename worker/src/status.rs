@@ -1,0 +1,206 @@
+//! Build status updates to the Screwdriver API: `PUT <apiUri>/v4/builds/<id>` with the build's
+//! own token, as the original worker and executor-k8s send them.
+//!
+//! Has a breaker and a retry of its own (the API is not a cluster). 403 and 404 mean the build
+//! already finished or is gone: nothing to retry. An update never fails a message: a build
+//! whose status could not be updated is still launched, stopped or dead-lettered as it should.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use serde_json::json;
+use tracing::{debug, warn};
+
+use crate::backoff::Backoff;
+use crate::breaker::{BreakerPolicy, Outcome, SharedBreaker};
+use crate::config::StatusUpdateSettings;
+use crate::intake::{BuildId, StartBuild};
+use crate::secret::Secret;
+use crate::telemetry::metrics;
+
+/// Screwdriver's message for a build waiting for the scheduler.
+pub const WAITING_MESSAGE: &str = "Waiting for resources to be available.";
+
+/// One update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Update {
+    /// The build cannot run: `status: FAILURE` with a sentence for the user.
+    Failure(String),
+    /// The pod waits for a node.
+    Waiting,
+    /// The pod was scheduled: `stats.hostname` and `stats.imagePullStartTime`.
+    Scheduled {
+        /// Node name.
+        hostname: String,
+        /// When the image pull started (RFC 3339).
+        image_pull_start: String,
+    },
+}
+
+impl Update {
+    fn body(&self) -> serde_json::Value {
+        match self {
+            Update::Failure(msg) => json!({"status": "FAILURE", "statusMessage": msg}),
+            Update::Waiting => json!({"statusMessage": WAITING_MESSAGE}),
+            Update::Scheduled {
+                hostname,
+                image_pull_start,
+            } => json!({"stats": {"hostname": hostname, "imagePullStartTime": image_pull_start}}),
+        }
+    }
+
+    fn label(&self) -> &'static str {
+        match self {
+            Update::Failure(_) => "failure",
+            Update::Waiting => "waiting",
+            Update::Scheduled { .. } => "scheduled",
+        }
+    }
+}
+
+/// How an update ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sent {
+    /// The API took it.
+    Accepted,
+    /// 403/404: the build already finished or does not exist; nothing to do.
+    Gone,
+}
+
+/// Why an update did not reach the API.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StatusError {
+    /// The API's breaker is open.
+    #[error("Screwdriver API breaker open")]
+    BreakerOpen,
+    /// The API refused the update for good (4xx other than 403/404/408/429).
+    #[error("refused with {0}")]
+    Refused(u16),
+    /// Transient failures, retries exhausted.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The apiUri is not usable.
+    #[error("bad apiUri: {0}")]
+    BadUri(String),
+}
+
+type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Sends status updates.
+#[derive(Debug, Clone)]
+pub struct StatusUpdater {
+    client: HttpClient,
+    breaker: SharedBreaker,
+    backoff: Backoff,
+    timeout: Duration,
+}
+
+impl StatusUpdater {
+    /// An updater; the CA bundle (if any) is added to the web PKI roots.
+    pub fn new(settings: &StatusUpdateSettings) -> Result<Arc<Self>, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if !settings.ca_file.is_empty() {
+            for cert in CertificateDer::pem_file_iter(&settings.ca_file).map_err(|e| format!("{}: {e}", settings.ca_file))? {
+                let cert = cert.map_err(|e| format!("{}: {e}", settings.ca_file))?;
+                roots.add(cert).map_err(|e| format!("{}: {e}", settings.ca_file))?;
+            }
+        }
+        let tls = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let client = Client::builder(TokioExecutor::new()).build(connector);
+        let backoff = Backoff::for_requests(&settings.retry, settings.retry.retry_delay * 8).map_err(|e| e.to_string())?;
+        Ok(Arc::new(Self {
+            client,
+            breaker: SharedBreaker::new(BreakerPolicy::from_settings(&settings.breaker)),
+            backoff,
+            timeout: settings.breaker.timeout,
+        }))
+    }
+
+    /// Sends an update about a build from a message; failures are logged, never returned.
+    pub async fn send(&self, build: &StartBuild, update: Update) {
+        self.send_to(&build.api_uri, build.build_id, &build.token, update).await;
+    }
+
+    /// Sends an update; failures are logged, never returned.
+    pub async fn send_to(&self, api_uri: &str, build: BuildId, token: &Secret, update: Update) {
+        let label = update.label();
+        match self.put(api_uri, build, token, &update).await {
+            Ok(Sent::Accepted) => {
+                metrics::status_update("accepted");
+                debug!(update = label, "build status updated");
+            }
+            Ok(Sent::Gone) => {
+                metrics::status_update("gone");
+                debug!(update = label, "build already finished or gone; status not updated");
+            }
+            Err(e) => {
+                metrics::status_update("failed");
+                warn!(update = label, error = %e, "build status update failed");
+            }
+        }
+    }
+
+    /// `PUT <apiUri>/v4/builds/<id>`, retried while transient and the breaker is closed.
+    pub async fn put(&self, api_uri: &str, build: BuildId, token: &Secret, update: &Update) -> Result<Sent, StatusError> {
+        let url = format!("{}/v4/builds/{}", api_uri.trim_end_matches('/'), build);
+        let uri: http::Uri = url.parse().map_err(|e| StatusError::BadUri(format!("{e}")))?;
+        let body = Bytes::from(update.body().to_string());
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let call = self.breaker.try_acquire().map_err(|_| StatusError::BreakerOpen)?;
+            let request = http::Request::put(uri.clone())
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .header(http::header::AUTHORIZATION, format!("Bearer {}", token.expose()))
+                .body(Full::new(body.clone()))
+                .map_err(|e| StatusError::BadUri(e.to_string()))?;
+            let result = tokio::time::timeout(self.timeout, async {
+                let resp = self.client.request(request).await?;
+                let status = resp.status();
+                // Drain the body so the connection can be reused.
+                let _ = resp.into_body().collect().await;
+                Ok::<_, hyper_util::client::legacy::Error>(status)
+            })
+            .await;
+            let (outcome, transient) = match result {
+                Ok(Ok(s)) if s.is_success() => {
+                    let _ = call.record(Outcome::Success, &mut rand::rng());
+                    return Ok(Sent::Accepted);
+                }
+                Ok(Ok(s)) if s == 403 || s == 404 => {
+                    let _ = call.record(Outcome::Success, &mut rand::rng());
+                    return Ok(Sent::Gone);
+                }
+                Ok(Ok(s)) if s.is_server_error() || s == 408 || s == 429 || s == 413 => {
+                    (Outcome::Failure, format!("status {s}"))
+                }
+                Ok(Ok(s)) => {
+                    let _ = call.record(Outcome::Neutral, &mut rand::rng());
+                    return Err(StatusError::Refused(s.as_u16()));
+                }
+                Ok(Err(e)) => (Outcome::Failure, format!("transport error: {e}")),
+                Err(_) => (Outcome::Failure, format!("no answer within {:?}", self.timeout)),
+            };
+            let _ = call.record(outcome, &mut rand::rng());
+            if !self.backoff.may_retry_after(attempt) {
+                return Err(StatusError::Unavailable(transient));
+            }
+            tokio::time::sleep(self.backoff.delay_with(attempt, &mut rand::rng())).await;
+        }
+    }
+}

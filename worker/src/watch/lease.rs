@@ -1,0 +1,169 @@
+//! Leader election per executor through a `coordination.k8s.io/v1` Lease in its cluster, so that
+//! exactly one replica at a time reports the executor's pod events.
+//!
+//! Expiry is judged by local observation, as client-go does: a Lease whose holder and renew
+//! time have not changed for its whole duration, as seen by this replica's own clock, is
+//! expired. Clock skew between replicas therefore cannot make two leaders. A leader that cannot
+//! renew within two thirds of the duration steps down before anyone else may take over.
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::cluster::{CallError, Cluster};
+use crate::telemetry::metrics;
+
+/// Election parameters.
+#[derive(Debug, Clone)]
+pub struct Election {
+    /// Lease name.
+    pub name: String,
+    /// This replica's identity.
+    pub identity: String,
+    /// How long a lease lasts without renewal.
+    pub duration: Duration,
+    /// How often the holder renews and others look.
+    pub renew_every: Duration,
+}
+
+/// What this replica last saw of the lease.
+#[derive(Debug, Clone, PartialEq)]
+struct Seen {
+    holder: Option<String>,
+    renew: Option<String>,
+    at: Instant,
+}
+
+/// Runs the election until `stop`, publishing `true` while this replica leads. On stop, a
+/// leader releases the lease so another replica takes over at once.
+pub async fn run(cluster: Cluster, election: Election, leading: watch::Sender<bool>, stop: CancellationToken) {
+    let mut seen: Option<Seen> = None;
+    let mut last_renew: Option<Instant> = None;
+    let renew_deadline = election.duration.mul_f64(2.0 / 3.0);
+    loop {
+        let leader = match step(&cluster, &election, &mut seen).await {
+            Ok(true) => {
+                last_renew = Some(Instant::now());
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                // Keep leading only while the last renewal is recent enough.
+                let still = *leading.borrow() && last_renew.is_some_and(|t| t.elapsed() < renew_deadline);
+                warn!(executor = %cluster.executor, error = %e, still_leading = still, "lease renewal failed");
+                still
+            }
+        };
+        if *leading.borrow() != leader {
+            info!(executor = %cluster.executor, leader, "reporter role changed");
+            metrics::reporter_leader(&cluster.executor, leader);
+            let _ = leading.send(leader);
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(election.renew_every) => {}
+        }
+    }
+    if *leading.borrow() {
+        let _ = leading.send(false);
+        metrics::reporter_leader(&cluster.executor, false);
+        release(&cluster, &election).await;
+    }
+}
+
+/// One round: returns whether this replica holds the lease now.
+async fn step(cluster: &Cluster, e: &Election, seen: &mut Option<Seen>) -> Result<bool, CallError> {
+    let now = now_micro();
+    let Some(mut lease) = cluster.get_lease(&e.name).await? else {
+        let fresh = Lease {
+            metadata: ObjectMeta {
+                name: Some(e.name.clone()),
+                namespace: Some(cluster.namespace.clone()),
+                ..Default::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(e.identity.clone()),
+                lease_duration_seconds: Some(e.duration.as_secs().max(1) as i32),
+                acquire_time: Some(now.clone()),
+                renew_time: Some(now),
+                lease_transitions: Some(0),
+                ..Default::default()
+            }),
+        };
+        return match cluster.create_lease(&fresh).await {
+            Ok(_) => Ok(true),
+            Err(CallError::AlreadyExists) => Ok(false),
+            Err(err) => Err(err),
+        };
+    };
+    let spec = lease.spec.clone().unwrap_or_default();
+    let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
+    let renew = spec.renew_time.as_ref().map(|t| t.0.to_string());
+    let observed = Seen {
+        holder: holder.clone(),
+        renew: renew.clone(),
+        at: Instant::now(),
+    };
+    let changed = seen
+        .as_ref()
+        .is_none_or(|s| s.holder != observed.holder || s.renew != observed.renew);
+    if changed {
+        *seen = Some(observed);
+    }
+    let duration = spec
+        .lease_duration_seconds
+        .map(|s| Duration::from_secs(s.max(1) as u64))
+        .unwrap_or(e.duration);
+    let mine = holder.as_deref() == Some(e.identity.as_str());
+    let expired = holder.is_none() || seen.as_ref().is_some_and(|s| s.at.elapsed() >= duration);
+    if !mine && !expired {
+        return Ok(false);
+    }
+    let mut spec = spec;
+    if !mine {
+        spec.holder_identity = Some(e.identity.clone());
+        spec.acquire_time = Some(now.clone());
+        spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+    }
+    spec.renew_time = Some(now);
+    spec.lease_duration_seconds = Some(e.duration.as_secs().max(1) as i32);
+    lease.spec = Some(spec);
+    match cluster.replace_lease(&lease).await {
+        Ok(updated) => {
+            let s = updated.spec.unwrap_or_default();
+            *seen = Some(Seen {
+                holder: s.holder_identity,
+                renew: s.renew_time.map(|t| t.0.to_string()),
+                at: Instant::now(),
+            });
+            Ok(true)
+        }
+        Err(CallError::Conflict(_)) => Ok(false),
+        Err(err) => Err(err),
+    }
+}
+
+/// Gives the lease up (holder cleared) so another replica can take it without waiting.
+async fn release(cluster: &Cluster, e: &Election) {
+    if let Ok(Some(mut lease)) = cluster.get_lease(&e.name).await {
+        let mut spec = lease.spec.clone().unwrap_or_default();
+        if spec.holder_identity.as_deref() == Some(e.identity.as_str()) {
+            spec.holder_identity = None;
+            spec.renew_time = Some(now_micro());
+            lease.spec = Some(spec);
+            match cluster.replace_lease(&lease).await {
+                Ok(_) => info!(executor = %cluster.executor, "reporter lease released"),
+                Err(err) => warn!(executor = %cluster.executor, error = %err, "could not release the reporter lease"),
+            }
+        }
+    }
+}
+
+fn now_micro() -> MicroTime {
+    MicroTime(jiff::Timestamp::now())
+}
