@@ -109,30 +109,30 @@ impl Budget {
         })
     }
 
-    /// Reserves one request now (tokio's clock) and returns the wait, without waiting.
-    pub fn reserve(&self) -> Duration {
+    /// Reserves one request at `now` and returns the wait, without waiting.
+    pub fn reserve(&self, now: Instant) -> Duration {
         // A poisoned lock only means another task panicked between two plain assignments;
         // the bucket is still consistent.
         let mut bucket = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
-        bucket.reserve(Instant::now())
+        bucket.reserve(now)
     }
 
-    /// Waits until one request may be sent and returns the time waited (for the histogram).
-    /// Cancelling the future spends the reservation anyway: the budget errs on the side of
-    /// sending less, never more.
+    /// Waits (on tokio's clock) until one request may be sent and returns the time waited,
+    /// for the histogram. Cancelling the future spends the reservation anyway: the budget errs
+    /// on the side of sending less, never more.
     pub async fn acquire(&self) -> Duration {
         let start = Instant::now();
-        let wait = self.reserve();
+        let wait = self.reserve(start);
         if !wait.is_zero() {
             tokio::time::sleep_until(start + wait).await;
         }
         wait
     }
 
-    /// Requests that could be sent right now without waiting.
-    pub fn available(&self) -> u32 {
+    /// Requests that could be sent at `now` without waiting.
+    pub fn available(&self, now: Instant) -> u32 {
         let bucket = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
-        bucket.available(Instant::now())
+        bucket.available(now)
     }
 }
 
@@ -210,7 +210,7 @@ mod tests {
     async fn acquire_waits_on_tokio_time_and_reports_the_wait() {
         let budget = Budget::try_new(2.0, 2).unwrap();
         let start = Instant::now();
-        assert_eq!(budget.available(), 2);
+        assert_eq!(budget.available(start), 2);
         assert_eq!(budget.acquire().await, Duration::ZERO);
         assert_eq!(budget.acquire().await, Duration::ZERO);
         assert_eq!(Instant::now(), start);

@@ -506,7 +506,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(256))]
+        #![proptest_config(ProptestConfig::with_cases(128))]
 
         #[test]
         fn an_excluded_image_never_reaches_the_executor_excluding_it(
@@ -581,7 +581,7 @@ mod tests {
                 return Ok(());
             }
             let after = Router::from_settings(&smaller).unwrap();
-            for id in start..start + 200 {
+            for id in start..start + 100 {
                 let old = before.plan(BuildId(id), "node:22", None);
                 let new = after.plan(BuildId(id), "node:22", None);
                 let Plan::Ranked(old) = old else { continue };
