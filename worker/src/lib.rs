@@ -14,8 +14,16 @@
 //! - [`secret`]: a string that never reaches logs, events or metrics.
 //! - [`intake`]: the Screwdriver wire format, decoded into typed jobs or refused as poison.
 //! - [`naming`]: pod names, labels and annotation keys, and Kubernetes syntax rules.
+//! - [`routing`]: which executor a build goes to (annotation, weights, exclusions, default),
+//!   as a deterministic per-build preference order.
+//! - [`breaker`]: the long-lived circuit breaker per executor (pure state machine + shared wrapper).
+//! - [`backoff`]: exponential backoff with full jitter, and `Retry-After` parsing.
+//! - [`budget`]: the per-cluster client-side request budget (`qps`/`burst`).
+//! - [`cluster`]: an executor's Kubernetes API as typed calls, each through breaker, budget,
+//!   deadline and retry.
 //! - [`events`]: lifecycle CloudEvents and their deterministic ids.
 //! - [`broker`]: connection supervisor, topology, consuming, confirmed publishing.
+//! - [`status`]: build status updates to the Screwdriver API.
 //! - [`health`]: readiness flags behind `/readyz`.
 //! - [`telemetry`]: metric names and recording functions, log set-up.
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`.
@@ -24,15 +32,21 @@
 //! - [`watch`]: pod watching, failure classification, reporting, garbage collection.
 #![forbid(unsafe_code)]
 
+pub mod backoff;
+pub mod breaker;
 pub mod broker;
+pub mod budget;
 pub mod cache;
+pub mod cluster;
 pub mod config;
 pub mod events;
 pub mod health;
 pub mod http;
 pub mod intake;
 pub mod naming;
+pub mod routing;
 pub mod secret;
+pub mod status;
 pub mod telemetry;
 pub mod tombstones;
 pub mod watch;

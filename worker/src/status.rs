@@ -108,9 +108,13 @@ impl StatusUpdater {
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         if !settings.ca_file.is_empty() {
-            for cert in CertificateDer::pem_file_iter(&settings.ca_file).map_err(|e| format!("{}: {e}", settings.ca_file))? {
+            for cert in CertificateDer::pem_file_iter(&settings.ca_file)
+                .map_err(|e| format!("{}: {e}", settings.ca_file))?
+            {
                 let cert = cert.map_err(|e| format!("{}: {e}", settings.ca_file))?;
-                roots.add(cert).map_err(|e| format!("{}: {e}", settings.ca_file))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("{}: {e}", settings.ca_file))?;
             }
         }
         let tls = rustls::ClientConfig::builder()
@@ -122,7 +126,8 @@ impl StatusUpdater {
             .enable_http1()
             .build();
         let client = Client::builder(TokioExecutor::new()).build(connector);
-        let backoff = Backoff::for_requests(&settings.retry, settings.retry.retry_delay * 8).map_err(|e| e.to_string())?;
+        let backoff = Backoff::for_requests(&settings.retry, settings.retry.retry_delay * 8)
+            .map_err(|e| e.to_string())?;
         Ok(Arc::new(Self {
             client,
             breaker: SharedBreaker::new(BreakerPolicy::from_settings(&settings.breaker)),
@@ -133,7 +138,8 @@ impl StatusUpdater {
 
     /// Sends an update about a build from a message; failures are logged, never returned.
     pub async fn send(&self, build: &StartBuild, update: Update) {
-        self.send_to(&build.api_uri, build.build_id, &build.token, update).await;
+        self.send_to(&build.api_uri, build.build_id, &build.token, update)
+            .await;
     }
 
     /// Sends an update; failures are logged, never returned.
@@ -146,7 +152,10 @@ impl StatusUpdater {
             }
             Ok(Sent::Gone) => {
                 metrics::status_update("gone");
-                debug!(update = label, "build already finished or gone; status not updated");
+                debug!(
+                    update = label,
+                    "build already finished or gone; status not updated"
+                );
             }
             Err(e) => {
                 metrics::status_update("failed");
@@ -156,17 +165,31 @@ impl StatusUpdater {
     }
 
     /// `PUT <apiUri>/v4/builds/<id>`, retried while transient and the breaker is closed.
-    pub async fn put(&self, api_uri: &str, build: BuildId, token: &Secret, update: &Update) -> Result<Sent, StatusError> {
+    pub async fn put(
+        &self,
+        api_uri: &str,
+        build: BuildId,
+        token: &Secret,
+        update: &Update,
+    ) -> Result<Sent, StatusError> {
         let url = format!("{}/v4/builds/{}", api_uri.trim_end_matches('/'), build);
-        let uri: http::Uri = url.parse().map_err(|e| StatusError::BadUri(format!("{e}")))?;
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e| StatusError::BadUri(format!("{e}")))?;
         let body = Bytes::from(update.body().to_string());
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let call = self.breaker.try_acquire().map_err(|_| StatusError::BreakerOpen)?;
+            let call = self
+                .breaker
+                .try_acquire()
+                .map_err(|_| StatusError::BreakerOpen)?;
             let request = http::Request::put(uri.clone())
                 .header(http::header::CONTENT_TYPE, "application/json")
-                .header(http::header::AUTHORIZATION, format!("Bearer {}", token.expose()))
+                .header(
+                    http::header::AUTHORIZATION,
+                    format!("Bearer {}", token.expose()),
+                )
                 .body(Full::new(body.clone()))
                 .map_err(|e| StatusError::BadUri(e.to_string()))?;
             let result = tokio::time::timeout(self.timeout, async {
@@ -194,7 +217,10 @@ impl StatusUpdater {
                     return Err(StatusError::Refused(s.as_u16()));
                 }
                 Ok(Err(e)) => (Outcome::Failure, format!("transport error: {e}")),
-                Err(_) => (Outcome::Failure, format!("no answer within {:?}", self.timeout)),
+                Err(_) => (
+                    Outcome::Failure,
+                    format!("no answer within {:?}", self.timeout),
+                ),
             };
             let _ = call.record(outcome, &mut rand::rng());
             if !self.backoff.may_retry_after(attempt) {

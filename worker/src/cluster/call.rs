@@ -116,7 +116,9 @@ impl CallError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            CallError::BreakerOpen { .. } | CallError::Unavailable { .. } | CallError::QuotaExceeded(_)
+            CallError::BreakerOpen { .. }
+                | CallError::Unavailable { .. }
+                | CallError::QuotaExceeded(_)
         )
     }
 
@@ -124,13 +126,22 @@ impl CallError {
     pub fn is_ambiguous(&self) -> bool {
         matches!(
             self,
-            CallError::BreakerOpen { ambiguous: true, .. } | CallError::Unavailable { ambiguous: true, .. }
+            CallError::BreakerOpen {
+                ambiguous: true,
+                ..
+            } | CallError::Unavailable {
+                ambiguous: true,
+                ..
+            }
         )
     }
 
     /// True for errors that mean the executor itself is misconfigured (not the build).
     pub fn is_executor_misconfigured(&self) -> bool {
-        matches!(self, CallError::RuntimeClassMissing(_) | CallError::Forbidden(_))
+        matches!(
+            self,
+            CallError::RuntimeClassMissing(_) | CallError::Forbidden(_)
+        )
     }
 
     /// A bounded label for metrics and retry reasons.
@@ -185,7 +196,7 @@ pub struct BreakerSignal {
 
 /// Everything a call needs besides the request: the executor's breaker, budget, backoff and
 /// deadline.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Caller {
     /// Executor name (metric label).
     pub executor: String,
@@ -201,6 +212,16 @@ pub struct Caller {
     pub timeout: Duration,
     /// Where breaker transitions go.
     pub signals: mpsc::UnboundedSender<BreakerSignal>,
+}
+
+impl std::fmt::Debug for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Caller")
+            .field("executor", &self.executor)
+            .field("breaker", &self.breaker)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Caller {
@@ -289,7 +310,14 @@ impl Caller {
                         %message,
                         "retrying Kubernetes call"
                     );
-                    metrics::retried(&self.executor, if status == Some(429) { "throttled" } else { "unavailable" });
+                    metrics::retried(
+                        &self.executor,
+                        if status == Some(429) {
+                            "throttled"
+                        } else {
+                            "unavailable"
+                        },
+                    );
                     tokio::time::sleep(delay).await;
                 }
             }
@@ -314,7 +342,11 @@ impl Caller {
                     // A connection that was never made sent nothing.
                     ambiguous: !refused,
                     retry_after: None,
-                    code: if refused { "refused".into() } else { "error".into() },
+                    code: if refused {
+                        "refused".into()
+                    } else {
+                        "error".into()
+                    },
                 };
             }
         };
@@ -350,7 +382,10 @@ fn classify(status: StatusCode, body: Bytes, retry_after: Option<Duration>) -> A
         });
     }
     let parsed: Option<kube::core::Status> = serde_json::from_slice(&body).ok();
-    let reason = parsed.as_ref().map(|s| s.reason.clone()).unwrap_or_default();
+    let reason = parsed
+        .as_ref()
+        .map(|s| s.reason.clone())
+        .unwrap_or_default();
     let message = parsed
         .as_ref()
         .map(|s| s.message.clone())
@@ -373,7 +408,9 @@ fn classify(status: StatusCode, body: Bytes, retry_after: Option<Duration>) -> A
         403 if message.contains("RuntimeClass") && message.contains("not found") => {
             Attempt::Refused(CallError::RuntimeClassMissing(message))
         }
-        403 if message.contains("exceeded quota") => Attempt::Refused(CallError::QuotaExceeded(message)),
+        403 if message.contains("exceeded quota") => {
+            Attempt::Refused(CallError::QuotaExceeded(message))
+        }
         401 | 403 => Attempt::Refused(CallError::Forbidden(message)),
         408 | 429 => Attempt::Transient {
             status: Some(code),
@@ -389,7 +426,10 @@ fn classify(status: StatusCode, body: Bytes, retry_after: Option<Duration>) -> A
             retry_after,
             code: code.to_string(),
         },
-        _ => Attempt::Refused(CallError::Refused { status: code, message }),
+        _ => Attempt::Refused(CallError::Refused {
+            status: code,
+            message,
+        }),
     }
 }
 
@@ -398,7 +438,9 @@ fn refused_code(e: &CallError) -> String {
         CallError::AlreadyExists | CallError::Conflict(_) => "409".into(),
         CallError::NotFound(_) => "404".into(),
         CallError::Invalid(_) => "422".into(),
-        CallError::RuntimeClassMissing(_) | CallError::QuotaExceeded(_) | CallError::Forbidden(_) => "403".into(),
+        CallError::RuntimeClassMissing(_)
+        | CallError::QuotaExceeded(_)
+        | CallError::Forbidden(_) => "403".into(),
         CallError::Refused { status, .. } => status.to_string(),
         CallError::BreakerOpen { .. } | CallError::Unavailable { .. } => "error".into(),
     }
@@ -444,7 +486,11 @@ mod tests {
     }
 
     fn refused(code: u16, reason: &str, message: &str) -> CallError {
-        match classify(StatusCode::from_u16(code).unwrap(), status(code, reason, message), None) {
+        match classify(
+            StatusCode::from_u16(code).unwrap(),
+            status(code, reason, message),
+            None,
+        ) {
             Attempt::Refused(e) => e,
             _ => panic!("{code} was not refused"),
         }
@@ -452,32 +498,67 @@ mod tests {
 
     #[test]
     fn user_errors_are_refusals_not_failures() {
-        assert_eq!(refused(409, "AlreadyExists", "pods \"x\" already exists"), CallError::AlreadyExists);
-        assert!(matches!(refused(409, "Conflict", "modified"), CallError::Conflict(_)));
-        assert!(matches!(refused(422, "Invalid", "bad"), CallError::Invalid(_)));
+        assert_eq!(
+            refused(409, "AlreadyExists", "pods \"x\" already exists"),
+            CallError::AlreadyExists
+        );
         assert!(matches!(
-            refused(403, "Forbidden", "pods \"x\" is forbidden: pod rejected: RuntimeClass \"kata\" not found"),
+            refused(409, "Conflict", "modified"),
+            CallError::Conflict(_)
+        ));
+        assert!(matches!(
+            refused(422, "Invalid", "bad"),
+            CallError::Invalid(_)
+        ));
+        assert!(matches!(
+            refused(
+                403,
+                "Forbidden",
+                "pods \"x\" is forbidden: pod rejected: RuntimeClass \"kata\" not found"
+            ),
             CallError::RuntimeClassMissing(_)
         ));
         assert!(matches!(
-            refused(403, "Forbidden", "pods \"x\" is forbidden: exceeded quota: compute"),
+            refused(
+                403,
+                "Forbidden",
+                "pods \"x\" is forbidden: exceeded quota: compute"
+            ),
             CallError::QuotaExceeded(_)
         ));
-        assert!(matches!(refused(403, "Forbidden", "User cannot create pods"), CallError::Forbidden(_)));
-        assert!(matches!(refused(404, "NotFound", "nope"), CallError::NotFound(_)));
+        assert!(matches!(
+            refused(403, "Forbidden", "User cannot create pods"),
+            CallError::Forbidden(_)
+        ));
+        assert!(matches!(
+            refused(404, "NotFound", "nope"),
+            CallError::NotFound(_)
+        ));
     }
 
     #[test]
     fn infrastructure_errors_are_transient_and_429_is_not_ambiguous() {
-        match classify(StatusCode::TOO_MANY_REQUESTS, status(429, "TooManyRequests", "slow down"), Some(Duration::from_secs(1))) {
-            Attempt::Transient { ambiguous, retry_after, .. } => {
+        match classify(
+            StatusCode::TOO_MANY_REQUESTS,
+            status(429, "TooManyRequests", "slow down"),
+            Some(Duration::from_secs(1)),
+        ) {
+            Attempt::Transient {
+                ambiguous,
+                retry_after,
+                ..
+            } => {
                 assert!(!ambiguous);
                 assert_eq!(retry_after, Some(Duration::from_secs(1)));
             }
             _ => panic!("429 must be transient"),
         }
         for code in [500, 502, 503, 504] {
-            match classify(StatusCode::from_u16(code).unwrap(), Bytes::from_static(b"oops"), None) {
+            match classify(
+                StatusCode::from_u16(code).unwrap(),
+                Bytes::from_static(b"oops"),
+                None,
+            ) {
                 Attempt::Transient { ambiguous, .. } => assert!(ambiguous),
                 _ => panic!("{code} must be transient"),
             }
@@ -492,7 +573,9 @@ mod tests {
             .to_string(),
         );
         match classify(StatusCode::TOO_MANY_REQUESTS, body, None) {
-            Attempt::Transient { retry_after, .. } => assert_eq!(retry_after, Some(Duration::from_secs(3))),
+            Attempt::Transient { retry_after, .. } => {
+                assert_eq!(retry_after, Some(Duration::from_secs(3)))
+            }
             _ => panic!("429 must be transient"),
         }
     }

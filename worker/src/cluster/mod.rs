@@ -44,7 +44,7 @@ pub enum SetupError {
 }
 
 /// One executor's cluster.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Cluster {
     /// Executor name.
     pub executor: String,
@@ -52,6 +52,16 @@ pub struct Cluster {
     pub namespace: String,
     caller: Caller,
     watch_client: kube::Client,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("executor", &self.executor)
+            .field("namespace", &self.namespace)
+            .field("caller", &self.caller)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Cluster {
@@ -64,8 +74,10 @@ impl Cluster {
         let opts = &config.options;
         let timeout = opts.fusebox.breaker.timeout;
         let (call_config, watch_config) = client_configs(config, timeout).await?;
-        let client = kube::Client::try_from(call_config).map_err(|e| SetupError::Settings(e.to_string()))?;
-        let watch_client = kube::Client::try_from(watch_config).map_err(|e| SetupError::Settings(e.to_string()))?;
+        let client =
+            kube::Client::try_from(call_config).map_err(|e| SetupError::Settings(e.to_string()))?;
+        let watch_client = kube::Client::try_from(watch_config)
+            .map_err(|e| SetupError::Settings(e.to_string()))?;
         let backoff = Backoff::for_requests(&opts.requestretry, opts.requestretry.retry_delay * 16)
             .map_err(|e| SetupError::Settings(e.to_string()))?;
         let budget = Budget::try_new(opts.kubernetes.qps, opts.kubernetes.burst)
@@ -110,7 +122,10 @@ impl Cluster {
     }
 
     fn leases(&self) -> Request {
-        Request::new(format!("/apis/coordination.k8s.io/v1/namespaces/{}/leases", self.namespace))
+        Request::new(format!(
+            "/apis/coordination.k8s.io/v1/namespaces/{}/leases",
+            self.namespace
+        ))
     }
 
     /// Creates a pod. `AlreadyExists` is an error here: the caller decides about adoption.
@@ -118,14 +133,20 @@ impl Cluster {
         let body = serde_json::to_vec(pod).map_err(|e| refused(0, e))?;
         let answer = self
             .caller
-            .call(Verb::Create, || self.pods().create(&PostParams::default(), body.clone()))
+            .call(Verb::Create, || {
+                self.pods().create(&PostParams::default(), body.clone())
+            })
             .await?;
         parse(&answer.body)
     }
 
     /// Reads a pod; `None` when it does not exist.
     pub async fn get_pod(&self, name: &str) -> Result<Option<Pod>, CallError> {
-        match self.caller.call(Verb::Get, || self.pods().get(name, &Default::default())).await {
+        match self
+            .caller
+            .call(Verb::Get, || self.pods().get(name, &Default::default()))
+            .await
+        {
             Ok(a) => parse(&a.body).map(Some),
             Err(CallError::NotFound(_)) => Ok(None),
             Err(e) => Err(e),
@@ -143,7 +164,8 @@ impl Cluster {
         let answer = self
             .caller
             .call(Verb::DeleteCollection, || {
-                self.pods().delete_collection(&DeleteParams::background(), &lp)
+                self.pods()
+                    .delete_collection(&DeleteParams::background(), &lp)
             })
             .await?;
         // The API server answers the deleted items as a list (or a Status for some servers).
@@ -159,7 +181,11 @@ impl Cluster {
         if let Some(g) = grace {
             dp = dp.grace_period(g);
         }
-        match self.caller.call(Verb::Delete, || self.pods().delete(name, &dp)).await {
+        match self
+            .caller
+            .call(Verb::Delete, || self.pods().delete(name, &dp))
+            .await
+        {
             Ok(_) => Ok(true),
             Err(CallError::NotFound(_)) => Ok(false),
             Err(e) => Err(e),
@@ -171,7 +197,9 @@ impl Cluster {
         let body = serde_json::to_vec(secret).map_err(|e| refused(0, e))?;
         match self
             .caller
-            .call(Verb::Create, || self.secrets().create(&PostParams::default(), body.clone()))
+            .call(Verb::Create, || {
+                self.secrets().create(&PostParams::default(), body.clone())
+            })
             .await
         {
             Ok(_) | Err(CallError::AlreadyExists) => Ok(()),
@@ -181,7 +209,11 @@ impl Cluster {
 
     /// Reads a Secret; `None` when it does not exist.
     pub async fn get_secret(&self, name: &str) -> Result<Option<Secret>, CallError> {
-        match self.caller.call(Verb::Get, || self.secrets().get(name, &Default::default())).await {
+        match self
+            .caller
+            .call(Verb::Get, || self.secrets().get(name, &Default::default()))
+            .await
+        {
             Ok(a) => parse(&a.body).map(Some),
             Err(CallError::NotFound(_)) => Ok(None),
             Err(e) => Err(e),
@@ -190,7 +222,11 @@ impl Cluster {
 
     /// Reads a Lease; `None` when it does not exist.
     pub async fn get_lease(&self, name: &str) -> Result<Option<Lease>, CallError> {
-        match self.caller.call(Verb::Get, || self.leases().get(name, &Default::default())).await {
+        match self
+            .caller
+            .call(Verb::Get, || self.leases().get(name, &Default::default()))
+            .await
+        {
             Ok(a) => parse(&a.body).map(Some),
             Err(CallError::NotFound(_)) => Ok(None),
             Err(e) => Err(e),
@@ -202,7 +238,9 @@ impl Cluster {
         let body = serde_json::to_vec(lease).map_err(|e| refused(0, e))?;
         let a = self
             .caller
-            .call(Verb::Create, || self.leases().create(&PostParams::default(), body.clone()))
+            .call(Verb::Create, || {
+                self.leases().create(&PostParams::default(), body.clone())
+            })
             .await?;
         parse(&a.body)
     }
@@ -213,7 +251,10 @@ impl Cluster {
         let body = serde_json::to_vec(lease).map_err(|e| refused(0, e))?;
         let a = self
             .caller
-            .call(Verb::Update, || self.leases().replace(&name, &PostParams::default(), body.clone()))
+            .call(Verb::Update, || {
+                self.leases()
+                    .replace(&name, &PostParams::default(), body.clone())
+            })
             .await?;
         parse(&a.body)
     }
@@ -255,12 +296,17 @@ fn refused(status: u16, e: impl std::fmt::Display) -> CallError {
 
 /// The kube configs of an executor: one for calls (read timeout, no built-in retry) and one
 /// for watches (no read timeout: a watch may be quiet for minutes).
-async fn client_configs(config: &ExecutorConfig, timeout: Duration) -> Result<(kube::Config, kube::Config), SetupError> {
+async fn client_configs(
+    config: &ExecutorConfig,
+    timeout: Duration,
+) -> Result<(kube::Config, kube::Config), SetupError> {
     let k = &config.options.kubernetes;
     let mut cfg = if !k.kubeconfig.is_empty() {
-        let kc = kube::config::Kubeconfig::read_from(&k.kubeconfig).map_err(|e| SetupError::Kubeconfig {
-            path: k.kubeconfig.clone(),
-            error: e.to_string(),
+        let kc = kube::config::Kubeconfig::read_from(&k.kubeconfig).map_err(|e| {
+            SetupError::Kubeconfig {
+                path: k.kubeconfig.clone(),
+                error: e.to_string(),
+            }
         })?;
         let options = kube::config::KubeConfigOptions {
             context: (!k.context.is_empty()).then(|| k.context.clone()),
@@ -288,7 +334,8 @@ async fn client_configs(config: &ExecutorConfig, timeout: Duration) -> Result<(k
         }
         cfg
     } else {
-        kube::Config::incluster().map_err(|e| SetupError::Settings(format!("in-cluster configuration: {e}")))?
+        kube::Config::incluster()
+            .map_err(|e| SetupError::Settings(format!("in-cluster configuration: {e}")))?
     };
     // Credentials given in the worker's configuration win over the kubeconfig's.
     if !k.token.is_empty() {

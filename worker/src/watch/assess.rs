@@ -215,22 +215,20 @@ pub fn assess(
                     reason,
                 };
             }
-            r if trouble_key(r) != "Other" => {
-                if trouble_age(trouble_key(r)) >= policy.grace {
-                    let message = if trouble_key(r) == "ImagePull" {
-                        format!(
-                            "Build failed to start: the image {} could not be pulled ({}). Please check if your image is valid and accessible.",
-                            quote(&image),
-                            short(&detail)
-                        )
-                    } else {
-                        format!(
-                            "Build failed to start: the container could not be created ({}). Please reach out to your cluster admin for help.",
-                            short(&detail)
-                        )
-                    };
-                    return Verdict::LaunchFailed { reason, message };
-                }
+            r if trouble_key(r) != "Other" && trouble_age(trouble_key(r)) >= policy.grace => {
+                let message = if trouble_key(r) == "ImagePull" {
+                    format!(
+                        "Build failed to start: the image {} could not be pulled ({}). Please check if your image is valid and accessible.",
+                        quote(&image),
+                        short(&detail)
+                    )
+                } else {
+                    format!(
+                        "Build failed to start: the container could not be created ({}). Please reach out to your cluster admin for help.",
+                        short(&detail)
+                    )
+                };
+                return Verdict::LaunchFailed { reason, message };
             }
             _ => {}
         }

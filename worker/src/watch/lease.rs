@@ -41,7 +41,12 @@ struct Seen {
 
 /// Runs the election until `stop`, publishing `true` while this replica leads. On stop, a
 /// leader releases the lease so another replica takes over at once.
-pub async fn run(cluster: Cluster, election: Election, leading: watch::Sender<bool>, stop: CancellationToken) {
+pub async fn run(
+    cluster: Cluster,
+    election: Election,
+    leading: watch::Sender<bool>,
+    stop: CancellationToken,
+) {
     let mut seen: Option<Seen> = None;
     let mut last_renew: Option<Instant> = None;
     let renew_deadline = election.duration.mul_f64(2.0 / 3.0);
@@ -54,7 +59,8 @@ pub async fn run(cluster: Cluster, election: Election, leading: watch::Sender<bo
             Ok(false) => false,
             Err(e) => {
                 // Keep leading only while the last renewal is recent enough.
-                let still = *leading.borrow() && last_renew.is_some_and(|t| t.elapsed() < renew_deadline);
+                let still =
+                    *leading.borrow() && last_renew.is_some_and(|t| t.elapsed() < renew_deadline);
                 warn!(executor = %cluster.executor, error = %e, still_leading = still, "lease renewal failed");
                 still
             }
@@ -158,7 +164,9 @@ async fn release(cluster: &Cluster, e: &Election) {
             lease.spec = Some(spec);
             match cluster.replace_lease(&lease).await {
                 Ok(_) => info!(executor = %cluster.executor, "reporter lease released"),
-                Err(err) => warn!(executor = %cluster.executor, error = %err, "could not release the reporter lease"),
+                Err(err) => {
+                    warn!(executor = %cluster.executor, error = %err, "could not release the reporter lease")
+                }
             }
         }
     }

@@ -3,3 +3,4 @@
 //! collecting garbage.
 
 pub mod assess;
+pub mod lease;
