@@ -4,3 +4,4 @@
 
 pub mod assess;
 pub mod lease;
+pub mod reporter;

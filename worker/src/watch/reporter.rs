@@ -1,0 +1,424 @@
+//! The reporter of one executor: while this replica holds the executor's Lease, one pod watch
+//! (kube-runtime's watcher with backoff, selected on the managed-by and executor labels) turns
+//! what happens to build pods into lifecycle events, fails builds that cannot start (and
+//! deletes their pods), sends Screwdriver status updates, and collects garbage.
+//!
+//! Event ids derive from (build, type, attempt of the pod), so a replica that takes over may
+//! repeat an event the previous one published, but never invents a different one.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::assess::{Policy, Verdict, assess, trouble_key};
+use crate::broker::Publisher;
+use crate::cluster::Cluster;
+use crate::config::ExecutorConfig;
+use crate::events::{BuildEventData, EventType, build_event};
+use crate::intake::BuildId;
+use crate::naming;
+use crate::secret::Secret;
+use crate::status::{StatusUpdater, Update};
+use crate::telemetry::metrics;
+
+/// An unscheduled pod gets Screwdriver's "Waiting for resources" message after this long.
+const WAITING_AFTER: Duration = Duration::from_secs(5);
+
+/// What a reporter needs.
+#[derive(Debug, Clone)]
+pub struct Reporter {
+    /// The executor's cluster.
+    pub cluster: Cluster,
+    /// The executor's configuration.
+    pub config: ExecutorConfig,
+    /// Where events go.
+    pub publisher: Publisher,
+    /// `source` of the events.
+    pub source: String,
+    /// Screwdriver status updates, when enabled.
+    pub status: Option<Arc<StatusUpdater>>,
+    /// How often pods are re-assessed (time-based verdicts, garbage collection).
+    pub resync: Duration,
+}
+
+/// What the reporter remembers of one pod.
+#[derive(Debug)]
+struct Track {
+    pod: Pod,
+    /// First time each trouble (image pull, config error) was seen, for grace periods.
+    troubles: HashMap<&'static str, Instant>,
+    first_seen: Instant,
+    running_sent: bool,
+    terminal_sent: bool,
+    scheduled_sent: bool,
+    waiting_sent: bool,
+    terminal_at: Option<Instant>,
+    deleted: bool,
+    token: Option<Secret>,
+}
+
+impl Track {
+    fn new(pod: Pod) -> Self {
+        Self {
+            pod,
+            troubles: HashMap::new(),
+            first_seen: Instant::now(),
+            running_sent: false,
+            terminal_sent: false,
+            scheduled_sent: false,
+            waiting_sent: false,
+            terminal_at: None,
+            deleted: false,
+            token: None,
+        }
+    }
+}
+
+/// The build a pod belongs to, read from the pod.
+#[derive(Debug, Clone)]
+struct BuildInfo {
+    build: BuildId,
+    job_id: Option<u64>,
+    attempt: u32,
+    api_uri: Option<String>,
+    token_secret: Option<String>,
+}
+
+impl Reporter {
+    /// Reports while `leading` is true, until `stop`.
+    pub async fn run(self, mut leading: watch::Receiver<bool>, stop: CancellationToken) {
+        let span = info_span!("reporter", executor = %self.cluster.executor);
+        async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = leading.wait_for(|l| *l) => if r.is_err() { return },
+                }
+                info!("reporting for this executor");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = self.report(&mut leading) => {}
+                }
+                info!("no longer reporting for this executor");
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn report(&self, leading: &mut watch::Receiver<bool>) {
+        let api: Api<Pod> = Api::namespaced(self.cluster.watch_client(), &self.cluster.namespace);
+        let selector = naming::executor_selector(&self.cluster.executor);
+        let mut stream = watcher(api, watcher::Config::default().labels(&selector))
+            .default_backoff()
+            .boxed();
+        let mut tracks: HashMap<String, Track> = HashMap::new();
+        let mut relisting: Option<HashSet<String>> = None;
+        let mut tick = tokio::time::interval(self.resync);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                changed = leading.changed() => {
+                    if changed.is_err() || !*leading.borrow() {
+                        return;
+                    }
+                }
+                event = stream.next() => match event {
+                    Some(Ok(watcher::Event::Init)) => relisting = Some(HashSet::new()),
+                    Some(Ok(watcher::Event::InitApply(pod) | watcher::Event::Apply(pod))) => {
+                        let uid = pod.metadata.uid.clone().unwrap_or_default();
+                        if let Some(seen) = relisting.as_mut() {
+                            seen.insert(uid.clone());
+                        }
+                        let track = tracks.entry(uid).or_insert_with(|| Track::new(pod.clone()));
+                        track.pod = pod;
+                        self.evaluate(track).await;
+                    }
+                    Some(Ok(watcher::Event::InitDone)) => {
+                        if let Some(seen) = relisting.take() {
+                            tracks.retain(|uid, _| seen.contains(uid));
+                        }
+                    }
+                    Some(Ok(watcher::Event::Delete(pod))) => {
+                        tracks.remove(pod.metadata.uid.as_deref().unwrap_or_default());
+                    }
+                    Some(Err(e)) => warn!(error = %e, "pod watch error; retrying with backoff"),
+                    None => return,
+                },
+                _ = tick.tick() => {
+                    for track in tracks.values_mut() {
+                        self.evaluate(track).await;
+                    }
+                    tracks.retain(|_, t| !t.deleted);
+                }
+            }
+        }
+    }
+
+    fn policy(&self) -> Policy {
+        Policy {
+            grace: self.config.options.kubernetes.image_pull_grace_period,
+            pending_timeout: self.config.options.kubernetes.pending_timeout,
+        }
+    }
+
+    fn build_info(&self, pod: &Pod) -> Option<BuildInfo> {
+        let ann = pod.metadata.annotations.as_ref();
+        let get = |k: &str| ann.and_then(|a| a.get(k)).cloned();
+        let build = get(naming::ANN_BUILD_ID)
+            .and_then(|v| v.parse::<u64>().ok())
+            .or_else(|| {
+                let label = pod.metadata.labels.as_ref()?.get(naming::BUILD_LABEL)?;
+                label.strip_prefix(&self.config.options.prefix)?.parse().ok()
+            })?;
+        Some(BuildInfo {
+            build: BuildId(build),
+            job_id: get(naming::ANN_JOB_ID).and_then(|v| v.parse().ok()),
+            attempt: get(naming::ANN_ATTEMPT)
+                .and_then(|v| v.parse().ok())
+                .filter(|a| *a >= 1)
+                .unwrap_or(1),
+            api_uri: get(naming::ANN_API_URI).filter(|u| !u.is_empty()),
+            token_secret: get(naming::ANN_TOKEN_SECRET).filter(|s| !s.is_empty()),
+        })
+    }
+
+    /// Assesses one pod and does what its state calls for, once.
+    async fn evaluate(&self, track: &mut Track) {
+        if track.deleted {
+            return;
+        }
+        let now_unix = jiff::Timestamp::now().as_second();
+        let pod_name = track.pod.metadata.name.clone().unwrap_or_default();
+        let Some(info) = self.build_info(&track.pod) else {
+            self.collect_orphan(track, &pod_name, now_unix, true).await;
+            return;
+        };
+        // Remember when each current trouble first showed, forget the ones that cleared.
+        let current: HashSet<&'static str> = waiting_reasons(&track.pod).map(|r| trouble_key(&r)).collect();
+        track.troubles.retain(|k, _| current.contains(k));
+        for k in current {
+            track.troubles.entry(k).or_insert_with(Instant::now);
+        }
+        let troubles = track.troubles.clone();
+        let verdict = assess(
+            &track.pod,
+            now_unix,
+            |k| troubles.get(k).map(|t| t.elapsed()).unwrap_or_default(),
+            &self.policy(),
+        );
+        let base = BuildEventData {
+            build_id: info.build.0,
+            job_id: info.job_id,
+            executor: Some(self.cluster.executor.clone()),
+            namespace: Some(self.cluster.namespace.clone()),
+            pod: Some(pod_name.clone()),
+            attempt: info.attempt,
+            ..Default::default()
+        };
+        let span = info_span!("build", buildId = info.build.0, executor = %self.cluster.executor, attempt = info.attempt);
+        let _enter = span.enter();
+        match &verdict {
+            Verdict::Pending { scheduled } => {
+                if *scheduled && !track.scheduled_sent {
+                    let node = track.pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+                    let update = Update::Scheduled {
+                        hostname: node,
+                        image_pull_start: format!("{:.3}", jiff::Timestamp::now()),
+                    };
+                    self.status_update(track, &info, update).await;
+                    track.scheduled_sent = true;
+                } else if !*scheduled && !track.waiting_sent && track.first_seen.elapsed() >= WAITING_AFTER {
+                    self.status_update(track, &info, Update::Waiting).await;
+                    track.waiting_sent = true;
+                }
+                self.collect_orphan(track, &pod_name, now_unix, false).await;
+            }
+            Verdict::Running => {
+                if !track.running_sent && self.publish(EventType::BuildRunning, base).await {
+                    track.running_sent = true;
+                    if let Some(created) = &track.pod.metadata.creation_timestamp {
+                        let age = now_unix.saturating_sub(created.0.as_second()).max(0) as u64;
+                        metrics::pod_started(&self.cluster.executor, Duration::from_secs(age));
+                    }
+                    info!(pod = %pod_name, "build running");
+                }
+                if !track.scheduled_sent {
+                    track.scheduled_sent = true;
+                }
+                self.collect_orphan(track, &pod_name, now_unix, false).await;
+            }
+            Verdict::LaunchFailed { reason, message } => {
+                if !track.terminal_sent {
+                    let data = BuildEventData {
+                        reason: Some(reason.clone()),
+                        message: Some(message.clone()),
+                        ..base
+                    };
+                    if !self.publish(EventType::BuildLaunchFailed, data).await {
+                        return;
+                    }
+                    track.terminal_sent = true;
+                    metrics::launch_failed(&self.cluster.executor, reason);
+                    warn!(pod = %pod_name, %reason, "build failed to start");
+                    self.status_update(track, &info, Update::Failure(message.clone())).await;
+                }
+                // A pod that cannot start is removed, so nothing hangs and nothing is retried.
+                if self.cluster.delete_pod(&pod_name, Some(0)).await.is_ok() {
+                    track.deleted = true;
+                }
+            }
+            Verdict::Succeeded | Verdict::Failed { .. } | Verdict::TimedOut { .. } => {
+                if !track.terminal_sent {
+                    let (ty, outcome, data) = match &verdict {
+                        Verdict::Succeeded => (EventType::BuildSucceeded, "succeeded", base),
+                        Verdict::Failed {
+                            exit_code,
+                            reason,
+                            message,
+                        } => (
+                            EventType::BuildFailed,
+                            "failed",
+                            BuildEventData {
+                                exit_code: Some(*exit_code),
+                                reason: Some(reason.clone()),
+                                message: Some(message.clone()),
+                                ..base
+                            },
+                        ),
+                        Verdict::TimedOut { message } => (
+                            EventType::BuildTimedOut,
+                            "timed_out",
+                            BuildEventData {
+                                reason: Some("DeadlineExceeded".into()),
+                                message: Some(message.clone()),
+                                ..base
+                            },
+                        ),
+                        _ => unreachable!("matched above"),
+                    };
+                    if !self.publish(ty, data).await {
+                        return;
+                    }
+                    track.terminal_sent = true;
+                    track.terminal_at = Some(Instant::now());
+                    metrics::build_completed(&self.cluster.executor, outcome);
+                    info!(pod = %pod_name, outcome, "build finished");
+                    // The launcher reports its own result; only deaths it cannot report are told.
+                    if let Verdict::Failed { reason, message, .. } = &verdict
+                        && matches!(reason.as_str(), "OOMKilled" | "Evicted" | "Failed")
+                    {
+                        self.status_update(track, &info, Update::Failure(message.clone())).await;
+                    }
+                    if let Verdict::TimedOut { message } = &verdict {
+                        self.status_update(track, &info, Update::Failure(message.clone())).await;
+                    }
+                }
+                let ttl = self.config.options.kubernetes.pod_ttl;
+                let finished_for = finished_at(&track.pod)
+                    .map(|t| Duration::from_secs(now_unix.saturating_sub(t).max(0) as u64))
+                    .unwrap_or_else(|| track.terminal_at.map(|t| t.elapsed()).unwrap_or_default());
+                if finished_for >= ttl && self.cluster.delete_pod(&pod_name, None).await.is_ok() {
+                    metrics::gc_deleted(&self.cluster.executor, "finished");
+                    debug!(pod = %pod_name, "finished pod collected");
+                    track.deleted = true;
+                }
+            }
+        }
+    }
+
+    /// Deletes a pod that no build can still need: one without a build past the pending
+    /// deadline, or any pod older than the longest a build may live.
+    async fn collect_orphan(&self, track: &mut Track, pod_name: &str, now_unix: i64, unknown_build: bool) {
+        let k = &self.config.options.kubernetes;
+        let Some(created) = track.pod.metadata.creation_timestamp.as_ref().map(|t| t.0.as_second()) else {
+            return;
+        };
+        let age = Duration::from_secs(now_unix.saturating_sub(created).max(0) as u64);
+        let limit = if unknown_build {
+            k.pending_timeout
+        } else {
+            k.max_build_timeout + k.pending_timeout + k.pod_ttl
+        };
+        if age >= limit && self.cluster.delete_pod(pod_name, Some(0)).await.is_ok() {
+            warn!(pod = %pod_name, ?age, "orphan pod collected");
+            metrics::gc_deleted(&self.cluster.executor, "orphan");
+            track.deleted = true;
+        }
+    }
+
+    async fn publish(&self, ty: EventType, data: BuildEventData) -> bool {
+        let ev = build_event(&self.source, ty, data);
+        match self.publisher.publish_event(&ev).await {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(error = %e, event = ty.suffix(), "event not confirmed; will try again");
+                false
+            }
+        }
+    }
+
+    async fn status_update(&self, track: &mut Track, info: &BuildInfo, update: Update) {
+        let (Some(status), Some(api)) = (&self.status, &info.api_uri) else {
+            return;
+        };
+        if track.token.is_none()
+            && let Some(name) = &info.token_secret
+        {
+            match self.cluster.get_secret(name).await {
+                Ok(Some(secret)) => {
+                    track.token = secret
+                        .data
+                        .as_ref()
+                        .and_then(|d| d.get("token"))
+                        .and_then(|b| String::from_utf8(b.0.clone()).ok())
+                        .map(Secret::new);
+                }
+                Ok(None) => {}
+                Err(e) => warn!(error = %e, "cannot read the build token for a status update"),
+            }
+        }
+        match &track.token {
+            Some(token) => status.send_to(api, info.build, token, update).await,
+            None => debug!("no build token available; status update skipped"),
+        }
+    }
+}
+
+/// Waiting reasons of every container of the pod.
+fn waiting_reasons(pod: &Pod) -> impl Iterator<Item = String> + '_ {
+    pod.status.iter().flat_map(|s| {
+        s.init_container_statuses
+            .iter()
+            .flatten()
+            .chain(s.container_statuses.iter().flatten())
+            .filter_map(|c| c.state.as_ref()?.waiting.as_ref()?.reason.clone())
+    })
+}
+
+/// When the build container finished (unix seconds).
+fn finished_at(pod: &Pod) -> Option<i64> {
+    let build = pod.spec.as_ref()?.containers.first()?.name.clone();
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == build)?
+        .state
+        .as_ref()?
+        .terminated
+        .as_ref()?
+        .finished_at
+        .as_ref()
+        .map(|t| t.0.as_second())
+}
