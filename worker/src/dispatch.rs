@@ -667,6 +667,10 @@ impl Handler for Dispatcher {
     fn stopped_elsewhere(&self, build_id: u64) {
         self.tombstones.insert(BuildId(build_id));
     }
+
+    fn topology_checked(&self, report: &crate::broker::TopologyReport) {
+        self.set_dead_queue_exists(report.dead_queue_exists);
+    }
 }
 
 /// The sentence a Screwdriver user sees on a build that could not be launched.

@@ -1,1 +1,133 @@
-fn main() {}
+//! `buildcluster-worker`: the command line (contract section 2). Only wiring lives here.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use buildcluster_worker::config::{self, Compat, LoadOptions};
+use buildcluster_worker::telemetry::{logging, metrics};
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+/// Consumes CI build messages from RabbitMQ and launches build pods on Kubernetes clusters.
+#[derive(Debug, Parser)]
+#[command(name = "buildcluster-worker", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "json", env = "BCW_LOG_FORMAT")]
+    log_format: logging::LogFormat,
+    /// Log level or filter (overrides RUST_LOG), e.g. `info` or `buildcluster_worker=debug`.
+    #[arg(long, global = true, env = "BCW_LOG_LEVEL")]
+    log_level: Option<String>,
+    /// Read the original buildcluster-queue-worker's configuration (`screwdriver`).
+    #[arg(long, global = true, env = "BCW_COMPAT", default_value = "native")]
+    compat: Compat,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the worker until SIGTERM/SIGINT, then drain and exit 0.
+    Run {
+        /// Configuration file (YAML); the environment may provide everything instead.
+        #[arg(long, env = "BCW_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Load and validate the configuration, print every problem (exit 2) or the effective
+    /// configuration with secrets masked (exit 0).
+    CheckConfig {
+        /// Configuration file (YAML).
+        #[arg(long, env = "BCW_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    // One TLS provider for the whole process (lapin and kube both use rustls).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    match cli.command {
+        Command::CheckConfig { config } => {
+            let opts = LoadOptions {
+                path: config,
+                env,
+                compat: cli.compat,
+            };
+            match config::load(&opts) {
+                Ok(settings) => {
+                    print!("{}", config::render_effective(&settings));
+                    ExitCode::SUCCESS
+                }
+                Err(errors) => {
+                    println!("configuration is invalid ({} problems):", errors.0.len());
+                    for issue in &errors.0 {
+                        println!("  {issue}");
+                    }
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Run { config } => {
+            logging::init(cli.log_format, cli.log_level.as_deref());
+            let opts = LoadOptions {
+                path: config,
+                env,
+                compat: cli.compat,
+            };
+            let loaded = match config::load_with_notices(&opts) {
+                Ok(l) => l,
+                Err(errors) => {
+                    eprintln!("configuration is invalid ({} problems):", errors.0.len());
+                    for issue in &errors.0 {
+                        eprintln!("  {issue}");
+                    }
+                    return ExitCode::from(2);
+                }
+            };
+            for notice in &loaded.notices {
+                tracing::info!(key = %notice.path, "{}", notice.message);
+            }
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            runtime.block_on(async move {
+                let handle = match metrics::install() {
+                    Ok(h) => Some(h),
+                    Err(e) => {
+                        tracing::error!(error = %e, "metrics recorder not installed");
+                        None
+                    }
+                };
+                let shutdown = CancellationToken::new();
+                tokio::spawn(signals(shutdown.clone()));
+                match buildcluster_worker::app::run(loaded.settings, handle, shutdown, None).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        tracing::error!(error = format!("{e:#}"), "worker stopped");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
+    }
+}
+
+/// Cancels `shutdown` on SIGTERM or SIGINT.
+async fn signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    shutdown.cancel();
+}

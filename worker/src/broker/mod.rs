@@ -133,6 +133,11 @@ pub trait Handler: Send + Sync + 'static {
 
     /// A `build.stopped` event was seen on the events exchange (from any replica).
     fn stopped_elsewhere(&self, build_id: u64);
+
+    /// The topology was declared or checked (after every connect).
+    fn topology_checked(&self, report: &TopologyReport) {
+        let _ = report;
+    }
 }
 
 /// Connection parameters.
@@ -192,7 +197,10 @@ pub async fn run<H: Handler>(
             }
         };
         match opts.topology.ensure(&connection).await {
-            Ok(r) => report = r,
+            Ok(r) => {
+                handler.topology_checked(&r);
+                report = r;
+            }
             Err(e) if e.is_fatal() => {
                 error!(error = %e, "broker topology problem");
                 let _ = connection.close(200, "topology problem".into()).await;

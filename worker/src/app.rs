@@ -1,0 +1,319 @@
+//! The worker, wired: executors, router, launcher, dispatcher, broker supervisor, reporters,
+//! breaker signals and the HTTP server, run until `shutdown` and then drained.
+//!
+//! Dependencies and the shutdown signal are injected (`run(settings, metrics, shutdown)`), so
+//! tests run whole workers in process.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::breaker::Transition;
+use crate::broker::{self, BrokerOptions, Publisher, Topology};
+use crate::cluster::{BreakerSignal, Cluster};
+use crate::config::Settings;
+use crate::dispatch::{Dispatcher, Policy};
+use crate::events::{ClusterEventData, EventType, cluster_event};
+use crate::health::Readiness;
+use crate::intake::Limits;
+use crate::launch::{Executor, Launcher};
+use crate::routing::Router;
+use crate::status::StatusUpdater;
+use crate::telemetry::metrics;
+use crate::tombstones::Tombstones;
+use crate::watch::lease::{self, Election};
+use crate::watch::reporter::Reporter;
+
+/// What a caller may learn once the worker listens.
+#[derive(Debug, Clone)]
+pub struct Started {
+    /// Address of the HTTP server.
+    pub http: SocketAddr,
+    /// This replica's identity (Lease holder, connection name).
+    pub identity: String,
+}
+
+/// Runs a worker until `shutdown` is cancelled, then drains and returns.
+pub async fn run(
+    settings: Settings,
+    metrics_handle: Option<PrometheusHandle>,
+    shutdown: CancellationToken,
+    started: Option<oneshot::Sender<Started>>,
+) -> anyhow::Result<()> {
+    let identity = identity();
+    let readiness = Readiness::default();
+    let tasks = TaskTracker::new();
+    let background = CancellationToken::new();
+
+    let listener = crate::http::bind(&settings.httpd.host, settings.httpd.port)
+        .await
+        .with_context(|| format!("cannot listen on {}:{}", settings.httpd.host, settings.httpd.port))?;
+    let http_addr = listener.local_addr()?;
+    tasks.spawn(crate::http::serve(listener, readiness.clone(), metrics_handle, background.clone()));
+    info!(address = %http_addr, "serving /healthz, /readyz and /metrics");
+
+    let (signals_tx, signals_rx) = mpsc::unbounded_channel();
+    let mut executors = BTreeMap::new();
+    for (name, config) in &settings.executor.executors {
+        let cluster = Cluster::connect(name, config, signals_tx.clone())
+            .await
+            .with_context(|| format!("executor {name}"))?;
+        metrics::breaker_state(name, 0.0);
+        executors.insert(
+            name.clone(),
+            Executor {
+                cluster,
+                config: config.clone(),
+            },
+        );
+    }
+    let executors = Arc::new(executors);
+    let router = Router::from_settings(&settings.executor).map_err(|problems| anyhow::anyhow!(problems.join("; ")))?;
+    let tombstones = Arc::new(Tombstones::default());
+    let (publisher, control) = Publisher::new(settings.events.enabled.then(|| settings.events.exchange.clone()));
+    let status = if settings.status_updates.enabled {
+        Some(StatusUpdater::new(&settings.status_updates).map_err(|e| anyhow::anyhow!("status updates: {e}"))?)
+    } else {
+        None
+    };
+    let topology = Topology::from_settings(&settings);
+    let source = crate::events::source(&topology.queue);
+
+    tasks.spawn(breaker_signals(
+        signals_rx,
+        publisher.clone(),
+        source.clone(),
+        identity.clone(),
+        executors.clone(),
+        background.clone(),
+    ));
+
+    if settings.lifecycle.enabled {
+        for (name, ex) in executors.iter() {
+            let (leading_tx, leading_rx) = watch::channel(false);
+            let election = Election {
+                name: lease_name(name),
+                identity: identity.clone(),
+                duration: settings.lifecycle.lease_duration,
+                renew_every: settings.lifecycle.lease_renew_interval,
+            };
+            tasks.spawn(lease::run(ex.cluster.clone(), election, leading_tx, background.clone()));
+            let reporter = Reporter {
+                cluster: ex.cluster.clone(),
+                config: ex.config.clone(),
+                publisher: publisher.clone(),
+                source: source.clone(),
+                status: status.clone(),
+                resync: settings.lifecycle.resync_interval,
+            };
+            tasks.spawn(reporter.run(leading_rx, background.clone()));
+        }
+    }
+
+    let launcher = Launcher::new(
+        router,
+        executors.clone(),
+        settings.ecosystem.clone(),
+        settings.intake.pod_annotation_allow_list.clone(),
+        tombstones.clone(),
+    );
+    let dispatcher = Arc::new(Dispatcher::new(
+        launcher,
+        publisher,
+        topology.clone(),
+        Policy {
+            limits: Limits {
+                max_bytes: settings.intake.max_message_bytes,
+            },
+            reprocess_limit: settings.rabbitmq.message_reprocess_limit,
+            max_wait: settings.rabbitmq.max_wait,
+            stop_rechecks: settings.rabbitmq.stop_rechecks,
+            cache: settings.ecosystem.cache.clone(),
+        },
+        tombstones,
+        status,
+    ));
+
+    let ca_pem = if settings.rabbitmq.ca_file.is_empty() {
+        None
+    } else {
+        Some(
+            std::fs::read_to_string(&settings.rabbitmq.ca_file)
+                .with_context(|| format!("rabbitmq.caFile {}", settings.rabbitmq.ca_file))?,
+        )
+    };
+    let uri = settings
+        .rabbitmq
+        .amqp_uri()
+        .map_err(|issue| anyhow::anyhow!("{issue}"))?;
+    let options = BrokerOptions {
+        uri,
+        ca_pem,
+        connection_name: format!("buildcluster-worker@{identity}"),
+        topology,
+        prefetch: settings.rabbitmq.prefetch_count,
+        drain_timeout: settings.shutdown.drain_timeout,
+    };
+    if let Some(tx) = started {
+        let _ = tx.send(Started {
+            http: http_addr,
+            identity: identity.clone(),
+        });
+    }
+
+    let drain_signal = {
+        let readiness = readiness.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            readiness.set_draining();
+            info!("shutdown requested: draining");
+        }
+    };
+    tasks.spawn(drain_signal);
+    let result = broker::run(options, dispatcher, control, readiness, shutdown.clone()).await;
+
+    // Builds are drained; now the reporters release their leases and the rest stops.
+    background.cancel();
+    tasks.close();
+    if tokio::time::timeout(Duration::from_secs(10), tasks.wait()).await.is_err() {
+        warn!("background tasks did not stop in time");
+    }
+    match result {
+        Ok(_) => {
+            info!("drained; bye");
+            Ok(())
+        }
+        Err(e) => {
+            error!(error = %e, "broker problem");
+            Err(e.into())
+        }
+    }
+}
+
+/// Metrics, logs and `cluster.*` events for every breaker transition; also keeps the state
+/// gauge current when an open period ends without a call.
+async fn breaker_signals(
+    mut rx: mpsc::UnboundedReceiver<BreakerSignal>,
+    publisher: Publisher,
+    source: String,
+    identity: String,
+    executors: Arc<BTreeMap<String, Executor>>,
+    stop: CancellationToken,
+) {
+    let mut sequence = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let signal = tokio::select! {
+            _ = stop.cancelled() => return,
+            s = rx.recv() => match s { Some(s) => s, None => return },
+            _ = tick.tick() => {
+                for (name, ex) in executors.iter() {
+                    if ex.cluster.poll_breaker().is_some() {
+                        info!(executor = %name, "breaker half-open: the next call probes the cluster");
+                    }
+                    metrics::breaker_state(name, ex.cluster.breaker_state().as_gauge());
+                }
+                continue;
+            }
+        };
+        let executor = signal.executor.clone();
+        metrics::breaker_state(&executor, signal.transition.state().as_gauge());
+        let (ty, data) = match signal.transition {
+            Transition::Opened {
+                consecutive_failures,
+                open_for,
+                trip,
+            } => {
+                metrics::breaker_tripped(&executor);
+                warn!(executor = %executor, consecutive_failures, ?open_for, trip, "breaker opened");
+                (
+                    EventType::BreakerOpened,
+                    ClusterEventData {
+                        executor: executor.clone(),
+                        failures: consecutive_failures,
+                        open_for_seconds: Some(open_for.as_secs_f64()),
+                        trip: Some(trip),
+                    },
+                )
+            }
+            Transition::HalfOpened => {
+                info!(executor = %executor, "breaker half-open: the next call probes the cluster");
+                continue;
+            }
+            Transition::Closed => {
+                info!(executor = %executor, "breaker closed");
+                (
+                    EventType::BreakerClosed,
+                    ClusterEventData {
+                        executor: executor.clone(),
+                        failures: 0,
+                        ..Default::default()
+                    },
+                )
+            }
+        };
+        sequence += 1;
+        let ev = cluster_event(&source, &identity, sequence, ty, data);
+        let publisher = publisher.clone();
+        tokio::spawn(async move {
+            if let Err(e) = publisher.publish_event(&ev).await {
+                warn!(error = %e, "breaker event not published");
+            }
+        });
+    }
+}
+
+/// The reporter Lease of an executor: a valid object name derived from the executor's name.
+pub fn lease_name(executor: &str) -> String {
+    let cleaned: String = executor
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '-' })
+        .collect();
+    let cleaned = cleaned.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_string();
+    let name = format!("buildcluster-worker-{cleaned}");
+    if cleaned == executor && name.len() <= 253 {
+        name
+    } else {
+        // Distinct executors must not share a Lease after cleaning.
+        let h = crate::naming::fnv1a64(executor.as_bytes());
+        let short: String = cleaned.chars().take(200).collect();
+        format!("buildcluster-worker-{}{:08x}", if short.is_empty() { String::new() } else { format!("{short}-") }, h as u32)
+    }
+}
+
+/// This replica's identity: the pod name (`HOSTNAME`) plus a random suffix, so a restarted
+/// replica with the same name is a new holder.
+fn identity() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_string()))
+        .unwrap_or_else(|| "worker".into());
+    format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_names_are_valid_and_distinct() {
+        assert_eq!(lease_name("k8s"), "buildcluster-worker-k8s");
+        let a = lease_name("K8s_Sandbox");
+        let b = lease_name("k8s-sandbox");
+        assert_ne!(a, b);
+        for n in [a, b, lease_name("__"), lease_name(&"x".repeat(300))] {
+            assert!(crate::naming::is_dns1123_subdomain(&n), "{n}");
+        }
+    }
+}
