@@ -14,9 +14,11 @@
 //! - [`secret`]: a string that never reaches logs, events or metrics.
 //! - [`intake`]: the Screwdriver wire format, decoded into typed jobs or refused as poison.
 //! - [`naming`]: pod names, labels and annotation keys, and Kubernetes syntax rules.
+//! - [`podspec`]: the build pod (executor-k8s parity) and the token Secret, built without I/O.
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod intake;
 pub mod naming;
+pub mod podspec;
 pub mod secret;
