@@ -2,7 +2,7 @@
 //! optional docker-in-docker sidecar, with executor-k8s' environment.
 //!
 //! Message fields reach environment values (any string is a valid value) and, only through
-//! [`shell`](super::shell)'s quoting, the build command line. Pure code.
+//! `shell`'s quoting, the build command line. Pure code.
 
 use std::collections::BTreeMap;
 

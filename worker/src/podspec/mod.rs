@@ -9,14 +9,14 @@
 //!
 //! # Layout
 //!
-//! - [`resources`]: CPU and memory tiers, the build timeout, the grace period.
-//! - [`metadata`]: labels and annotations.
-//! - [`scheduling`]: tolerations and node affinity.
-//! - [`containers`]: the build container, the launcher init container, the DinD sidecar.
-//! - [`shell`]: the `run.sh` command line and the launcher script, quoted.
-//! - [`volumes`]: volumes and mounts, the disk cache.
-//! - [`options`]: the operator's free-form options (`volumeMounts`, `buildSecrets`, ...).
-//! - [`secret`]: the token Secret.
+//! - `resources`: CPU and memory tiers, the build timeout, the grace period.
+//! - `metadata`: labels and annotations.
+//! - `scheduling`: tolerations and node affinity.
+//! - `containers`: the build container, the launcher init container, the DinD sidecar.
+//! - `shell`: the `run.sh` command line and the launcher script, quoted.
+//! - `volumes`: volumes and mounts, the disk cache.
+//! - `options`: the operator's free-form options (`volumeMounts`, `buildSecrets`, ...).
+//! - `secret`: the token Secret.
 //!
 //! # Differences from executor-k8s (improvements)
 //!
@@ -37,6 +37,10 @@ mod secret;
 mod shell;
 mod volumes;
 
+#[cfg(test)]
+mod behaviour_tests;
+#[cfg(test)]
+mod fixtures;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]

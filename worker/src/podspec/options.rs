@@ -265,12 +265,12 @@ pub fn check_options(options: &KubernetesOptions) -> Vec<String> {
             super::TOKEN_ENV
         ));
     }
-    if !is_unset(&options.lifecycle_hooks) {
-        if let Err(e) = serde_json::from_value::<Lifecycle>(camel_keys(&options.lifecycle_hooks)) {
-            problems.push(format!(
-                "lifecycleHooks: not a Kubernetes container lifecycle ({e}); it would be ignored"
-            ));
-        }
+    if !is_unset(&options.lifecycle_hooks)
+        && let Err(e) = serde_json::from_value::<Lifecycle>(camel_keys(&options.lifecycle_hooks))
+    {
+        problems.push(format!(
+            "lifecycleHooks: not a Kubernetes container lifecycle ({e}); it would be ignored"
+        ));
     }
     problems
 }

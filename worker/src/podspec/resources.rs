@@ -97,7 +97,7 @@ impl Memory {
     /// The Kubernetes quantity: whole GiB as `Gi` (as executor-k8s writes it), a fractional
     /// size as `Mi` (`1.5` GiB -> `1536Mi`).
     pub(crate) fn quantity(self) -> Quantity {
-        if self.mebibytes % 1024 == 0 {
+        if self.mebibytes.is_multiple_of(1024) {
             Quantity(format!("{}Gi", self.mebibytes / 1024))
         } else {
             Quantity(format!("{}Mi", self.mebibytes))

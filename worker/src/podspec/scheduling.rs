@@ -86,7 +86,7 @@ pub(crate) fn scheduling(
             },
         }]
     });
-    let affinity = (required_term.is_some() || preferred_terms.is_some()).then(|| Affinity {
+    let affinity = (required_term.is_some() || preferred_terms.is_some()).then_some(Affinity {
         node_affinity: Some(NodeAffinity {
             required_during_scheduling_ignored_during_execution: required_term,
             preferred_during_scheduling_ignored_during_execution: preferred_terms,
