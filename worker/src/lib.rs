@@ -14,6 +14,7 @@
 //! - [`secret`]: a string that never reaches logs, events or metrics.
 //! - [`intake`]: the Screwdriver wire format, decoded into typed jobs or refused as poison.
 //! - [`naming`]: pod names, labels and annotation keys, and Kubernetes syntax rules.
+//! - [`podspec`]: the build pod (Screwdriver executor-k8s parity) and its token Secret.
 //! - [`routing`]: which executor a build goes to (annotation, weights, exclusions, default),
 //!   as a deterministic per-build preference order.
 //! - [`breaker`]: the long-lived circuit breaker per executor (pure state machine + shared wrapper).
@@ -44,6 +45,7 @@ pub mod health;
 pub mod http;
 pub mod intake;
 pub mod naming;
+pub mod podspec;
 pub mod routing;
 pub mod secret;
 pub mod status;
