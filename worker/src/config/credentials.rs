@@ -79,6 +79,13 @@ impl RabbitSettings {
                 format!("{:?} is not amqp or amqps", self.protocol),
             ));
         }
+        if self.username.is_empty() {
+            // lapin would silently connect as `guest`.
+            return Err(ConfigIssue::new(
+                "rabbitmq.username",
+                "is empty (set rabbitmq.url or rabbitmq.username)",
+            ));
+        }
         let host = self.host.trim();
         if host.is_empty() {
             return Err(ConfigIssue::new(
@@ -369,6 +376,35 @@ mod tests {
         assert_eq!(mask_url("amqp://user@host/"), "amqp://user@host/");
         assert_eq!(mask_url("https://host/a@b"), "https://host/a@b");
         assert_eq!(mask_url("not a url"), "not a url");
+    }
+
+    proptest::proptest! {
+        /// Whatever the user name, password and vhost, lapin reads back exactly those values,
+        /// and the masked form hides the password and nothing else.
+        #[test]
+        fn any_credentials_survive_the_uri_and_only_the_password_is_masked(
+            username in "\\PC{1,16}",
+            password in "\\PC{1,16}",
+            vhost in "/?[a-z/%@:]{0,8}",
+        ) {
+            let mut r = rabbit();
+            r.username = username.clone();
+            r.password = Secret::new(password.clone());
+            r.vhost = vhost.clone();
+            let uri = r.amqp_uri().unwrap();
+            let parsed: lapin::uri::AMQPUri = uri.expose().parse().unwrap();
+            let expected_vhost = match vhost.as_str() {
+                "" | "/" => "/",
+                v => v.strip_prefix('/').unwrap_or(v),
+            };
+            proptest::prop_assert_eq!(&parsed.authority.userinfo.username, &username);
+            proptest::prop_assert_eq!(&parsed.authority.userinfo.password, &password);
+            proptest::prop_assert_eq!(parsed.vhost.as_str(), expected_vhost);
+            let masked: lapin::uri::AMQPUri = mask_url(uri.expose()).parse().unwrap();
+            proptest::prop_assert_eq!(masked.authority.userinfo.password.as_str(), MASK);
+            proptest::prop_assert_eq!(masked.authority.userinfo.username, username);
+            proptest::prop_assert_eq!(masked.vhost, parsed.vhost);
+        }
     }
 
     #[test]

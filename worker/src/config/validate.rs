@@ -295,8 +295,8 @@ fn kubernetes(k: &KubernetesOptions, at: &str, v: &mut Issues) {
         (&k.image_pull_secret_name, "image_pull_secret_name"),
     ] {
         // Only the service account is always set; the others are optional.
-        let optional = key != "service_account";
-        if !(optional && value.is_empty()) && !is_dns1123_subdomain(value) {
+        let absent = value.is_empty() && key != "service_account";
+        if !absent && !is_dns1123_subdomain(value) {
             v.at(
                 p(key),
                 format!("{value:?} is not a valid name (DNS-1123 subdomain)"),

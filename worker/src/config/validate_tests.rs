@@ -506,6 +506,9 @@ fn a_screwdriver_form_that_cannot_make_a_uri() {
     let mut s = valid();
     s.rabbitmq.host.clear();
     only(&s, "rabbitmq.host");
+    let mut s = valid();
+    s.rabbitmq.username.clear();
+    only(&s, "rabbitmq.username");
 }
 
 #[test]
@@ -547,8 +550,10 @@ fn many_problems_are_all_listed() {
     block(&mut s).exclusions = vec!["(".into()];
     kube(&mut s).dns_policy = "x".into();
     kube(&mut s).resources.memory.high = 99.0;
-    let mut second = ExecutorConfig::default();
-    second.plugin_name = "docker".into();
+    let mut second = ExecutorConfig {
+        plugin_name: "docker".into(),
+        ..ExecutorConfig::default()
+    };
     second.options.fusebox.breaker.max_failures = 0;
     s.executor.executors.push(("second".into(), second));
     s.intake.max_message_bytes = 0;
