@@ -5,6 +5,12 @@
 //! merged tree into typed values while collecting every type error, and running validation. It
 //! never reads the process environment (callers pass it in, so tests never mutate it) and never
 //! returns a `Settings` that has a problem.
+//!
+//! Each source is read with the `config` crate (`File`, and `Environment` with the injected map
+//! and `try_parsing(false)`), then normalised on its own and merged here, rather than merged by
+//! the `config` builder: the same setting may be spelled differently in two layers
+//! (`prefetchCount` in the file, `BCW_RABBITMQ__PREFETCH_COUNT`), and only after normalising can
+//! the later layer replace the earlier one instead of sitting beside it as a second key.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -209,7 +209,14 @@ fn executor(name: &str, e: &ExecutorConfig, v: &mut Issues) {
             .case_insensitive(true)
             .build()
         {
-            let reason = err.to_string().replace('\n', " ");
+            // The regex crate draws a caret diagram over several lines; keep its last line.
+            let text = err.to_string();
+            let last = text
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
+            let reason = last.trim().trim_start_matches("error: ");
             v.at(
                 at(&format!("exclusions[{i}]")),
                 format!("{pattern:?} is not a valid regular expression: {reason}"),
