@@ -178,11 +178,26 @@ impl Walker<'_> {
                 continue;
             }
             let name = match self.origin {
-                Origin::Env { executors } => executors
-                    .iter()
-                    .find(|n| schema::fold(n) == schema::fold(&key))
-                    .cloned()
-                    .unwrap_or_else(|| key.clone()),
+                Origin::Env { executors } => {
+                    let spelled: Vec<&String> = executors
+                        .iter()
+                        .filter(|n| schema::fold(n) == schema::fold(&key))
+                        .collect();
+                    if spelled.len() > 1 {
+                        let names: Vec<&str> = spelled.iter().map(|n| n.as_str()).collect();
+                        self.issue(
+                            &[&key],
+                            format!(
+                                "names several executors ({}); rename one of them",
+                                names.join(", ")
+                            ),
+                        );
+                        continue;
+                    }
+                    spelled
+                        .first()
+                        .map_or_else(|| key.clone(), |n| (*n).clone())
+                }
                 Origin::BuiltIn | Origin::File => key.clone(),
             };
             if self.compat == Compat::Screwdriver && is_jenkins_block(&name, &value) {
@@ -402,6 +417,24 @@ mod tests {
         assert_eq!(
             n.issues[0].message,
             "unknown key; did you mean BCW_EXECUTOR__K8S__WEIGHTAGE?"
+        );
+    }
+
+    #[test]
+    fn an_env_key_that_spells_two_executors_is_a_problem() {
+        let executors = vec!["k8s-vm".to_string(), "k8s_vm".to_string()];
+        let env = json!({"executor": {"k8s_vm": {"weightage": "3"}}});
+        let n = normalize(
+            obj(env),
+            Origin::Env {
+                executors: &executors,
+            },
+            Compat::Native,
+        );
+        assert_eq!(paths(&n.issues), vec!["BCW_EXECUTOR__K8S_VM"]);
+        assert_eq!(
+            n.issues[0].message,
+            "names several executors (k8s-vm, k8s_vm); rename one of them"
         );
     }
 
