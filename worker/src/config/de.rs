@@ -98,8 +98,10 @@ where
                 ),
             }
         }
+        // Null stays null where the target can hold it (an opaque value), else it is empty.
         Value::Null => {
-            return serde_json::from_value(Value::Array(vec![]))
+            return serde_json::from_value(Value::Null)
+                .or_else(|_| serde_json::from_value(Value::Array(vec![])))
                 .or_else(|_| serde_json::from_value(Value::Object(Default::default())))
                 .map_err(D::Error::custom);
         }

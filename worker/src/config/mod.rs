@@ -1,10 +1,31 @@
 //! Configuration: the typed tree of contract section 3, how it is loaded (YAML file plus `BCW_`
-//! environment, Screwdriver spellings) and how it is validated.
+//! environment, Screwdriver spellings and, with `--compat screwdriver`, the original worker's
+//! files and variables), how it is validated and how it is shown.
 //!
-//! Validation happens once, at start-up and in `check-config`; everything after that works with
-//! values that cannot be wrong.
+//! Validation happens once, at start-up and in `check-config`: [`load`] returns either settings
+//! that meet every rule or every problem found. Everything after that works with values that
+//! cannot be wrong. This module never reads the process environment itself and never prints a
+//! secret.
+//!
+//! - `schema`: the canonical key names per level; `normalize`: spellings onto them, layer merge;
+//! - `load`: sources, layers, typing; `validate`: the rules; `compat`: the Screwdriver layout;
+//! - `credentials`: broker URI and cluster token; `render`: the effective configuration as YAML.
 
+mod compat;
+mod credentials;
 pub mod de;
+mod issue;
+mod load;
 mod model;
+mod normalize;
+mod render;
+mod schema;
+mod validate;
 
+pub use compat::{IGNORED, IgnoredKey, screwdriver_env_vars};
+pub use credentials::mask_url;
+pub use issue::{ConfigErrors, ConfigIssue};
+pub use load::{Compat, LoadOptions, Loaded, NON_CONFIG_ENV, load, load_with_notices};
 pub use model::*;
+pub use render::render_effective;
+pub use validate::SUPPORTED_PLUGINS;

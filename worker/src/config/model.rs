@@ -509,8 +509,10 @@ impl Default for KubernetesOptions {
 #[serde(default, deny_unknown_fields)]
 pub struct Resources {
     /// CPU tiers, in cores.
+    #[serde(deserialize_with = "cpu_tiers")]
     pub cpu: Tiers,
     /// Memory tiers, in GiB.
+    #[serde(deserialize_with = "memory_tiers")]
     pub memory: Tiers,
     /// Disk labels (k8s-vm and the diskSpeed node selector).
     pub disk: DiskLabels,
@@ -557,6 +559,43 @@ pub struct Tiers {
     /// Cap of numeric values (and the MAX tier).
     #[serde(deserialize_with = "de::number")]
     pub max: f64,
+}
+
+/// A tier table in which any tier may be left out: it keeps its default (as Screwdriver's
+/// executors merge their configuration over their defaults), so `cpu: {max: 16}` works.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PartialTiers {
+    #[serde(default, deserialize_with = "de::opt_number")]
+    micro: Option<f64>,
+    #[serde(default, deserialize_with = "de::opt_number")]
+    low: Option<f64>,
+    #[serde(default, deserialize_with = "de::opt_number")]
+    high: Option<f64>,
+    #[serde(default, deserialize_with = "de::opt_number")]
+    turbo: Option<f64>,
+    #[serde(default, deserialize_with = "de::opt_number")]
+    max: Option<f64>,
+}
+
+fn tiers_over<'de, D: serde::Deserializer<'de>>(d: D, base: Tiers) -> Result<Tiers, D::Error> {
+    let p: Option<PartialTiers> = de::structured(d)?;
+    let Some(p) = p else { return Ok(base) };
+    Ok(Tiers {
+        micro: p.micro.unwrap_or(base.micro),
+        low: p.low.unwrap_or(base.low),
+        high: p.high.unwrap_or(base.high),
+        turbo: p.turbo.unwrap_or(base.turbo),
+        max: p.max.unwrap_or(base.max),
+    })
+}
+
+fn cpu_tiers<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Tiers, D::Error> {
+    tiers_over(d, Resources::default().cpu)
+}
+
+fn memory_tiers<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Tiers, D::Error> {
+    tiers_over(d, Resources::default().memory)
 }
 
 /// Node label keys for disk annotations.
@@ -740,7 +779,8 @@ impl Default for ShutdownSettings {
 
 impl<'de> Deserialize<'de> for ExecutorSettings {
     /// `executor:` is a map whose `plugin` key names the default executor and whose other keys
-    /// are executor blocks, kept in configuration order.
+    /// are executor blocks, kept in configuration order. Keys are taken as written: the loader
+    /// (`config::load`) has already mapped spellings and aliases (`exclusion`) onto them.
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error as _;
         let raw = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
