@@ -55,9 +55,19 @@ pub async fn run(
 
     let listener = crate::http::bind(&settings.httpd.host, settings.httpd.port)
         .await
-        .with_context(|| format!("cannot listen on {}:{}", settings.httpd.host, settings.httpd.port))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {}:{}",
+                settings.httpd.host, settings.httpd.port
+            )
+        })?;
     let http_addr = listener.local_addr()?;
-    tasks.spawn(crate::http::serve(listener, readiness.clone(), metrics_handle, background.clone()));
+    tasks.spawn(crate::http::serve(
+        listener,
+        readiness.clone(),
+        metrics_handle,
+        background.clone(),
+    ));
     info!(address = %http_addr, "serving /healthz, /readyz and /metrics");
 
     let (signals_tx, signals_rx) = mpsc::unbounded_channel();
@@ -76,11 +86,20 @@ pub async fn run(
         );
     }
     let executors = Arc::new(executors);
-    let router = Router::from_settings(&settings.executor).map_err(|problems| anyhow::anyhow!(problems.join("; ")))?;
+    let router = Router::from_settings(&settings.executor)
+        .map_err(|problems| anyhow::anyhow!(problems.join("; ")))?;
     let tombstones = Arc::new(Tombstones::default());
-    let (publisher, control) = Publisher::new(settings.events.enabled.then(|| settings.events.exchange.clone()));
+    let (publisher, control) = Publisher::new(
+        settings
+            .events
+            .enabled
+            .then(|| settings.events.exchange.clone()),
+    );
     let status = if settings.status_updates.enabled {
-        Some(StatusUpdater::new(&settings.status_updates).map_err(|e| anyhow::anyhow!("status updates: {e}"))?)
+        Some(
+            StatusUpdater::new(&settings.status_updates)
+                .map_err(|e| anyhow::anyhow!("status updates: {e}"))?,
+        )
     } else {
         None
     };
@@ -105,7 +124,12 @@ pub async fn run(
                 duration: settings.lifecycle.lease_duration,
                 renew_every: settings.lifecycle.lease_renew_interval,
             };
-            tasks.spawn(lease::run(ex.cluster.clone(), election, leading_tx, background.clone()));
+            tasks.spawn(lease::run(
+                ex.cluster.clone(),
+                election,
+                leading_tx,
+                background.clone(),
+            ));
             let reporter = Reporter {
                 cluster: ex.cluster.clone(),
                 config: ex.config.clone(),
@@ -184,7 +208,10 @@ pub async fn run(
     // Builds are drained; now the reporters release their leases and the rest stops.
     background.cancel();
     tasks.close();
-    if tokio::time::timeout(Duration::from_secs(10), tasks.wait()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(10), tasks.wait())
+        .await
+        .is_err()
+    {
         warn!("background tasks did not stop in time");
     }
     match result {
@@ -277,9 +304,17 @@ pub fn lease_name(executor: &str) -> String {
     let cleaned: String = executor
         .to_ascii_lowercase()
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
-    let cleaned = cleaned.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_string();
+    let cleaned = cleaned
+        .trim_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_string();
     let name = format!("buildcluster-worker-{cleaned}");
     if cleaned == executor && name.len() <= 253 {
         name
@@ -287,7 +322,15 @@ pub fn lease_name(executor: &str) -> String {
         // Distinct executors must not share a Lease after cleaning.
         let h = crate::naming::fnv1a64(executor.as_bytes());
         let short: String = cleaned.chars().take(200).collect();
-        format!("buildcluster-worker-{}{:08x}", if short.is_empty() { String::new() } else { format!("{short}-") }, h as u32)
+        format!(
+            "buildcluster-worker-{}{:08x}",
+            if short.is_empty() {
+                String::new()
+            } else {
+                format!("{short}-")
+            },
+            h as u32
+        )
     }
 }
 
@@ -297,7 +340,11 @@ fn identity() -> String {
     let host = std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.is_empty())
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_string()))
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|s| s.trim().to_string())
+        })
         .unwrap_or_else(|| "worker".into());
     format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
 }

@@ -69,7 +69,7 @@ enum Decision {
     /// Send a copy to a delay queue, then ack.
     Later(Later),
     /// Send a copy to the dead-letter queue, then ack.
-    Dead(Dead),
+    Dead(Box<Dead>),
 }
 
 #[derive(Debug)]
@@ -164,14 +164,14 @@ impl Dispatcher {
                     span.record("buildId", b.0);
                 }
                 warn!(reason = poison.reason.as_str(), error = %poison.detail, "poison message");
-                let decision = Decision::Dead(Dead {
+                let decision = Decision::Dead(Box::new(Dead {
                     reason: poison.reason.as_str().to_string(),
                     error: poison.detail.clone(),
                     build: poison.build_id.map(|b| (b, None)),
                     attempt: carried.attempt,
                     job: poison.job,
                     fail: None,
-                });
+                }));
                 self.settle(inbound, &carried, decision).await;
                 metrics::message_handled(poison.job.as_str(), "poison");
                 return;
@@ -201,7 +201,13 @@ impl Dispatcher {
         }
     }
 
-    async fn decide(&self, job: &Job, inbound: &Inbound, carried: &Carried, redelivered: bool) -> Decision {
+    async fn decide(
+        &self,
+        job: &Job,
+        inbound: &Inbound,
+        carried: &Carried,
+        redelivered: bool,
+    ) -> Decision {
         match job {
             Job::Start(build) => self.start(build, inbound, carried, redelivered).await,
             Job::Stop(stop) => self.stop(stop.build_id, stop.job_id, carried).await,
@@ -209,28 +215,46 @@ impl Dispatcher {
             Job::Clear(c) => match cache::clear(&self.policy.cache, c).await {
                 Ok(ClearOutcome::Removed(p)) => {
                     info!(path = %p.display(), "cache directory removed");
-                    Decision::Done { events: vec![], outcome: "cleared" }
+                    Decision::Done {
+                        events: vec![],
+                        outcome: "cleared",
+                    }
                 }
-                Ok(ClearOutcome::Absent(_)) => Decision::Done { events: vec![], outcome: "cleared" },
-                Ok(ClearOutcome::Disabled) => Decision::Done { events: vec![], outcome: "ignored" },
+                Ok(ClearOutcome::Absent(_)) => Decision::Done {
+                    events: vec![],
+                    outcome: "cleared",
+                },
+                Ok(ClearOutcome::Disabled) => Decision::Done {
+                    events: vec![],
+                    outcome: "ignored",
+                },
                 Err(e @ ClearError::Io { .. }) => {
                     // As the original worker: a failed removal is logged, not retried forever.
                     error!(error = %e, "cache removal failed");
-                    Decision::Done { events: vec![], outcome: "failed" }
+                    Decision::Done {
+                        events: vec![],
+                        outcome: "failed",
+                    }
                 }
-                Err(e) => Decision::Dead(Dead {
+                Err(e) => Decision::Dead(Box::new(Dead {
                     reason: "invalid_cache_path".into(),
                     error: e.to_string(),
                     build: None,
                     attempt: carried.attempt,
                     job: JobKind::Clear,
                     fail: None,
-                }),
+                })),
             },
         }
     }
 
-    async fn start(&self, build: &StartBuild, inbound: &Inbound, carried: &Carried, redelivered: bool) -> Decision {
+    async fn start(
+        &self,
+        build: &StartBuild,
+        inbound: &Inbound,
+        carried: &Carried,
+        redelivered: bool,
+    ) -> Decision {
         let outcome = self
             .launcher
             .start(StartRequest {
@@ -276,7 +300,11 @@ impl Dispatcher {
                     outcome: "stopped",
                 }
             }
-            LaunchOutcome::Wait { touched, retry_in, reason } => Decision::Later(Later {
+            LaunchOutcome::Wait {
+                touched,
+                retry_in,
+                reason,
+            } => Decision::Later(Later {
                 next: Carried {
                     executors: touched,
                     ..carried.clone()
@@ -309,14 +337,14 @@ impl Dispatcher {
                 recheck: false,
                 build: Some((build.build_id, build.job_id)),
             }),
-            LaunchOutcome::Refuse { reason, error } => Decision::Dead(Dead {
+            LaunchOutcome::Refuse { reason, error } => Decision::Dead(Box::new(Dead {
                 reason: reason.into(),
                 error,
                 build: Some((build.build_id, build.job_id)),
                 attempt: carried.attempt,
                 job: JobKind::Start,
                 fail: Some(build.clone()),
-            }),
+            })),
         }
     }
 
@@ -366,7 +394,10 @@ impl Dispatcher {
                     outcome: "stopped",
                 }
             }
-            StopOutcome::Wait { unreachable, retry_in } => Decision::Later(Later {
+            StopOutcome::Wait {
+                unreachable,
+                retry_in,
+            } => Decision::Later(Later {
                 next: Carried {
                     executors: unreachable,
                     ..carried.clone()
@@ -403,12 +434,24 @@ impl Dispatcher {
         }
         let (state, reason, message) = match &found.verdict {
             None => ("missing", None, None),
-            Some(v @ Verdict::LaunchFailed { reason, message }) => (v.state(), Some(reason.clone()), Some(message.clone())),
-            Some(v @ Verdict::Failed { reason, message, .. }) => (v.state(), Some(reason.clone()), Some(message.clone())),
-            Some(v @ Verdict::TimedOut { message }) => (v.state(), Some("DeadlineExceeded".into()), Some(message.clone())),
+            Some(v @ Verdict::LaunchFailed { reason, message }) => {
+                (v.state(), Some(reason.clone()), Some(message.clone()))
+            }
+            Some(
+                v @ Verdict::Failed {
+                    reason, message, ..
+                },
+            ) => (v.state(), Some(reason.clone()), Some(message.clone())),
+            Some(v @ Verdict::TimedOut { message }) => (
+                v.state(),
+                Some("DeadlineExceeded".into()),
+                Some(message.clone()),
+            ),
             Some(v) => (v.state(), None, None),
         };
-        if let (Some(status), Some(Verdict::LaunchFailed { message, .. })) = (&self.status, &found.verdict) {
+        if let (Some(status), Some(Verdict::LaunchFailed { message, .. })) =
+            (&self.status, &found.verdict)
+        {
             status.send(build, Update::Failure(message.clone())).await;
         }
         Decision::Done {
@@ -432,7 +475,12 @@ impl Dispatcher {
     }
 
     /// Makes the decision durable, then settles the delivery. Returns the outcome label.
-    async fn settle(&self, inbound: &Inbound, carried: &Carried, decision: Decision) -> &'static str {
+    async fn settle(
+        &self,
+        inbound: &Inbound,
+        carried: &Carried,
+        decision: Decision,
+    ) -> &'static str {
         match decision {
             Decision::Done { events, outcome } => {
                 if self.publish_all(&events).await {
@@ -444,7 +492,7 @@ impl Dispatcher {
                 }
             }
             Decision::Later(later) => self.later(inbound, carried, later).await,
-            Decision::Dead(dead) => self.dead(inbound, dead).await,
+            Decision::Dead(dead) => self.dead(inbound, *dead).await,
         }
     }
 
@@ -486,7 +534,9 @@ impl Dispatcher {
             next.waiting_since_ms = None;
         } else if !later.recheck {
             let since = carried.waiting_since_ms.unwrap_or(now_ms);
-            if Duration::from_millis(now_ms.saturating_sub(since).max(0) as u64) > self.policy.max_wait {
+            if Duration::from_millis(now_ms.saturating_sub(since).max(0) as u64)
+                > self.policy.max_wait
+            {
                 let fail = match intake::decode(&inbound.data, self.policy.limits) {
                     Ok(Job::Start(b)) => Some(b),
                     _ => None,
@@ -563,7 +613,11 @@ impl Dispatcher {
                     info!(queue = %queue, reason = later.reason, next_attempt = next.attempt, "build will be retried");
                 }
                 inbound.settle.ack().await;
-                if later.recheck { "rechecking" } else { "retried" }
+                if later.recheck {
+                    "rechecking"
+                } else {
+                    "retried"
+                }
             }
             Err(e) => {
                 warn!(error = %e, "could not put the message on its delay queue; returning it to the queue");
@@ -593,7 +647,10 @@ impl Dispatcher {
             && let Some(status) = &self.status
         {
             status
-                .send(build, Update::Failure(failure_message(&dead.reason, &dead.error)))
+                .send(
+                    build,
+                    Update::Failure(failure_message(&dead.reason, &dead.error)),
+                )
                 .await;
         }
         if let Some((build, job_id)) = dead.build {
@@ -618,7 +675,12 @@ impl Dispatcher {
         "dead_lettered"
     }
 
-    async fn copy_to(&self, inbound: &Inbound, queue: &str, headers: FieldTable) -> Result<(), crate::broker::PublishError> {
+    async fn copy_to(
+        &self,
+        inbound: &Inbound,
+        queue: &str,
+        headers: FieldTable,
+    ) -> Result<(), crate::broker::PublishError> {
         let p = &inbound.properties;
         let mut props = BasicProperties::default().with_headers(headers);
         if let Some(ct) = p.content_type() {

@@ -196,7 +196,10 @@ impl Launcher {
         if let Some(p) = pin
             && !self.executors.contains_key(p)
         {
-            warn!(executor = p, "the screwdriver.cd/executor annotation names an unknown executor; routing by weight");
+            warn!(
+                executor = p,
+                "the screwdriver.cd/executor annotation names an unknown executor; routing by weight"
+            );
         }
         let plan = self.router.plan(build.build_id, &build.container, pin);
         if matches!(plan, Plan::Nowhere) {
@@ -220,7 +223,11 @@ impl Launcher {
         let mut retry_in = DEFAULT_WAIT;
         for name in &check {
             let ex = &self.executors[name];
-            match ex.cluster.list_pods(&ex.build_selector(build.build_id)).await {
+            match ex
+                .cluster
+                .list_pods(&ex.build_selector(build.build_id))
+                .await
+            {
                 Ok(pods) => {
                     if let Some(pod) = pods.into_iter().find(is_ours) {
                         return self.adopt(name, ex, pod, req).await;
@@ -251,7 +258,9 @@ impl Launcher {
         let mut waited_for: Option<Duration> = None;
         let mut quota = false;
         for name in &candidates {
-            let Some(ex) = self.executors.get(name) else { continue };
+            let Some(ex) = self.executors.get(name) else {
+                continue;
+            };
             if ex.cluster.breaker_state() == State::Open {
                 waited_for = Some(waited_for.map_or(DEFAULT_WAIT, |w| w.min(DEFAULT_WAIT)));
                 continue;
@@ -259,7 +268,12 @@ impl Launcher {
             let pod = build_pod(&PodInputs {
                 executor: name,
                 config: &ex.config,
-                ecosystem: ex.config.options.ecosystem.as_ref().unwrap_or(&self.ecosystem),
+                ecosystem: ex
+                    .config
+                    .options
+                    .ecosystem
+                    .as_ref()
+                    .unwrap_or(&self.ecosystem),
                 build,
                 attempt: req.attempt,
                 pod_annotation_allow_list: &self.allow_list,
@@ -268,13 +282,17 @@ impl Launcher {
             match ex.cluster.create_pod(&pod).await {
                 Ok(created) => return self.after_create(name, ex, created, req, false).await,
                 Err(CallError::AlreadyExists) => match ex.cluster.get_pod(&pod_name).await {
-                    Ok(Some(existing)) if same_build(&existing, &ex.build_selector(build.build_id)) => {
+                    Ok(Some(existing))
+                        if same_build(&existing, &ex.build_selector(build.build_id)) =>
+                    {
                         return self.adopt(name, ex, existing, req).await;
                     }
                     Ok(Some(_)) => {
                         return LaunchOutcome::Refuse {
                             reason: "name_collision",
-                            error: format!("a pod named {pod_name} that does not belong to this build exists on {name}"),
+                            error: format!(
+                                "a pod named {pod_name} that does not belong to this build exists on {name}"
+                            ),
                         };
                     }
                     Ok(None) => {
@@ -282,7 +300,9 @@ impl Launcher {
                         return LaunchOutcome::Retry {
                             touched,
                             reason: "pod_vanished",
-                            error: format!("pod {pod_name} existed and was deleted while being adopted"),
+                            error: format!(
+                                "pod {pod_name} existed and was deleted while being adopted"
+                            ),
                             executor: name.clone(),
                         };
                     }
@@ -291,7 +311,11 @@ impl Launcher {
                         return LaunchOutcome::Wait {
                             touched,
                             retry_in: DEFAULT_WAIT,
-                            reason: if e.is_transient() { "unconfirmed" } else { "adopt_failed" },
+                            reason: if e.is_transient() {
+                                "unconfirmed"
+                            } else {
+                                "adopt_failed"
+                            },
                         };
                     }
                 },
@@ -301,7 +325,12 @@ impl Launcher {
                         error: format!("{name} refused the pod as invalid: {msg}"),
                     };
                 }
-                Err(e @ (CallError::RuntimeClassMissing(_) | CallError::Forbidden(_) | CallError::NotFound(_) | CallError::Refused { .. })) => {
+                Err(
+                    e @ (CallError::RuntimeClassMissing(_)
+                    | CallError::Forbidden(_)
+                    | CallError::NotFound(_)
+                    | CallError::Refused { .. }),
+                ) => {
                     if matches!(e, CallError::RuntimeClassMissing(_)) {
                         metrics::runtime_class_rejected(name);
                     }
@@ -322,7 +351,11 @@ impl Launcher {
                 Err(e) => {
                     // Transient: the cluster may have created the pod anyway.
                     if e.is_ambiguous() {
-                        match ex.cluster.list_pods(&ex.build_selector(build.build_id)).await {
+                        match ex
+                            .cluster
+                            .list_pods(&ex.build_selector(build.build_id))
+                            .await
+                        {
                             Ok(pods) => {
                                 if let Some(pod) = pods.into_iter().find(is_ours) {
                                     return self.adopt(name, ex, pod, req).await;
@@ -340,7 +373,8 @@ impl Launcher {
                             }
                         }
                     }
-                    let breaker_open = matches!(e, CallError::BreakerOpen { .. }) || ex.cluster.breaker_state() == State::Open;
+                    let breaker_open = matches!(e, CallError::BreakerOpen { .. })
+                        || ex.cluster.breaker_state() == State::Open;
                     if breaker_open && !plan.is_pinned() {
                         info!(executor = %name, error = %e, "executor unavailable; failing over");
                         metrics::retried(name, "failover");
@@ -377,17 +411,34 @@ impl Launcher {
         LaunchOutcome::Wait {
             touched: req.touched.clone(),
             retry_in: waited_for.unwrap_or(DEFAULT_WAIT),
-            reason: if quota { "quota_exceeded" } else { "no_executor" },
+            reason: if quota {
+                "quota_exceeded"
+            } else {
+                "no_executor"
+            },
         }
     }
 
-    async fn adopt(&self, name: &str, ex: &Executor, pod: Pod, req: StartRequest<'_>) -> LaunchOutcome {
+    async fn adopt(
+        &self,
+        name: &str,
+        ex: &Executor,
+        pod: Pod,
+        req: StartRequest<'_>,
+    ) -> LaunchOutcome {
         info!(executor = %name, pod = pod.metadata.name.as_deref().unwrap_or_default(), "adopting the build's existing pod");
         self.after_create(name, ex, pod, req, true).await
     }
 
     /// The pod exists: make sure its token Secret does too, and that no stop overtook us.
-    async fn after_create(&self, name: &str, ex: &Executor, pod: Pod, req: StartRequest<'_>, adopted: bool) -> LaunchOutcome {
+    async fn after_create(
+        &self,
+        name: &str,
+        ex: &Executor,
+        pod: Pod,
+        req: StartRequest<'_>,
+        adopted: bool,
+    ) -> LaunchOutcome {
         let pod_name = pod.metadata.name.clone().unwrap_or_default();
         if ex.config.options.kubernetes.token_delivery == TokenDelivery::Secret {
             let uid = pod.metadata.uid.clone().unwrap_or_default();
@@ -447,7 +498,10 @@ impl Launcher {
         if unreachable.is_empty() {
             StopOutcome::Done { deleted, location }
         } else {
-            StopOutcome::Wait { unreachable, retry_in }
+            StopOutcome::Wait {
+                unreachable,
+                retry_in,
+            }
         }
     }
 
@@ -462,7 +516,11 @@ impl Launcher {
         };
         let now = jiff::Timestamp::now().as_second();
         for (name, ex) in self.executors.iter() {
-            match ex.cluster.list_pods(&ex.build_selector(build.build_id)).await {
+            match ex
+                .cluster
+                .list_pods(&ex.build_selector(build.build_id))
+                .await
+            {
                 Ok(pods) => {
                     if let Some(pod) = pods.into_iter().find(is_ours) {
                         // Grace periods count from the pod's creation: verify has no memory.
@@ -470,7 +528,11 @@ impl Launcher {
                             .metadata
                             .creation_timestamp
                             .as_ref()
-                            .map(|t| Duration::from_secs(now.saturating_sub(t.0.as_second()).max(0) as u64))
+                            .map(|t| {
+                                Duration::from_secs(
+                                    now.saturating_sub(t.0.as_second()).max(0) as u64
+                                )
+                            })
                             .unwrap_or_default();
                         out.verdict = Some(assess(&pod, now, |_| age, &ex.policy()));
                         out.executor = Some(name.clone());

@@ -10,6 +10,7 @@
 //!   -> launch (pod spec, kube calls with retry) -> watch (pod phases) -> events (confirmed) -> ack
 //! ```
 //!
+//! - [`app`]: the worker wired together, run until shutdown and drained.
 //! - [`config`]: the configuration tree, its loading and validation.
 //! - [`secret`]: a string that never reaches logs, events or metrics.
 //! - [`intake`]: the Screwdriver wire format, decoded into typed jobs or refused as poison.
@@ -22,6 +23,8 @@
 //! - [`budget`]: the per-cluster client-side request budget (`qps`/`burst`).
 //! - [`cluster`]: an executor's Kubernetes API as typed calls, each through breaker, budget,
 //!   deadline and retry.
+//! - [`launch`]: `start`, `stop` and `verify` against the clusters, exactly once.
+//! - [`dispatch`]: one delivery from bytes to ack: decode, carry out, make durable, settle.
 //! - [`events`]: lifecycle CloudEvents and their deterministic ids.
 //! - [`broker`]: connection supervisor, topology, consuming, confirmed publishing.
 //! - [`status`]: build status updates to the Screwdriver API.
@@ -33,6 +36,7 @@
 //! - [`watch`]: pod watching, failure classification, reporting, garbage collection.
 #![forbid(unsafe_code)]
 
+pub mod app;
 pub mod backoff;
 pub mod breaker;
 pub mod broker;
@@ -40,10 +44,12 @@ pub mod budget;
 pub mod cache;
 pub mod cluster;
 pub mod config;
+pub mod dispatch;
 pub mod events;
 pub mod health;
 pub mod http;
 pub mod intake;
+pub mod launch;
 pub mod naming;
 pub mod podspec;
 pub mod routing;

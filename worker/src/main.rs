@@ -16,7 +16,13 @@ struct Cli {
     #[command(subcommand)]
     command: Command,
     /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value = "json", env = "BCW_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "json",
+        env = "BCW_LOG_FORMAT"
+    )]
     log_format: logging::LogFormat,
     /// Log level or filter (overrides RUST_LOG), e.g. `info` or `buildcluster_worker=debug`.
     #[arg(long, global = true, env = "BCW_LOG_LEVEL")]
@@ -89,7 +95,10 @@ fn main() -> ExitCode {
             for notice in &loaded.notices {
                 tracing::info!(key = %notice.path, "{}", notice.message);
             }
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("cannot start the runtime: {e}");
@@ -121,7 +130,10 @@ fn main() -> ExitCode {
 /// Cancels `shutdown` on SIGTERM or SIGINT.
 async fn signals(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers");
         return;
     };

@@ -226,7 +226,8 @@ impl StatusUpdater {
             if !self.backoff.may_retry_after(attempt) {
                 return Err(StatusError::Unavailable(transient));
             }
-            tokio::time::sleep(self.backoff.delay_with(attempt, &mut rand::rng())).await;
+            let delay = self.backoff.delay_with(attempt, &mut rand::rng());
+            tokio::time::sleep(delay).await;
         }
     }
 }

@@ -178,7 +178,10 @@ impl Reporter {
             .and_then(|v| v.parse::<u64>().ok())
             .or_else(|| {
                 let label = pod.metadata.labels.as_ref()?.get(naming::BUILD_LABEL)?;
-                label.strip_prefix(&self.config.options.prefix)?.parse().ok()
+                label
+                    .strip_prefix(&self.config.options.prefix)?
+                    .parse()
+                    .ok()
             })?;
         Some(BuildInfo {
             build: BuildId(build),
@@ -204,7 +207,9 @@ impl Reporter {
             return;
         };
         // Remember when each current trouble first showed, forget the ones that cleared.
-        let current: HashSet<&'static str> = waiting_reasons(&track.pod).map(|r| trouble_key(&r)).collect();
+        let current: HashSet<&'static str> = waiting_reasons(&track.pod)
+            .map(|r| trouble_key(&r))
+            .collect();
         track.troubles.retain(|k, _| current.contains(k));
         for k in current {
             track.troubles.entry(k).or_insert_with(Instant::now);
@@ -230,14 +235,22 @@ impl Reporter {
         match &verdict {
             Verdict::Pending { scheduled } => {
                 if *scheduled && !track.scheduled_sent {
-                    let node = track.pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+                    let node = track
+                        .pod
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.node_name.clone())
+                        .unwrap_or_default();
                     let update = Update::Scheduled {
                         hostname: node,
                         image_pull_start: format!("{:.3}", jiff::Timestamp::now()),
                     };
                     self.status_update(track, &info, update).await;
                     track.scheduled_sent = true;
-                } else if !*scheduled && !track.waiting_sent && track.first_seen.elapsed() >= WAITING_AFTER {
+                } else if !*scheduled
+                    && !track.waiting_sent
+                    && track.first_seen.elapsed() >= WAITING_AFTER
+                {
                     self.status_update(track, &info, Update::Waiting).await;
                     track.waiting_sent = true;
                 }
@@ -270,7 +283,8 @@ impl Reporter {
                     track.terminal_sent = true;
                     metrics::launch_failed(&self.cluster.executor, reason);
                     warn!(pod = %pod_name, %reason, "build failed to start");
-                    self.status_update(track, &info, Update::Failure(message.clone())).await;
+                    self.status_update(track, &info, Update::Failure(message.clone()))
+                        .await;
                 }
                 // A pod that cannot start is removed, so nothing hangs and nothing is retried.
                 if self.cluster.delete_pod(&pod_name, Some(0)).await.is_ok() {
@@ -314,13 +328,17 @@ impl Reporter {
                     metrics::build_completed(&self.cluster.executor, outcome);
                     info!(pod = %pod_name, outcome, "build finished");
                     // The launcher reports its own result; only deaths it cannot report are told.
-                    if let Verdict::Failed { reason, message, .. } = &verdict
+                    if let Verdict::Failed {
+                        reason, message, ..
+                    } = &verdict
                         && matches!(reason.as_str(), "OOMKilled" | "Evicted" | "Failed")
                     {
-                        self.status_update(track, &info, Update::Failure(message.clone())).await;
+                        self.status_update(track, &info, Update::Failure(message.clone()))
+                            .await;
                     }
                     if let Verdict::TimedOut { message } = &verdict {
-                        self.status_update(track, &info, Update::Failure(message.clone())).await;
+                        self.status_update(track, &info, Update::Failure(message.clone()))
+                            .await;
                     }
                 }
                 let ttl = self.config.options.kubernetes.pod_ttl;
@@ -338,9 +356,21 @@ impl Reporter {
 
     /// Deletes a pod that no build can still need: one without a build past the pending
     /// deadline, or any pod older than the longest a build may live.
-    async fn collect_orphan(&self, track: &mut Track, pod_name: &str, now_unix: i64, unknown_build: bool) {
+    async fn collect_orphan(
+        &self,
+        track: &mut Track,
+        pod_name: &str,
+        now_unix: i64,
+        unknown_build: bool,
+    ) {
         let k = &self.config.options.kubernetes;
-        let Some(created) = track.pod.metadata.creation_timestamp.as_ref().map(|t| t.0.as_second()) else {
+        let Some(created) = track
+            .pod
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.as_second())
+        else {
             return;
         };
         let age = Duration::from_secs(now_unix.saturating_sub(created).max(0) as u64);
