@@ -301,36 +301,24 @@ async fn breaker_signals(
 
 /// The reporter Lease of an executor: a valid object name derived from the executor's name.
 pub fn lease_name(executor: &str) -> String {
+    const PREFIX: &str = "buildcluster-worker-";
     let cleaned: String = executor
         .to_ascii_lowercase()
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                c
-            } else {
-                '-'
-            }
-        })
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' })
         .collect();
-    let cleaned = cleaned
-        .trim_matches(|c: char| !c.is_ascii_alphanumeric())
-        .to_string();
-    let name = format!("buildcluster-worker-{cleaned}");
-    if cleaned == executor && name.len() <= 253 {
-        name
+    let cleaned = cleaned.trim_matches('-');
+    if cleaned == executor && PREFIX.len() + cleaned.len() <= 63 {
+        return format!("{PREFIX}{cleaned}");
+    }
+    // Distinct executors must not share a Lease after cleaning: add a hash of the real name.
+    let short: String = cleaned.chars().take(30).collect();
+    let short = short.trim_matches('-');
+    let h = crate::naming::fnv1a64(executor.as_bytes()) as u32;
+    if short.is_empty() {
+        format!("{PREFIX}{h:08x}")
     } else {
-        // Distinct executors must not share a Lease after cleaning.
-        let h = crate::naming::fnv1a64(executor.as_bytes());
-        let short: String = cleaned.chars().take(200).collect();
-        format!(
-            "buildcluster-worker-{}{:08x}",
-            if short.is_empty() {
-                String::new()
-            } else {
-                format!("{short}-")
-            },
-            h as u32
-        )
+        format!("{PREFIX}{short}-{h:08x}")
     }
 }
 
@@ -360,7 +348,7 @@ mod tests {
         let b = lease_name("k8s-sandbox");
         assert_ne!(a, b);
         for n in [a, b, lease_name("__"), lease_name(&"x".repeat(300))] {
-            assert!(crate::naming::is_dns1123_subdomain(&n), "{n}");
+            assert!(crate::naming::is_dns1123_label(&n), "{n}");
         }
     }
 }
