@@ -81,11 +81,14 @@ fn timeline(args: &Args) -> Timeline {
 fn config(args: &Args) -> anyhow::Result<SimConfig> {
     let mut cfg = match &args.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
             if path.extension().is_some_and(|e| e == "json") {
-                serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+                serde_json::from_str(&text)
+                    .with_context(|| format!("parsing {}", path.display()))?
             } else {
-                serde_saphyr::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+                serde_saphyr::from_str(&text)
+                    .with_context(|| format!("parsing {}", path.display()))?
             }
         }
         None => SimConfig::default(),
@@ -97,7 +100,10 @@ fn config(args: &Args) -> anyhow::Result<SimConfig> {
             .with_runtime_classes(classes.split(',').filter(|c| !c.is_empty()))
             .with_timeline(timeline);
         if args.port_base != 0 {
-            c.port = args.port_base.checked_add(u16::try_from(i)?).context("--port-base too high")?;
+            c.port = args
+                .port_base
+                .checked_add(u16::try_from(i)?)
+                .context("--port-base too high")?;
         }
         if let Some(h) = args.history_limit {
             c.history_limit = h;
@@ -120,7 +126,10 @@ fn config(args: &Args) -> anyhow::Result<SimConfig> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let sim = KubeSim::start(config(&args)?).await?;
-    println!("{}", json!({"control": sim.control_url(), "clusters": sim.cluster_table()}));
+    println!(
+        "{}",
+        json!({"control": sim.control_url(), "clusters": sim.cluster_table()})
+    );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => {}

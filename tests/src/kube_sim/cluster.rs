@@ -131,7 +131,12 @@ impl ClusterInner {
 
     /// Removes a pod at once (DELETED event), then collects its dependents like the garbage
     /// collector with `propagation`.
-    pub fn remove_pod(&self, store: &mut Store, key: &Key, propagation: Propagation) -> Option<Pod> {
+    pub fn remove_pod(
+        &self,
+        store: &mut Store,
+        key: &Key,
+        propagation: Propagation,
+    ) -> Option<Pod> {
         let pod = store.remove::<Pod>(key)?;
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         lock(&self.deletions).remove(&uid);
@@ -144,7 +149,9 @@ impl ClusterInner {
 /// owners are gone are deleted (Background/Foreground) or lose the reference (Orphan).
 pub(crate) fn collect_dependents(store: &mut Store, uid: &str, propagation: Propagation) {
     for key in store.table::<Secret>().owned_by(uid) {
-        let Some(slot) = store.table::<Secret>().get(&key) else { continue };
+        let Some(slot) = store.table::<Secret>().get(&key) else {
+            continue;
+        };
         let mut secret = slot.obj.clone();
         let refs = secret.metadata.owner_references.take().unwrap_or_default();
         let remaining: Vec<_> = refs.into_iter().filter(|r| r.uid != uid).collect();
@@ -165,7 +172,10 @@ pub struct ClusterHandle {
 
 impl std::fmt::Debug for ClusterHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClusterHandle").field("name", &self.inner.name).field("url", &self.url()).finish()
+        f.debug_struct("ClusterHandle")
+            .field("name", &self.inner.name)
+            .field("url", &self.url())
+            .finish()
     }
 }
 
@@ -262,7 +272,10 @@ impl ClusterHandle {
     /// One pod.
     pub fn pod(&self, namespace: &str, name: &str) -> Option<Pod> {
         let store = lock(&self.inner.store);
-        store.table::<Pod>().get(&(namespace.to_owned(), name.to_owned())).map(|s| s.obj.clone())
+        store
+            .table::<Pod>()
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .map(|s| s.obj.clone())
     }
 
     /// The cluster's current resourceVersion.
@@ -279,7 +292,11 @@ impl ClusterHandle {
     /// Serves again on the same port.
     pub async fn start_listener(&self) {
         if let Err(e) = self.inner.listener.start(self.inner.clone(), None).await {
-            panic!("cluster {}: cannot listen on {} again: {e}", self.inner.name, self.inner.listener.addr());
+            panic!(
+                "cluster {}: cannot listen on {} again: {e}",
+                self.inner.name,
+                self.inner.listener.addr()
+            );
         }
     }
 
@@ -287,7 +304,13 @@ impl ClusterHandle {
     /// collected). False when there is no such pod.
     pub fn delete_pod_now(&self, namespace: &str, name: &str) -> bool {
         let mut store = lock(&self.inner.store);
-        self.inner.remove_pod(&mut store, &(namespace.to_owned(), name.to_owned()), Propagation::Background).is_some()
+        self.inner
+            .remove_pod(
+                &mut store,
+                &(namespace.to_owned(), name.to_owned()),
+                Propagation::Background,
+            )
+            .is_some()
     }
 
     /// Drops the watch history and ends open watches: resuming from an earlier
@@ -305,15 +328,27 @@ impl ClusterHandle {
         self.set_timeline(self.inner.config.timeline);
         {
             let mut store = lock(&self.inner.store);
-            let pods: Vec<Key> = store.table::<Pod>().iter().map(|s| s.entry.key.clone()).collect();
+            let pods: Vec<Key> = store
+                .table::<Pod>()
+                .iter()
+                .map(|s| s.entry.key.clone())
+                .collect();
             for k in pods {
                 store.remove::<Pod>(&k);
             }
-            let secrets: Vec<Key> = store.table::<Secret>().iter().map(|s| s.entry.key.clone()).collect();
+            let secrets: Vec<Key> = store
+                .table::<Secret>()
+                .iter()
+                .map(|s| s.entry.key.clone())
+                .collect();
             for k in secrets {
                 store.remove::<Secret>(&k);
             }
-            let leases: Vec<Key> = store.table::<Lease>().iter().map(|s| s.entry.key.clone()).collect();
+            let leases: Vec<Key> = store
+                .table::<Lease>()
+                .iter()
+                .map(|s| s.entry.key.clone())
+                .collect();
             for k in leases {
                 store.remove::<Lease>(&k);
             }
@@ -330,5 +365,9 @@ impl ClusterHandle {
 }
 
 fn all<K: StoredObject>(inner: &ClusterInner) -> Vec<K> {
-    lock(&inner.store).table::<K>().iter().map(|s| s.obj.clone()).collect()
+    lock(&inner.store)
+        .table::<K>()
+        .iter()
+        .map(|s| s.obj.clone())
+        .collect()
 }

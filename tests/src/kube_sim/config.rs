@@ -78,7 +78,8 @@ impl ClusterConfig {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.runtime_classes.extend(classes.into_iter().map(Into::into));
+        self.runtime_classes
+            .extend(classes.into_iter().map(Into::into));
         self
     }
 
@@ -175,7 +176,9 @@ pub(crate) mod ms_opt {
     }
 
     /// Deserializes from milliseconds or null.
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
         Ok(Option::<u64>::deserialize(d)?.map(Duration::from_millis))
     }
 }

@@ -98,17 +98,26 @@ pub struct Fault {
 impl Fault {
     /// Answer `code` with the usual Status body for it.
     pub fn status(code: u16) -> Self {
-        Self { status: Some(code), ..Self::default() }
+        Self {
+            status: Some(code),
+            ..Self::default()
+        }
     }
 
     /// Never answer.
     pub fn hang() -> Self {
-        Self { hang: true, ..Self::default() }
+        Self {
+            hang: true,
+            ..Self::default()
+        }
     }
 
     /// Add `d` before handling the request normally.
     pub fn latency(d: Duration) -> Self {
-        Self { latency: Some(d), ..Self::default() }
+        Self {
+            latency: Some(d),
+            ..Self::default()
+        }
     }
 
     /// Only for these verbs.
@@ -201,7 +210,11 @@ impl Fault {
     }
 
     fn matches(&self, verb: Verb, resource: &str) -> bool {
-        self.verbs.as_ref().is_none_or(|v| v.contains(&verb)) && self.resources.as_ref().is_none_or(|r| r.iter().any(|x| x == resource))
+        self.verbs.as_ref().is_none_or(|v| v.contains(&verb))
+            && self
+                .resources
+                .as_ref()
+                .is_none_or(|r| r.iter().any(|x| x == resource))
     }
 }
 
@@ -276,7 +289,13 @@ impl FaultSet {
         self.next += 1;
         let id = FaultId(self.next);
         let expires = fault.duration.map(|d| now + d);
-        self.active.push(Active { id, remaining: fault.count, fault, credit: 0.0, expires });
+        self.active.push(Active {
+            id,
+            remaining: fault.count,
+            fault,
+            credit: 0.0,
+            expires,
+        });
         id
     }
 
@@ -301,7 +320,8 @@ impl FaultSet {
     /// Decides what a request with this verb and resource suffers. Latency-only faults add
     /// up; the first matching failing or hanging fault (in injection order) decides the rest.
     pub fn decide(&mut self, verb: Verb, resource: &str, now: Instant) -> Decision {
-        self.active.retain(|a| a.expires.is_none_or(|e| now < e) && a.remaining != Some(0));
+        self.active
+            .retain(|a| a.expires.is_none_or(|e| now < e) && a.remaining != Some(0));
         let mut decision = Decision::default();
         for a in &mut self.active {
             if !a.fault.matches(verb, resource) || !a.admit() {
@@ -314,12 +334,22 @@ impl FaultSet {
                 decision.latency += l;
             }
             if a.fault.hang {
-                decision.effect = Some(Effect::Hang { after_commit: a.fault.after_commit });
+                decision.effect = Some(Effect::Hang {
+                    after_commit: a.fault.after_commit,
+                });
                 break;
             }
             if let Some(code) = a.fault.status {
-                let error = ApiError::injected(code, a.fault.reason.as_deref(), a.fault.message.as_deref(), a.fault.retry_after_secs);
-                decision.effect = Some(Effect::Fail { error, after_commit: a.fault.after_commit });
+                let error = ApiError::injected(
+                    code,
+                    a.fault.reason.as_deref(),
+                    a.fault.message.as_deref(),
+                    a.fault.retry_after_secs,
+                );
+                decision.effect = Some(Effect::Fail {
+                    error,
+                    after_commit: a.fault.after_commit,
+                });
                 break;
             }
         }
@@ -343,7 +373,9 @@ mod tests {
         let mut set = FaultSet::default();
         let now = Instant::now();
         set.inject(Fault::status(500).count(2), now);
-        let hits: Vec<bool> = (0..4).map(|_| fails(&set.decide(Verb::Get, "pods", now))).collect();
+        let hits: Vec<bool> = (0..4)
+            .map(|_| fails(&set.decide(Verb::Get, "pods", now)))
+            .collect();
         assert_eq!(hits, vec![true, true, false, false]);
         assert!(set.is_empty());
     }
@@ -352,7 +384,12 @@ mod tests {
     fn verbs_and_resources_narrow_the_match() {
         let mut set = FaultSet::default();
         let now = Instant::now();
-        set.inject(Fault::status(503).on_verbs([Verb::Create]).on_resources(["pods"]), now);
+        set.inject(
+            Fault::status(503)
+                .on_verbs([Verb::Create])
+                .on_resources(["pods"]),
+            now,
+        );
         assert!(!fails(&set.decide(Verb::Get, "pods", now)));
         assert!(!fails(&set.decide(Verb::Create, "secrets", now)));
         assert!(fails(&set.decide(Verb::Create, "pods", now)));
@@ -364,7 +401,11 @@ mod tests {
         let now = Instant::now();
         set.inject(Fault::status(500).lasting(Duration::from_secs(1)), now);
         assert!(fails(&set.decide(Verb::Get, "pods", now)));
-        assert!(!fails(&set.decide(Verb::Get, "pods", now + Duration::from_secs(2))));
+        assert!(!fails(&set.decide(
+            Verb::Get,
+            "pods",
+            now + Duration::from_secs(2)
+        )));
     }
 
     #[test]
@@ -387,10 +428,27 @@ mod tests {
 
     #[test]
     fn faults_read_from_json() {
-        let f: Fault = serde_json::from_str(r#"{"verbs":["create"],"status":504,"after_commit":true,"latency_ms":10}"#).unwrap();
-        assert_eq!(f, Fault::status(504).on_verbs([Verb::Create]).after_commit().with_latency(Duration::from_millis(10)));
+        let f: Fault = serde_json::from_str(
+            r#"{"verbs":["create"],"status":504,"after_commit":true,"latency_ms":10}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            f,
+            Fault::status(504)
+                .on_verbs([Verb::Create])
+                .after_commit()
+                .with_latency(Duration::from_millis(10))
+        );
         assert!(Fault::default().check().is_err());
-        assert!(Fault { hang: true, status: Some(500), ..Fault::default() }.check().is_err());
+        assert!(
+            Fault {
+                hang: true,
+                status: Some(500),
+                ..Fault::default()
+            }
+            .check()
+            .is_err()
+        );
     }
 
     proptest! {

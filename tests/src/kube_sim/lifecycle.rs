@@ -27,7 +27,13 @@ impl Drop for DriverGuard {
 
 /// Starts the kubelet of a freshly created pod. `active_deadline` is the pod's
 /// `activeDeadlineSeconds`.
-pub fn spawn_driver(cluster: Arc<ClusterInner>, key: Key, uid: String, kubelet: Kubelet, active_deadline: Option<i64>) {
+pub fn spawn_driver(
+    cluster: Arc<ClusterInner>,
+    key: Key,
+    uid: String,
+    kubelet: Kubelet,
+    active_deadline: Option<i64>,
+) {
     cluster.drivers.fetch_add(1, Ordering::Relaxed);
     let guard = DriverGuard(cluster.clone());
     tokio::spawn(async move {
@@ -36,7 +42,13 @@ pub fn spawn_driver(cluster: Arc<ClusterInner>, key: Key, uid: String, kubelet: 
     });
 }
 
-async fn drive(cluster: &Arc<ClusterInner>, key: &Key, uid: &str, mut kubelet: Kubelet, active_deadline: Option<i64>) {
+async fn drive(
+    cluster: &Arc<ClusterInner>,
+    key: &Key,
+    uid: &str,
+    mut kubelet: Kubelet,
+    active_deadline: Option<i64>,
+) {
     let mut last = Instant::now();
     let mut deadline: Option<Instant> = None;
     loop {
@@ -55,8 +67,12 @@ async fn drive(cluster: &Arc<ClusterInner>, key: &Key, uid: &str, mut kubelet: K
         last = at;
         let now = Timestamp::now();
         let mut store = lock(&cluster.store);
-        let Some(slot) = store.table::<Pod>().get(key) else { return };
-        if slot.obj.metadata.uid.as_deref() != Some(uid) || slot.obj.metadata.deletion_timestamp.is_some() {
+        let Some(slot) = store.table::<Pod>().get(key) else {
+            return;
+        };
+        if slot.obj.metadata.uid.as_deref() != Some(uid)
+            || slot.obj.metadata.deletion_timestamp.is_some()
+        {
             return;
         }
         let mut pod = slot.obj.clone();
@@ -65,7 +81,10 @@ async fn drive(cluster: &Arc<ClusterInner>, key: &Key, uid: &str, mut kubelet: K
             kill(
                 pod.status.get_or_insert_with(Default::default),
                 now,
-                Some(("DeadlineExceeded", "Pod was active on the node longer than the specified deadline")),
+                Some((
+                    "DeadlineExceeded",
+                    "Pod was active on the node longer than the specified deadline",
+                )),
             );
             store.put(pod);
             return;
@@ -105,7 +124,9 @@ pub fn spawn_termination(cluster: Arc<ClusterInner>, key: Key, uid: String, afte
             () = cluster.shutdown.cancelled() => return,
         }
         let mut store = lock(&cluster.store);
-        let Some(slot) = store.table::<Pod>().get(&key) else { return };
+        let Some(slot) = store.table::<Pod>().get(&key) else {
+            return;
+        };
         if slot.obj.metadata.uid.as_deref() != Some(uid.as_str()) {
             return;
         }
@@ -116,7 +137,10 @@ pub fn spawn_termination(cluster: Arc<ClusterInner>, key: Key, uid: String, afte
             kill(status, Timestamp::now(), None);
             store.put(pod);
         }
-        let propagation = lock(&cluster.deletions).get(&uid).copied().unwrap_or(Propagation::Background);
+        let propagation = lock(&cluster.deletions)
+            .get(&uid)
+            .copied()
+            .unwrap_or(Propagation::Background);
         cluster.remove_pod(&mut store, &key, propagation);
     });
 }

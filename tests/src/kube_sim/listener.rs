@@ -36,7 +36,13 @@ impl Listener {
     pub async fn bind(port: u16) -> io::Result<(Self, TcpListener)> {
         let socket = TcpListener::bind(("127.0.0.1", port)).await?;
         let addr = socket.local_addr()?;
-        Ok((Self { addr, running: Mutex::new(None) }, socket))
+        Ok((
+            Self {
+                addr,
+                running: Mutex::new(None),
+            },
+            socket,
+        ))
     }
 
     /// The bound address.
@@ -46,7 +52,11 @@ impl Listener {
 
     /// Serves `cluster` on `socket` (or, when `None`, on a fresh bind of the same port).
     /// Does nothing when already serving.
-    pub async fn start(&self, cluster: Arc<ClusterInner>, socket: Option<TcpListener>) -> io::Result<()> {
+    pub async fn start(
+        &self,
+        cluster: Arc<ClusterInner>,
+        socket: Option<TcpListener>,
+    ) -> io::Result<()> {
         let mut running = self.running.lock().await;
         if running.is_some() {
             return Ok(());
@@ -103,13 +113,19 @@ async fn accept_loop(cluster: Arc<ClusterInner>, socket: TcpListener, stop: Canc
     }
 }
 
-async fn serve_connection(cluster: Arc<ClusterInner>, stream: tokio::net::TcpStream, stop: CancellationToken) {
+async fn serve_connection(
+    cluster: Arc<ClusterInner>,
+    stream: tokio::net::TcpStream,
+    stop: CancellationToken,
+) {
     let service = hyper::service::service_fn(move |req| {
         let cluster = cluster.clone();
         async move { Ok::<_, Infallible>(api::handle(cluster, req).await) }
     });
     // hyper's server side is enabled through axum's hyper-util dependency.
-    let conn = hyper::server::conn::http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), service);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), service);
     tokio::select! {
         _ = conn => {}
         () = stop.cancelled() => {}

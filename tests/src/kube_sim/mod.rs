@@ -74,7 +74,10 @@ pub struct KubeSim {
 
 impl std::fmt::Debug for KubeSim {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KubeSim").field("clusters", &self.clusters).field("control", &self.control_url()).finish()
+        f.debug_struct("KubeSim")
+            .field("clusters", &self.clusters)
+            .field("control", &self.control_url())
+            .finish()
     }
 }
 
@@ -83,8 +86,16 @@ impl KubeSim {
     pub async fn start(cfg: SimConfig) -> anyhow::Result<Self> {
         let mut names = HashSet::new();
         for c in &cfg.clusters {
-            if c.name.is_empty() || !c.name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_' || ch == '.') {
-                bail!("cluster name {:?} must be non-empty and use only letters, digits, '-', '_' and '.'", c.name);
+            if c.name.is_empty()
+                || !c
+                    .name
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_' || ch == '.')
+            {
+                bail!(
+                    "cluster name {:?} must be non-empty and use only letters, digits, '-', '_' and '.'",
+                    c.name
+                );
             }
             if !names.insert(c.name.clone()) {
                 bail!("cluster {:?} is configured twice", c.name);
@@ -103,9 +114,12 @@ impl KubeSim {
         };
         let mut clusters = Vec::new();
         for c in cfg.clusters {
-            let (listener, socket) = Listener::bind(c.port).await.with_context(|| format!("cluster {}: binding port {}", c.name, c.port))?;
+            let (listener, socket) = Listener::bind(c.port)
+                .await
+                .with_context(|| format!("cluster {}: binding port {}", c.name, c.port))?;
             let url = format!("http://{}", listener.addr());
-            let kubeconfig = kubeconfig::write(&kubeconfig_dir, &c.name, &url).with_context(|| format!("cluster {}: kubeconfig", c.name))?;
+            let kubeconfig = kubeconfig::write(&kubeconfig_dir, &c.name, &url)
+                .with_context(|| format!("cluster {}: kubeconfig", c.name))?;
             let inner = Arc::new(ClusterInner {
                 name: c.name.clone(),
                 store: Mutex::new(Store::new(c.history_limit)),
@@ -126,15 +140,24 @@ impl KubeSim {
             inner.listener.start(inner.clone(), Some(socket)).await?;
             clusters.push(ClusterHandle { inner });
         }
-        let (control_addr, control_task) = control::serve(cfg.control_port, clusters.clone(), shutdown.child_token())
-            .await
-            .with_context(|| format!("control API: binding port {}", cfg.control_port))?;
-        Ok(Self { clusters, control_addr, control_task: Some(control_task), shutdown, kubeconfig_dir, _tempdir: tempdir })
+        let (control_addr, control_task) =
+            control::serve(cfg.control_port, clusters.clone(), shutdown.child_token())
+                .await
+                .with_context(|| format!("control API: binding port {}", cfg.control_port))?;
+        Ok(Self {
+            clusters,
+            control_addr,
+            control_task: Some(control_task),
+            shutdown,
+            kubeconfig_dir,
+            _tempdir: tempdir,
+        })
     }
 
     /// The cluster named `name`; panics when there is none (a test set-up error).
     pub fn cluster(&self, name: &str) -> ClusterHandle {
-        self.try_cluster(name).unwrap_or_else(|| panic!("kube-sim has no cluster named {name:?}"))
+        self.try_cluster(name)
+            .unwrap_or_else(|| panic!("kube-sim has no cluster named {name:?}"))
     }
 
     /// The cluster named `name`, if any.

@@ -7,7 +7,8 @@ use std::cmp::Ordering;
 use std::fmt;
 
 /// The decode error apimachinery reports for a malformed quantity.
-pub const FORMAT_ERROR: &str = "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'";
+pub const FORMAT_ERROR: &str =
+    "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'";
 /// The decode error for an unknown suffix.
 pub const SUFFIX_ERROR: &str = "unable to parse quantity's suffix";
 
@@ -75,12 +76,19 @@ impl Quantity {
         if digits.len() > 30 {
             return Err(FORMAT_ERROR);
         }
-        let mantissa: i128 = if digits.is_empty() { 0 } else { digits.parse().map_err(|_| FORMAT_ERROR)? };
+        let mantissa: i128 = if digits.is_empty() {
+            0
+        } else {
+            digits.parse().map_err(|_| FORMAT_ERROR)?
+        };
         let frac_len = u32::try_from(frac_part.len()).map_err(|_| FORMAT_ERROR)?;
         let (format, factor) = parse_suffix(suffix)?;
         // value = mantissa / 10^frac_len * factor, in nanos = mantissa * factor * 1e9 / 10^frac_len
         let nanos = factor.scale(mantissa, frac_len).ok_or(FORMAT_ERROR)?;
-        Ok(Self { nanos: if negative { -nanos } else { nanos }, format })
+        Ok(Self {
+            nanos: if negative { -nanos } else { nanos },
+            format,
+        })
     }
 
     /// True when the quantity is below zero.
@@ -160,11 +168,19 @@ impl Factor {
     /// `mantissa / 10^frac_len * self`, in nanos, rounding up any remainder.
     fn scale(&self, mantissa: i128, frac_len: u32) -> Option<i128> {
         let (num, den) = match *self {
-            Factor::Binary(k) => (mantissa.checked_mul(1i128.checked_shl(10 * k)?)?.checked_mul(NANO)?, 10i128.checked_pow(frac_len)?),
+            Factor::Binary(k) => (
+                mantissa
+                    .checked_mul(1i128.checked_shl(10 * k)?)?
+                    .checked_mul(NANO)?,
+                10i128.checked_pow(frac_len)?,
+            ),
             Factor::Decimal(e) => {
                 let e = e + 9 - i32::try_from(frac_len).ok()?;
                 if e >= 0 {
-                    (mantissa.checked_mul(10i128.checked_pow(u32::try_from(e).ok()?)?)?, 1)
+                    (
+                        mantissa.checked_mul(10i128.checked_pow(u32::try_from(e).ok()?)?)?,
+                        1,
+                    )
                 } else {
                     (mantissa, 10i128.checked_pow(u32::try_from(-e).ok()?)?)
                 }
@@ -178,7 +194,10 @@ impl Factor {
 fn parse_suffix(s: &str) -> Result<(Format, Factor), &'static str> {
     let binary = ["Ki", "Mi", "Gi", "Ti", "Pi", "Ei"];
     if let Some(k) = binary.iter().position(|b| *b == s) {
-        return Ok((Format::BinarySi, Factor::Binary(u32::try_from(k + 1).unwrap_or(0))));
+        return Ok((
+            Format::BinarySi,
+            Factor::Binary(u32::try_from(k + 1).unwrap_or(0)),
+        ));
     }
     let decimal = match s {
         "" => Some(0),
@@ -251,7 +270,10 @@ mod tests {
     fn comparison_crosses_formats() {
         assert!(Quantity::parse("1Gi").unwrap() > Quantity::parse("1G").unwrap());
         assert!(Quantity::parse("500m").unwrap() < Quantity::parse("1").unwrap());
-        assert_eq!(Quantity::parse("1000m").unwrap(), Quantity::parse("1").unwrap());
+        assert_eq!(
+            Quantity::parse("1000m").unwrap(),
+            Quantity::parse("1").unwrap()
+        );
     }
 
     proptest! {

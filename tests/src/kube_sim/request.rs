@@ -118,7 +118,9 @@ impl Query {
     pub fn bool(&self, key: &str) -> Result<bool, ApiError> {
         match self.get(key) {
             None | Some("") => Ok(false),
-            Some(v) => self.flag(key).ok_or_else(|| ApiError::bad_request(format!("strconv.ParseBool: parsing {v:?}: invalid syntax"))),
+            Some(v) => self.flag(key).ok_or_else(|| {
+                ApiError::bad_request(format!("strconv.ParseBool: parsing {v:?}: invalid syntax"))
+            }),
         }
     }
 
@@ -126,10 +128,9 @@ impl Query {
     pub fn int(&self, key: &str) -> Result<Option<i64>, ApiError> {
         match self.get(key) {
             None | Some("") => Ok(None),
-            Some(v) => v
-                .parse()
-                .map(Some)
-                .map_err(|_| ApiError::bad_request(format!("strconv.ParseInt: parsing {v:?}: invalid syntax"))),
+            Some(v) => v.parse().map(Some).map_err(|_| {
+                ApiError::bad_request(format!("strconv.ParseInt: parsing {v:?}: invalid syntax"))
+            }),
         }
     }
 }
@@ -192,9 +193,15 @@ impl ListOptions {
             label_selector: q.get("labelSelector").unwrap_or("").to_owned(),
             field_selector: q.get("fieldSelector").unwrap_or("").to_owned(),
             limit: usize::try_from(limit.max(0)).unwrap_or(usize::MAX),
-            continue_token: q.get("continue").filter(|c| !c.is_empty()).map(str::to_owned),
+            continue_token: q
+                .get("continue")
+                .filter(|c| !c.is_empty())
+                .map(str::to_owned),
             resource_version: q.get("resourceVersion").map(str::to_owned),
-            resource_version_match: q.get("resourceVersionMatch").filter(|c| !c.is_empty()).map(str::to_owned),
+            resource_version_match: q
+                .get("resourceVersionMatch")
+                .filter(|c| !c.is_empty())
+                .map(str::to_owned),
             bookmarks: q.bool("allowWatchBookmarks")?,
             timeout_seconds: timeout.map(|t| u64::try_from(t.max(0)).unwrap_or(0)),
             send_initial_events,
@@ -237,7 +244,11 @@ fn propagation(s: &str) -> Result<Propagation, ApiError> {
             "meta.k8s.io",
             "DeleteOptions",
             "",
-            &[super::validation::FieldError::not_supported("propagationPolicy", other, &["Foreground", "Background", "Orphan", "nil"])],
+            &[super::validation::FieldError::not_supported(
+                "propagationPolicy",
+                other,
+                &["Foreground", "Background", "Orphan", "nil"],
+            )],
         )),
     }
 }
@@ -247,7 +258,11 @@ impl DeleteOptions {
     pub fn parse(q: &Query, body: &[u8]) -> Result<Self, ApiError> {
         let mut o = Self {
             grace_period: q.int("gracePeriodSeconds")?,
-            propagation: q.get("propagationPolicy").filter(|p| !p.is_empty()).map(propagation).transpose()?,
+            propagation: q
+                .get("propagationPolicy")
+                .filter(|p| !p.is_empty())
+                .map(propagation)
+                .transpose()?,
             dry_run: q.get("dryRun") == Some("All"),
             ..Self::default()
         };
@@ -255,15 +270,22 @@ impl DeleteOptions {
             o.propagation = Some(Propagation::Orphan);
         }
         if body.iter().any(|b| !b.is_ascii_whitespace()) {
-            let v: serde_json::Value = serde_json::from_slice(body)
-                .map_err(|e| ApiError::bad_request(format!("couldn't get version/kind; json parse error: {e}")))?;
+            let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+                ApiError::bad_request(format!("couldn't get version/kind; json parse error: {e}"))
+            })?;
             if let Some(g) = v.get("gracePeriodSeconds").filter(|g| !g.is_null()) {
-                o.grace_period = Some(g.as_i64().ok_or_else(|| ApiError::bad_request("gracePeriodSeconds must be an integer"))?);
+                o.grace_period = Some(g.as_i64().ok_or_else(|| {
+                    ApiError::bad_request("gracePeriodSeconds must be an integer")
+                })?);
             }
             if let Some(p) = v.get("propagationPolicy").and_then(|p| p.as_str()) {
                 o.propagation = Some(propagation(p)?);
             }
-            if v.get("orphanDependents").and_then(serde_json::Value::as_bool) == Some(true) && o.propagation.is_none() {
+            if v.get("orphanDependents")
+                .and_then(serde_json::Value::as_bool)
+                == Some(true)
+                && o.propagation.is_none()
+            {
                 o.propagation = Some(Propagation::Orphan);
             }
             if let Some(d) = v.get("dryRun").and_then(|d| d.as_array()) {
@@ -271,7 +293,10 @@ impl DeleteOptions {
             }
             if let Some(p) = v.get("preconditions") {
                 o.precondition_uid = p.get("uid").and_then(|u| u.as_str()).map(str::to_owned);
-                o.precondition_rv = p.get("resourceVersion").and_then(|u| u.as_str()).map(str::to_owned);
+                o.precondition_rv = p
+                    .get("resourceVersion")
+                    .and_then(|u| u.as_str())
+                    .map(str::to_owned);
             }
         }
         Ok(o)
@@ -283,7 +308,9 @@ mod tests {
     use super::*;
 
     fn info(method: Method, path_and_query: &str) -> Option<RequestInfo> {
-        let (path, q) = path_and_query.split_once('?').unwrap_or((path_and_query, ""));
+        let (path, q) = path_and_query
+            .split_once('?')
+            .unwrap_or((path_and_query, ""));
         RequestInfo::parse(&method, path, &Query::parse(Some(q)))
     }
 
@@ -291,23 +318,45 @@ mod tests {
     fn verbs_follow_the_apiserver_rules() {
         let v = |m: Method, p: &str| info(m, p).unwrap().verb;
         assert_eq!(v(Method::GET, "/api/v1/namespaces/ns/pods"), Verb::List);
-        assert_eq!(v(Method::GET, "/api/v1/namespaces/ns/pods?watch=1"), Verb::Watch);
+        assert_eq!(
+            v(Method::GET, "/api/v1/namespaces/ns/pods?watch=1"),
+            Verb::Watch
+        );
         assert_eq!(v(Method::GET, "/api/v1/pods?watch=true"), Verb::Watch);
         assert_eq!(v(Method::GET, "/api/v1/namespaces/ns/pods/p"), Verb::Get);
         assert_eq!(v(Method::POST, "/api/v1/namespaces/ns/pods"), Verb::Create);
-        assert_eq!(v(Method::PUT, "/apis/coordination.k8s.io/v1/namespaces/ns/leases/l"), Verb::Update);
-        assert_eq!(v(Method::DELETE, "/api/v1/namespaces/ns/pods/p"), Verb::Delete);
-        assert_eq!(v(Method::DELETE, "/api/v1/namespaces/ns/pods"), Verb::Deletecollection);
+        assert_eq!(
+            v(
+                Method::PUT,
+                "/apis/coordination.k8s.io/v1/namespaces/ns/leases/l"
+            ),
+            Verb::Update
+        );
+        assert_eq!(
+            v(Method::DELETE, "/api/v1/namespaces/ns/pods/p"),
+            Verb::Delete
+        );
+        assert_eq!(
+            v(Method::DELETE, "/api/v1/namespaces/ns/pods"),
+            Verb::Deletecollection
+        );
         let s = info(Method::GET, "/api/v1/namespaces/ns/pods/p/status").unwrap();
         assert_eq!(s.subresource.as_deref(), Some("status"));
         assert_eq!(s.kind, Some(ResourceKind::Pods));
-        assert_eq!(info(Method::GET, "/api/v1/namespaces/ns/configmaps").unwrap().kind, None);
+        assert_eq!(
+            info(Method::GET, "/api/v1/namespaces/ns/configmaps")
+                .unwrap()
+                .kind,
+            None
+        );
         assert!(info(Method::GET, "/version").is_none());
     }
 
     #[test]
     fn query_values_are_form_decoded() {
-        let q = Query::parse(Some("labelSelector=a%3Db%2Cc+in+%28x%29&limit=5&watch=true"));
+        let q = Query::parse(Some(
+            "labelSelector=a%3Db%2Cc+in+%28x%29&limit=5&watch=true",
+        ));
         assert_eq!(q.get("labelSelector"), Some("a=b,c in (x)"));
         assert_eq!(q.int("limit").unwrap(), Some(5));
         assert!(q.bool("watch").unwrap());
@@ -317,10 +366,17 @@ mod tests {
     #[test]
     fn delete_options_body_overrides_query() {
         let q = Query::parse(Some("gracePeriodSeconds=30"));
-        let o = DeleteOptions::parse(&q, br#"{"gracePeriodSeconds":0,"propagationPolicy":"Orphan","preconditions":{"uid":"u"}}"#).unwrap();
+        let o = DeleteOptions::parse(
+            &q,
+            br#"{"gracePeriodSeconds":0,"propagationPolicy":"Orphan","preconditions":{"uid":"u"}}"#,
+        )
+        .unwrap();
         assert_eq!(o.grace_period, Some(0));
         assert_eq!(o.propagation, Some(Propagation::Orphan));
         assert_eq!(o.precondition_uid.as_deref(), Some("u"));
-        assert!(DeleteOptions::parse(&Query::default(), br#"{"propagationPolicy":"Sometimes"}"#).is_err());
+        assert!(
+            DeleteOptions::parse(&Query::default(), br#"{"propagationPolicy":"Sometimes"}"#)
+                .is_err()
+        );
     }
 }

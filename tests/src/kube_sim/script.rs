@@ -68,7 +68,10 @@ pub struct ScriptRule {
 impl ScriptRule {
     /// A rule for images matching `pattern`.
     pub fn new(pattern: &str, script: Script) -> Result<Self, regex::Error> {
-        Ok(Self { image: regex::Regex::new(pattern)?, script })
+        Ok(Self {
+            image: regex::Regex::new(pattern)?,
+            script,
+        })
     }
 }
 
@@ -83,7 +86,11 @@ fn de_regex<'de, D: Deserializer<'de>>(d: D) -> Result<regex::Regex, D::Error> {
 
 /// The script of the first rule matching `image`; [`Script::Normal`] when none does.
 pub fn script_for(rules: &[ScriptRule], image: &str) -> Script {
-    rules.iter().find(|r| r.image.is_match(image)).map(|r| r.script.clone()).unwrap_or_default()
+    rules
+        .iter()
+        .find(|r| r.image.is_match(image))
+        .map(|r| r.script.clone())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -103,8 +110,17 @@ mod tests {
 
     #[test]
     fn scripts_read_from_json() {
-        let r: ScriptRule = serde_json::from_str(r#"{"image":"oom","script":{"kind":"exit","code":137,"reason":"OOMKilled"}}"#).unwrap();
-        assert_eq!(r.script, Script::Exit { code: 137, reason: "OOMKilled".into() });
+        let r: ScriptRule = serde_json::from_str(
+            r#"{"image":"oom","script":{"kind":"exit","code":137,"reason":"OOMKilled"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r.script,
+            Script::Exit {
+                code: 137,
+                reason: "OOMKilled".into()
+            }
+        );
         let s: Script = serde_json::from_str(r#"{"kind":"unschedulable"}"#).unwrap();
         assert_eq!(s, Script::Unschedulable { message: None });
     }

@@ -40,7 +40,7 @@ pub struct ApiError {
     /// Human-readable message.
     pub message: String,
     /// `details` of the Status, when the server sends them.
-    pub details: Option<Value>,
+    pub details: Option<Box<Value>>,
     /// `Retry-After` header, in seconds.
     pub retry_after: Option<u32>,
 }
@@ -57,34 +57,55 @@ fn resource_details(gr: GroupResource, name: &str) -> Value {
 
 impl ApiError {
     fn new(code: u16, reason: &str, message: impl Into<String>) -> Self {
-        Self { code, reason: reason.to_owned(), message: message.into(), details: None, retry_after: None }
+        Self {
+            code,
+            reason: reason.to_owned(),
+            message: message.into(),
+            details: None,
+            retry_after: None,
+        }
     }
 
     fn with_details(mut self, details: Value) -> Self {
-        self.details = Some(details);
+        self.details = Some(Box::new(details));
         self
     }
 
     /// 404 `pods "x" not found`.
     pub fn not_found(gr: GroupResource, name: &str) -> Self {
-        Self::new(404, "NotFound", format!("{gr} {name:?} not found")).with_details(resource_details(gr, name))
+        Self::new(404, "NotFound", format!("{gr} {name:?} not found"))
+            .with_details(resource_details(gr, name))
     }
 
     /// 404 for a namespace that does not exist.
     pub fn namespace_not_found(ns: &str) -> Self {
-        Self::not_found(GroupResource { group: "", resource: "namespaces" }, ns)
+        Self::not_found(
+            GroupResource {
+                group: "",
+                resource: "namespaces",
+            },
+            ns,
+        )
     }
 
     /// 409 `pods "x" already exists`.
     pub fn already_exists(gr: GroupResource, name: &str) -> Self {
-        Self::new(409, "AlreadyExists", format!("{gr} {name:?} already exists"))
-            .with_details(resource_details(gr, name))
+        Self::new(
+            409,
+            "AlreadyExists",
+            format!("{gr} {name:?} already exists"),
+        )
+        .with_details(resource_details(gr, name))
     }
 
     /// 409 `Operation cannot be fulfilled on ...`.
     pub fn conflict(gr: GroupResource, name: &str, why: &str) -> Self {
-        Self::new(409, "Conflict", format!("Operation cannot be fulfilled on {gr} {name:?}: {why}"))
-            .with_details(resource_details(gr, name))
+        Self::new(
+            409,
+            "Conflict",
+            format!("Operation cannot be fulfilled on {gr} {name:?}: {why}"),
+        )
+        .with_details(resource_details(gr, name))
     }
 
     /// 409 for a stale `metadata.resourceVersion` on update.
@@ -98,13 +119,21 @@ impl ApiError {
 
     /// 403 `pods "x" is forbidden: ...`.
     pub fn forbidden(gr: GroupResource, name: &str, why: &str) -> Self {
-        let message = if name.is_empty() { format!("{gr} is forbidden: {why}") } else { format!("{gr} {name:?} is forbidden: {why}") };
+        let message = if name.is_empty() {
+            format!("{gr} is forbidden: {why}")
+        } else {
+            format!("{gr} {name:?} is forbidden: {why}")
+        };
         Self::new(403, "Forbidden", message).with_details(resource_details(gr, name))
     }
 
     /// 422 `Pod "x" is invalid: ...` with one cause per field error.
     pub fn invalid(group: &str, kind: &str, name: &str, errs: &[FieldError]) -> Self {
-        let qualified = if group.is_empty() { kind.to_owned() } else { format!("{kind}.{group}") };
+        let qualified = if group.is_empty() {
+            kind.to_owned()
+        } else {
+            format!("{kind}.{group}")
+        };
         // apimachinery's aggregate: duplicates dropped, one error alone, several in brackets.
         let mut seen: Vec<String> = Vec::new();
         for e in errs {
@@ -139,18 +168,29 @@ impl ApiError {
 
     /// 400 for a body that cannot be decoded as the resource's kind.
     pub fn undecodable(kind: &str, version: &str, why: impl fmt::Display) -> Self {
-        Self::bad_request(format!("{kind} in version {version:?} cannot be handled as a {kind}: {why}"))
+        Self::bad_request(format!(
+            "{kind} in version {version:?} cannot be handled as a {kind}: {why}"
+        ))
     }
 
     /// 404 for a path that no API serves.
     pub fn path_not_found() -> Self {
-        Self::new(404, "NotFound", "the server could not find the requested resource").with_details(json!({}))
+        Self::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
+        .with_details(json!({}))
     }
 
     /// 405 for a method the path does not support.
     pub fn method_not_allowed() -> Self {
-        Self::new(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
-            .with_details(json!({}))
+        Self::new(
+            405,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource",
+        )
+        .with_details(json!({}))
     }
 
     /// 410 Expired (a too old resource version or continue token).
@@ -160,7 +200,11 @@ impl ApiError {
 
     /// 413 for a body over the server's limit.
     pub fn too_large(limit: usize) -> Self {
-        Self::new(413, "RequestEntityTooLarge", format!("Request entity too large: limit is {limit}"))
+        Self::new(
+            413,
+            "RequestEntityTooLarge",
+            format!("Request entity too large: limit is {limit}"),
+        )
     }
 
     /// 415 for a patch type the server does not accept.
@@ -168,14 +212,20 @@ impl ApiError {
         Self::new(
             415,
             "UnsupportedMediaType",
-            format!("the body of the request was in an unknown format ({content_type}) - accepted media types include: application/merge-patch+json, application/strategic-merge-patch+json"),
+            format!(
+                "the body of the request was in an unknown format ({content_type}) - accepted media types include: application/merge-patch+json, application/strategic-merge-patch+json"
+            ),
         )
     }
 
     /// 500 `Internal error occurred: ...`.
     pub fn internal(why: &str) -> Self {
-        Self::new(500, "InternalError", format!("Internal error occurred: {why}"))
-            .with_details(json!({"causes": [{"message": why}]}))
+        Self::new(
+            500,
+            "InternalError",
+            format!("Internal error occurred: {why}"),
+        )
+        .with_details(json!({"causes": [{"message": why}]}))
     }
 
     /// 504 for a resource version the server has not reached yet.
@@ -190,7 +240,12 @@ impl ApiError {
     }
 
     /// An injected failure: the usual reason and message of `code`, unless overridden.
-    pub fn injected(code: u16, reason: Option<&str>, message: Option<&str>, retry_after: Option<u32>) -> Self {
+    pub fn injected(
+        code: u16,
+        reason: Option<&str>,
+        message: Option<&str>,
+        retry_after: Option<u32>,
+    ) -> Self {
         let (default_reason, default_message) = match code {
             400 => ("BadRequest", "the server rejected our request for an unknown reason".to_owned()),
             401 => ("Unauthorized", "Unauthorized".to_owned()),
@@ -209,7 +264,11 @@ impl ApiError {
             ),
             _ => ("", format!("an error on the server ({code}) has prevented the request from succeeding")),
         };
-        let mut e = Self::new(code, reason.unwrap_or(default_reason), message.map_or(default_message, str::to_owned));
+        let mut e = Self::new(
+            code,
+            reason.unwrap_or(default_reason),
+            message.map_or(default_message, str::to_owned),
+        );
         let mut details = Map::new();
         if code == 500 {
             details.insert("causes".into(), json!([{"message": "simulated failure"}]));
@@ -219,7 +278,7 @@ impl ApiError {
             e.retry_after = Some(secs);
         }
         if !details.is_empty() {
-            e.details = Some(Value::Object(details));
+            e.details = Some(Box::new(Value::Object(details)));
         }
         e
     }
@@ -236,7 +295,7 @@ impl ApiError {
             m.insert("reason".into(), json!(self.reason));
         }
         if let Some(d) = &self.details {
-            m.insert("details".into(), d.clone());
+            m.insert("details".into(), (**d).clone());
         }
         m.insert("code".into(), json!(self.code));
         Value::Object(m)
@@ -264,8 +323,14 @@ pub fn delete_success(gr: GroupResource, name: &str, uid: &str) -> Value {
 mod tests {
     use super::*;
 
-    const PODS: GroupResource = GroupResource { group: "", resource: "pods" };
-    const LEASES: GroupResource = GroupResource { group: "coordination.k8s.io", resource: "leases" };
+    const PODS: GroupResource = GroupResource {
+        group: "",
+        resource: "pods",
+    };
+    const LEASES: GroupResource = GroupResource {
+        group: "coordination.k8s.io",
+        resource: "leases",
+    };
 
     #[test]
     fn not_found_reads_like_the_api_server() {

@@ -49,7 +49,9 @@ impl Filter {
         match (cur, prev) {
             (true, false) => Some(frame("ADDED", &ev.object.json)),
             (true, true) => Some(frame("MODIFIED", &ev.object.json)),
-            (false, true) if ev.typ == EventType::Deleted => Some(frame("DELETED", &ev.object.json)),
+            (false, true) if ev.typ == EventType::Deleted => {
+                Some(frame("DELETED", &ev.object.json))
+            }
             (false, true) => {
                 // The object left the selector: this watch sees it deleted, in its old state
                 // at the new resourceVersion.
@@ -74,7 +76,10 @@ fn frame(typ: &str, object: &[u8]) -> Bytes {
 }
 
 fn bookmark(kind: ResourceKind, rv: u64, initial_end: bool) -> Bytes {
-    frame("BOOKMARK", &serde_json::to_vec(&kind.bookmark(rv, initial_end)).unwrap_or_default())
+    frame(
+        "BOOKMARK",
+        &serde_json::to_vec(&kind.bookmark(rv, initial_end)).unwrap_or_default(),
+    )
 }
 
 fn error_frame(e: &ApiError) -> Bytes {
@@ -90,12 +95,19 @@ enum Start {
 }
 
 /// Serves a watch of `kind`.
-pub async fn serve(cluster: Arc<ClusterInner>, kind: ResourceKind, filter: Filter, opts: &ListOptions) -> Result<Resp, ApiError> {
+pub async fn serve(
+    cluster: Arc<ClusterInner>,
+    kind: ResourceKind,
+    filter: Filter,
+    opts: &ListOptions,
+) -> Result<Resp, ApiError> {
     let start = start_of(opts)?;
     if let Start::After(rv) = start {
         wait_for_rv(&cluster, rv).await;
     }
-    let timeout = opts.timeout_seconds.map_or(DEFAULT_TIMEOUT, Duration::from_secs);
+    let timeout = opts
+        .timeout_seconds
+        .map_or(DEFAULT_TIMEOUT, Duration::from_secs);
     let (tx, rx_body) = mpsc::channel::<Bytes>(256);
     let mut initial = Vec::new();
     let mut end_after_initial = false;
@@ -114,7 +126,9 @@ pub async fn serve(cluster: Arc<ClusterInner>, kind: ResourceKind, filter: Filte
                 (events, stop, current)
             }
             Start::After(rv) if rv > current => {
-                initial.push(error_frame(&ApiError::too_large_resource_version(rv, current)));
+                initial.push(error_frame(&ApiError::too_large_resource_version(
+                    rv, current,
+                )));
                 end_after_initial = true;
                 (events, stop, current)
             }
@@ -124,7 +138,9 @@ pub async fn serve(cluster: Arc<ClusterInner>, kind: ResourceKind, filter: Filte
                     (events, stop, current)
                 }
                 Err(floor) => {
-                    initial.push(error_frame(&ApiError::expired(format!("too old resource version: {rv} ({floor})"))));
+                    initial.push(error_frame(&ApiError::expired(format!(
+                        "too old resource version: {rv} ({floor})"
+                    ))));
                     end_after_initial = true;
                     (events, stop, current)
                 }
@@ -142,7 +158,18 @@ pub async fn serve(cluster: Arc<ClusterInner>, kind: ResourceKind, filter: Filte
         if end_after_initial {
             return;
         }
-        pump(kind, filter, events, tx, stop, shutdown, start_rv, timeout, bookmark_every).await;
+        pump(
+            kind,
+            filter,
+            events,
+            tx,
+            stop,
+            shutdown,
+            start_rv,
+            timeout,
+            bookmark_every,
+        )
+        .await;
     });
     Ok(json_stream(rx_body))
 }
@@ -209,9 +236,21 @@ fn select_all(store: &super::store::Store, kind: ResourceKind, filter: &Filter) 
     use k8s_openapi::api::core::v1::{Pod, Secret};
     let ns = filter.ns.as_deref();
     match kind {
-        ResourceKind::Pods => store.table::<Pod>().select(ns, &filter.labels, &filter.fields, None).cloned().collect(),
-        ResourceKind::Secrets => store.table::<Secret>().select(ns, &filter.labels, &filter.fields, None).cloned().collect(),
-        ResourceKind::Leases => store.table::<Lease>().select(ns, &filter.labels, &filter.fields, None).cloned().collect(),
+        ResourceKind::Pods => store
+            .table::<Pod>()
+            .select(ns, &filter.labels, &filter.fields, None)
+            .cloned()
+            .collect(),
+        ResourceKind::Secrets => store
+            .table::<Secret>()
+            .select(ns, &filter.labels, &filter.fields, None)
+            .cloned()
+            .collect(),
+        ResourceKind::Leases => store
+            .table::<Lease>()
+            .select(ns, &filter.labels, &filter.fields, None)
+            .cloned()
+            .collect(),
     }
 }
 
@@ -219,10 +258,16 @@ fn start_of(opts: &ListOptions) -> Result<Start, ApiError> {
     if opts.send_initial_events == Some(true) {
         let mut errs = Vec::new();
         if opts.resource_version_match.as_deref() != Some("NotOlderThan") {
-            errs.push(FieldError::forbidden("resourceVersionMatch", "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan"));
+            errs.push(FieldError::forbidden(
+                "resourceVersionMatch",
+                "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+            ));
         }
         if !opts.bookmarks {
-            errs.push(FieldError::forbidden("allowWatchBookmarks", "sendInitialEvents requires setting allowWatchBookmarks to true"));
+            errs.push(FieldError::forbidden(
+                "allowWatchBookmarks",
+                "sendInitialEvents requires setting allowWatchBookmarks to true",
+            ));
         }
         if !errs.is_empty() {
             return Err(ApiError::invalid("meta.k8s.io", "ListOptions", "", &errs));
@@ -232,7 +277,10 @@ fn start_of(opts: &ListOptions) -> Result<Start, ApiError> {
             "meta.k8s.io",
             "ListOptions",
             "",
-            &[FieldError::forbidden("resourceVersionMatch", "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided")],
+            &[FieldError::forbidden(
+                "resourceVersionMatch",
+                "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
+            )],
         ));
     }
     let initial_end = opts.send_initial_events == Some(true);
@@ -261,6 +309,8 @@ pub async fn wait_for_rv(cluster: &ClusterInner, rv: u64) {
 
 /// A response body from a channel of frames.
 pub fn body_of(rx: mpsc::Receiver<Bytes>) -> axum::body::Body {
-    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx)) });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
+    });
     axum::body::Body::from_stream(stream)
 }

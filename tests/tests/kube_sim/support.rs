@@ -16,12 +16,22 @@ pub const NS: &str = "builds";
 /// Starts a sim with these clusters.
 pub async fn start(clusters: Vec<ClusterConfig>) -> KubeSim {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    KubeSim::start(SimConfig { clusters, ..SimConfig::default() }).await.expect("kube-sim starts")
+    KubeSim::start(SimConfig {
+        clusters,
+        ..SimConfig::default()
+    })
+    .await
+    .expect("kube-sim starts")
 }
 
 /// Starts a sim with one cluster "a" knowing RuntimeClass "kata".
 pub async fn start_one(timeline: Timeline) -> (KubeSim, ClusterHandle) {
-    let sim = start(vec![ClusterConfig::new("a").with_runtime_classes(["kata"]).with_timeline(timeline)]).await;
+    let sim = start(vec![
+        ClusterConfig::new("a")
+            .with_runtime_classes(["kata"])
+            .with_timeline(timeline),
+    ])
+    .await;
     let a = sim.cluster("a");
     (sim, a)
 }
@@ -85,7 +95,10 @@ pub fn api_error<T: std::fmt::Debug>(r: Result<T, kube::Error>) -> Box<Status> {
 
 /// status.phase.
 pub fn phase(p: &Pod) -> &str {
-    p.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("")
+    p.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("")
 }
 
 /// Status of the build (first) container.
@@ -94,11 +107,18 @@ pub fn build_status(p: &Pod) -> Option<&ContainerStatus> {
 }
 
 /// A raw HTTP request to the cluster: status, headers and body.
-pub async fn raw(c: &ClusterHandle, method: &str, path: &str, content_type: &str, body: &str) -> (u16, http::HeaderMap, serde_json::Value) {
+pub async fn raw(
+    c: &ClusterHandle,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &str,
+) -> (u16, http::HeaderMap, serde_json::Value) {
     use http_body_util::{BodyExt, Full};
     use hyper_util::client::legacy::Client as HttpClient;
     use hyper_util::rt::TokioExecutor;
-    let http: HttpClient<_, Full<bytes::Bytes>> = HttpClient::builder(TokioExecutor::new()).build_http();
+    let http: HttpClient<_, Full<bytes::Bytes>> =
+        HttpClient::builder(TokioExecutor::new()).build_http();
     let req = http::Request::builder()
         .method(method)
         .uri(format!("{}{path}", c.url()))

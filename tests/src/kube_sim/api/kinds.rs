@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use jiff::Timestamp;
+use k8s_openapi::ByteString;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, PodSpec, Secret};
-use k8s_openapi::ByteString;
 use serde::de::DeserializeOwned;
 
-use super::{Resp, generic, pods};
+use super::{Resp, delete, pods};
 use crate::kube_sim::cluster::{ClusterInner, CreateRecord, lock, now_rfc3339};
 use crate::kube_sim::defaults::{admit_pod, canonicalize_quantities, default_pod, initial_status};
 use crate::kube_sim::kubelet::{Kubelet, Placement};
@@ -21,11 +21,14 @@ use crate::kube_sim::request::{DeleteOptions, Query};
 use crate::kube_sim::script::script_for;
 use crate::kube_sim::status::ApiError;
 use crate::kube_sim::store::{Key, Store, StoredObject};
-use crate::kube_sim::validation::{ErrorList, validate_lease, validate_pod_create, validate_pod_update, validate_secret};
+use crate::kube_sim::validation::{
+    ErrorList, validate_lease, validate_pod_create, validate_pod_update, validate_secret,
+};
 
 /// Decodes a body as `K`; a 400 like the API server's decoder when it cannot.
 pub fn decode_as<K: StoredObject + DeserializeOwned>(body: &[u8]) -> Result<K, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::undecodable(K::RESOURCE.kind(), K::API_VERSION, e))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::undecodable(K::RESOURCE.kind(), K::API_VERSION, e))
 }
 
 /// The rules of one resource.
@@ -58,12 +61,23 @@ pub trait ApiObject: StoredObject + DeserializeOwned {
     fn after_create(_cluster: &Arc<ClusterInner>, _store: &mut Store, _obj: &Self) {}
 
     /// DELETE of one object.
-    fn delete(cluster: &Arc<ClusterInner>, ns: &str, name: &str, query: &Query, body: &[u8]) -> Result<Resp, ApiError> {
-        generic::delete_now::<Self>(cluster, ns, name, query, body)
+    fn delete(
+        cluster: &Arc<ClusterInner>,
+        ns: &str,
+        name: &str,
+        query: &Query,
+        body: &[u8],
+    ) -> Result<Resp, ApiError> {
+        delete::delete_now::<Self>(cluster, ns, name, query, body)
     }
 
     /// Deletes one object of a deletecollection; answers the item for the response list.
-    fn delete_in_collection(cluster: &Arc<ClusterInner>, store: &mut Store, key: &Key, opts: &DeleteOptions) -> Option<Bytes> {
+    fn delete_in_collection(
+        cluster: &Arc<ClusterInner>,
+        store: &mut Store,
+        key: &Key,
+        opts: &DeleteOptions,
+    ) -> Option<Bytes> {
         let _ = cluster;
         let json = store.table::<Self>().get(key)?.entry.json.clone();
         if !opts.dry_run {
@@ -74,9 +88,19 @@ pub trait ApiObject: StoredObject + DeserializeOwned {
 }
 
 fn check_quantities(spec: &PodSpec) -> Result<(), ApiError> {
-    for c in spec.containers.iter().chain(spec.init_containers.iter().flatten()) {
+    for c in spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+    {
         if let Some(r) = &c.resources {
-            for q in r.limits.iter().flatten().chain(r.requests.iter().flatten()).map(|(_, q)| q) {
+            for q in r
+                .limits
+                .iter()
+                .flatten()
+                .chain(r.requests.iter().flatten())
+                .map(|(_, q)| q)
+            {
                 Quantity::parse(&q.0).map_err(|e| ApiError::undecodable("Pod", "v1", e))?;
             }
         }
@@ -86,7 +110,9 @@ fn check_quantities(spec: &PodSpec) -> Result<(), ApiError> {
 
 fn random_suffix() -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    (0..5).map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char).collect()
+    (0..5)
+        .map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char)
+        .collect()
 }
 
 /// A generated name: `generateName` plus five random characters.
@@ -108,11 +134,18 @@ impl ApiObject for Pod {
     }
 
     fn admit_create(cluster: &ClusterInner, pod: &mut Self) -> Result<(), ApiError> {
-        if let Some(rc) = pod.spec.as_ref().and_then(|s| s.runtime_class_name.as_deref())
+        if let Some(rc) = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.runtime_class_name.as_deref())
             && !cluster.config.runtime_classes.iter().any(|c| c == rc)
         {
             let name = pod.metadata.name.clone().unwrap_or_default();
-            return Err(ApiError::forbidden(Self::RESOURCE.gr(), &name, &format!("pod rejected: RuntimeClass {rc:?} not found")));
+            return Err(ApiError::forbidden(
+                Self::RESOURCE.gr(),
+                &name,
+                &format!("pod rejected: RuntimeClass {rc:?} not found"),
+            ));
         }
         admit_pod(pod, &random_suffix());
         let spec = pod.spec.get_or_insert_with(PodSpec::default);
@@ -143,7 +176,9 @@ impl ApiObject for Pod {
             uid: uid.clone(),
             time: now_rfc3339(),
         });
-        let seq = cluster.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let seq = cluster
+            .seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let node = seq % 3 + 1;
         let placement = Placement {
             node: format!("{}-node-{node}", cluster.name),
@@ -151,17 +186,46 @@ impl ApiObject for Pod {
             pod_ip: format!("10.244.{}.{}", (seq / 250) % 250, seq % 250 + 2),
         };
         let spec = pod.spec.clone().unwrap_or_default();
-        let image = spec.containers.first().and_then(|c| c.image.clone()).unwrap_or_default();
+        let image = spec
+            .containers
+            .first()
+            .and_then(|c| c.image.clone())
+            .unwrap_or_default();
         let script = script_for(&lock(&cluster.scripts), &image);
-        let kubelet = Kubelet::new(&name, &namespace, &uid, &spec, script, placement, Timestamp::now());
-        lifecycle::spawn_driver(cluster.clone(), (namespace, name), uid, kubelet, spec.active_deadline_seconds);
+        let kubelet = Kubelet::new(
+            &name,
+            &namespace,
+            &uid,
+            &spec,
+            script,
+            placement,
+            Timestamp::now(),
+        );
+        lifecycle::spawn_driver(
+            cluster.clone(),
+            (namespace, name),
+            uid,
+            kubelet,
+            spec.active_deadline_seconds,
+        );
     }
 
-    fn delete(cluster: &Arc<ClusterInner>, ns: &str, name: &str, query: &Query, body: &[u8]) -> Result<Resp, ApiError> {
+    fn delete(
+        cluster: &Arc<ClusterInner>,
+        ns: &str,
+        name: &str,
+        query: &Query,
+        body: &[u8],
+    ) -> Result<Resp, ApiError> {
         pods::delete(cluster, ns, name, query, body)
     }
 
-    fn delete_in_collection(cluster: &Arc<ClusterInner>, store: &mut Store, key: &Key, opts: &DeleteOptions) -> Option<Bytes> {
+    fn delete_in_collection(
+        cluster: &Arc<ClusterInner>,
+        store: &mut Store,
+        key: &Key,
+        opts: &DeleteOptions,
+    ) -> Option<Bytes> {
         pods::delete_one(cluster, store, key, opts).ok()
     }
 }
@@ -193,10 +257,24 @@ impl ApiObject for Secret {
 
     fn after_create(_cluster: &Arc<ClusterInner>, store: &mut Store, secret: &Self) {
         // The garbage collector deletes a dependent whose owners do not exist (any more).
-        let refs = secret.metadata.owner_references.as_deref().unwrap_or_default();
-        let all_pods = !refs.is_empty() && refs.iter().all(|r| r.kind == "Pod" && r.api_version == "v1");
-        if all_pods && refs.iter().all(|r| store.table::<Pod>().key_of_uid(&r.uid).is_none()) {
-            let key = (secret.metadata.namespace.clone().unwrap_or_default(), secret.metadata.name.clone().unwrap_or_default());
+        let refs = secret
+            .metadata
+            .owner_references
+            .as_deref()
+            .unwrap_or_default();
+        let all_pods = !refs.is_empty()
+            && refs
+                .iter()
+                .all(|r| r.kind == "Pod" && r.api_version == "v1");
+        if all_pods
+            && refs
+                .iter()
+                .all(|r| store.table::<Pod>().key_of_uid(&r.uid).is_none())
+        {
+            let key = (
+                secret.metadata.namespace.clone().unwrap_or_default(),
+                secret.metadata.name.clone().unwrap_or_default(),
+            );
             store.remove::<Secret>(&key);
         }
     }

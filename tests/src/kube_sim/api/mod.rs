@@ -5,10 +5,12 @@
 //! every resource), `kinds` (per-resource rules) and `pods` (graceful deletion). It never
 //! sleeps while holding the store lock.
 
+mod delete;
 mod discovery;
-mod generic;
 mod kinds;
+mod list;
 mod pods;
+mod write;
 
 use std::sync::Arc;
 
@@ -39,7 +41,10 @@ const MAX_BODY: usize = 3 * 1024 * 1024;
 fn with_common_headers(mut r: Resp, content_type: &'static str) -> Resp {
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, private"));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, private"),
+    );
     r
 }
 
@@ -66,7 +71,10 @@ pub fn text(code: StatusCode, body: &'static str) -> Resp {
 
 /// The response of an API error (with `Retry-After` when it has one).
 pub fn error(e: &ApiError) -> Resp {
-    let mut r = json(StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), e.to_json());
+    let mut r = json(
+        StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        e.to_json(),
+    );
     if let Some(secs) = e.retry_after
         && let Ok(v) = HeaderValue::from_str(&secs.to_string())
     {
@@ -80,8 +88,15 @@ pub async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
     let limited = http_body_util::Limited::new(body, MAX_BODY);
     match limited.collect().await {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ApiError::too_large(MAX_BODY)),
-        Err(e) => Err(ApiError::bad_request(format!("unable to read the request body: {e}"))),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ApiError::too_large(MAX_BODY))
+        }
+        Err(e) => Err(ApiError::bad_request(format!(
+            "unable to read the request body: {e}"
+        ))),
     }
 }
 
@@ -97,7 +112,10 @@ pub async fn handle(cluster: Arc<ClusterInner>, req: hyper::Request<Incoming>) -
     let info = RequestInfo::parse(&parts.method, &path, &query);
     let mut record = RequestRecord {
         verb: info.as_ref().map_or("get", |i| i.verb.as_str()).to_owned(),
-        resource: info.as_ref().map(|i| i.resource.clone()).unwrap_or_default(),
+        resource: info
+            .as_ref()
+            .map(|i| i.resource.clone())
+            .unwrap_or_default(),
         subresource: info.as_ref().and_then(|i| i.subresource.clone()),
         namespace: info.as_ref().and_then(|i| i.namespace.clone()),
         name: info.as_ref().and_then(|i| i.name.clone()),
@@ -118,8 +136,24 @@ pub async fn handle(cluster: Arc<ClusterInner>, req: hyper::Request<Incoming>) -
         Some(Effect::Fail { after_commit, .. } | Effect::Hang { after_commit }) => *after_commit,
     };
     let response = if commit {
-        let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-        Some(dispatch(&cluster, &parts.method, &path, info.as_ref(), &query, &content_type, body).await)
+        let content_type = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        Some(
+            dispatch(
+                &cluster,
+                &parts.method,
+                &path,
+                info.as_ref(),
+                &query,
+                &content_type,
+                body,
+            )
+            .await,
+        )
     } else {
         None
     };
@@ -157,8 +191,12 @@ async fn dispatch(
     let result = match info.kind {
         None => Err(ApiError::path_not_found()),
         Some(ResourceKind::Pods) => route::<Pod>(cluster, info, query, content_type, body).await,
-        Some(ResourceKind::Secrets) => route::<Secret>(cluster, info, query, content_type, body).await,
-        Some(ResourceKind::Leases) => route::<Lease>(cluster, info, query, content_type, body).await,
+        Some(ResourceKind::Secrets) => {
+            route::<Secret>(cluster, info, query, content_type, body).await
+        }
+        Some(ResourceKind::Leases) => {
+            route::<Lease>(cluster, info, query, content_type, body).await
+        }
     };
     result.unwrap_or_else(|e| error(&e))
 }
@@ -174,24 +212,26 @@ async fn route<K: ApiObject>(
     match info.subresource.as_deref() {
         None => {}
         Some("status") if K::RESOURCE == ResourceKind::Pods && info.verb == Verb::Get => {}
-        Some("status") if K::RESOURCE == ResourceKind::Pods => return Err(ApiError::method_not_allowed()),
+        Some("status") if K::RESOURCE == ResourceKind::Pods => {
+            return Err(ApiError::method_not_allowed());
+        }
         Some(_) => return Err(ApiError::path_not_found()),
     }
     match (info.verb, ns, info.name.as_deref()) {
-        (Verb::List, _, None) => generic::list::<K>(cluster, ns, query).await,
-        (Verb::Watch, _, name) => generic::watch::<K>(cluster, ns, name, query).await,
-        (Verb::Get, Some(ns), Some(name)) => generic::get::<K>(cluster, ns, name),
+        (Verb::List, _, None) => list::list::<K>(cluster, ns, query).await,
+        (Verb::Watch, _, name) => list::watch::<K>(cluster, ns, name, query).await,
+        (Verb::Get, Some(ns), Some(name)) => list::get::<K>(cluster, ns, name),
         (Verb::Create, Some(ns), None) => {
             let body = read_body(body).await?;
-            generic::create::<K>(cluster, ns, query, &body)
+            write::create::<K>(cluster, ns, query, &body)
         }
         (Verb::Update, Some(ns), Some(name)) => {
             let body = read_body(body).await?;
-            generic::update::<K>(cluster, ns, name, &body)
+            write::update::<K>(cluster, ns, name, &body)
         }
         (Verb::Patch, Some(ns), Some(name)) => {
             let body = read_body(body).await?;
-            generic::patch::<K>(cluster, ns, name, content_type, &body)
+            write::patch::<K>(cluster, ns, name, content_type, &body)
         }
         (Verb::Delete, Some(ns), Some(name)) => {
             let body = read_body(body).await?;
@@ -199,7 +239,7 @@ async fn route<K: ApiObject>(
         }
         (Verb::Deletecollection, Some(ns), None) => {
             let body = read_body(body).await?;
-            generic::delete_collection::<K>(cluster, ns, query, &body)
+            delete::delete_collection::<K>(cluster, ns, query, &body)
         }
         _ => Err(ApiError::method_not_allowed()),
     }

@@ -31,10 +31,18 @@ pub struct ControlClient {
 impl ControlClient {
     /// A client of the control API at `base_url`.
     pub fn new(base_url: impl Into<String>) -> Self {
-        Self { base: base_url.into().trim_end_matches('/').to_owned(), http: Client::builder(TokioExecutor::new()).build_http() }
+        Self {
+            base: base_url.into().trim_end_matches('/').to_owned(),
+            http: Client::builder(TokioExecutor::new()).build_http(),
+        }
     }
 
-    async fn call(&self, method: Method, path: &str, body: Option<serde_json::Value>) -> anyhow::Result<(StatusCode, Bytes)> {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<(StatusCode, Bytes)> {
         let uri = format!("{}{path}", self.base);
         let mut req = Request::builder().method(method.clone()).uri(&uri);
         let payload = match body {
@@ -44,11 +52,18 @@ impl ControlClient {
             }
             None => Bytes::new(),
         };
-        let resp = self.http.request(req.body(Full::new(payload))?).await.with_context(|| format!("{method} {uri}"))?;
+        let resp = self
+            .http
+            .request(req.body(Full::new(payload))?)
+            .await
+            .with_context(|| format!("{method} {uri}"))?;
         let status = resp.status();
         let bytes = resp.into_body().collect().await?.to_bytes();
         if !status.is_success() {
-            bail!("{method} {uri}: {status}: {}", String::from_utf8_lossy(&bytes));
+            bail!(
+                "{method} {uri}: {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            );
         }
         Ok((status, bytes))
     }
@@ -73,40 +88,74 @@ impl ControlClient {
 
     /// Injects a fault into `cluster`.
     pub async fn inject(&self, cluster: &str, fault: &Fault) -> anyhow::Result<FaultId> {
-        let (_, body) = self.call(Method::POST, &format!("/clusters/{cluster}/faults"), Some(Self::value(fault)?)).await?;
+        let (_, body) = self
+            .call(
+                Method::POST,
+                &format!("/clusters/{cluster}/faults"),
+                Some(Self::value(fault)?),
+            )
+            .await?;
         let v: serde_json::Value = serde_json::from_slice(&body)?;
-        Ok(FaultId(v["id"].as_u64().context("no fault id in the answer")?))
+        Ok(FaultId(
+            v["id"].as_u64().context("no fault id in the answer")?,
+        ))
     }
 
     /// Removes one fault.
     pub async fn remove_fault(&self, cluster: &str, id: FaultId) -> anyhow::Result<()> {
-        self.call(Method::DELETE, &format!("/clusters/{cluster}/faults/{}", id.0), None).await.map(|_| ())
+        self.call(
+            Method::DELETE,
+            &format!("/clusters/{cluster}/faults/{}", id.0),
+            None,
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Removes every fault of `cluster`.
     pub async fn clear_faults(&self, cluster: &str) -> anyhow::Result<()> {
-        self.call(Method::DELETE, &format!("/clusters/{cluster}/faults"), None).await.map(|_| ())
+        self.call(Method::DELETE, &format!("/clusters/{cluster}/faults"), None)
+            .await
+            .map(|_| ())
     }
 
     /// Adds a failure script.
     pub async fn add_script(&self, cluster: &str, rule: &ScriptRule) -> anyhow::Result<()> {
-        self.post(&format!("/clusters/{cluster}/scripts"), Some(Self::value(rule)?)).await
+        self.post(
+            &format!("/clusters/{cluster}/scripts"),
+            Some(Self::value(rule)?),
+        )
+        .await
     }
 
     /// Removes every failure script.
     pub async fn clear_scripts(&self, cluster: &str) -> anyhow::Result<()> {
-        self.call(Method::DELETE, &format!("/clusters/{cluster}/scripts"), None).await.map(|_| ())
+        self.call(
+            Method::DELETE,
+            &format!("/clusters/{cluster}/scripts"),
+            None,
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Sets the latency added to every request.
     pub async fn set_latency(&self, cluster: &str, latency: Duration) -> anyhow::Result<()> {
         let ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
-        self.post(&format!("/clusters/{cluster}/latency"), Some(json!({"ms": ms}))).await
+        self.post(
+            &format!("/clusters/{cluster}/latency"),
+            Some(json!({"ms": ms})),
+        )
+        .await
     }
 
     /// Replaces the pod timeline.
     pub async fn set_timeline(&self, cluster: &str, timeline: &Timeline) -> anyhow::Result<()> {
-        self.post(&format!("/clusters/{cluster}/timeline"), Some(Self::value(timeline)?)).await
+        self.post(
+            &format!("/clusters/{cluster}/timeline"),
+            Some(Self::value(timeline)?),
+        )
+        .await
     }
 
     /// Every successful pod create.
@@ -116,12 +165,19 @@ impl ControlClient {
 
     /// Every request.
     pub async fn request_log(&self, cluster: &str) -> anyhow::Result<Vec<RequestRecord>> {
-        self.get_json(&format!("/clusters/{cluster}/requests")).await
+        self.get_json(&format!("/clusters/{cluster}/requests"))
+            .await
     }
 
     /// Empties the request and create logs.
     pub async fn clear_logs(&self, cluster: &str) -> anyhow::Result<()> {
-        self.call(Method::DELETE, &format!("/clusters/{cluster}/requests"), None).await.map(|_| ())
+        self.call(
+            Method::DELETE,
+            &format!("/clusters/{cluster}/requests"),
+            None,
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Every pod.
@@ -136,17 +192,20 @@ impl ControlClient {
 
     /// Refuses connections until [`Self::start_listener`].
     pub async fn stop_listener(&self, cluster: &str) -> anyhow::Result<()> {
-        self.post(&format!("/clusters/{cluster}/listener/stop"), None).await
+        self.post(&format!("/clusters/{cluster}/listener/stop"), None)
+            .await
     }
 
     /// Serves again.
     pub async fn start_listener(&self, cluster: &str) -> anyhow::Result<()> {
-        self.post(&format!("/clusters/{cluster}/listener/start"), None).await
+        self.post(&format!("/clusters/{cluster}/listener/start"), None)
+            .await
     }
 
     /// Forces watchers to relist (410 on resume).
     pub async fn compact(&self, cluster: &str) -> anyhow::Result<()> {
-        self.post(&format!("/clusters/{cluster}/compact"), None).await
+        self.post(&format!("/clusters/{cluster}/compact"), None)
+            .await
     }
 
     /// Back to the configured state.
@@ -155,7 +214,16 @@ impl ControlClient {
     }
 
     /// Removes a pod at once (node loss).
-    pub async fn delete_pod_now(&self, cluster: &str, namespace: &str, name: &str) -> anyhow::Result<()> {
-        self.post(&format!("/clusters/{cluster}/pods/{namespace}/{name}/delete-now"), None).await
+    pub async fn delete_pod_now(
+        &self,
+        cluster: &str,
+        namespace: &str,
+        name: &str,
+    ) -> anyhow::Result<()> {
+        self.post(
+            &format!("/clusters/{cluster}/pods/{namespace}/{name}/delete-now"),
+            None,
+        )
+        .await
     }
 }

@@ -2,7 +2,9 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use super::{ErrorList, FieldError, is_dns1123_subdomain, is_label_value, is_qualified_name, push_invalid};
+use super::{
+    ErrorList, FieldError, is_dns1123_subdomain, is_label_value, is_qualified_name, push_invalid,
+};
 
 /// Total size of annotation keys and values the server accepts.
 const TOTAL_ANNOTATION_SIZE_LIMIT: usize = 256 * 1024;
@@ -16,14 +18,26 @@ pub fn validate_object_meta(meta: &ObjectMeta, errs: &mut ErrorList) {
             Some(head) => format!("{head}a"),
             None => generate.to_owned(),
         };
-        push_invalid(errs, "metadata.generateName", generate, is_dns1123_subdomain(&masked));
+        push_invalid(
+            errs,
+            "metadata.generateName",
+            generate,
+            is_dns1123_subdomain(&masked),
+        );
     }
     match meta.name.as_deref().unwrap_or("") {
-        "" => errs.push(FieldError::required("metadata.name", "name or generateName is required")),
+        "" => errs.push(FieldError::required(
+            "metadata.name",
+            "name or generateName is required",
+        )),
         name => push_invalid(errs, "metadata.name", name, is_dns1123_subdomain(name)),
     }
     if let Some(generation) = meta.generation.filter(|g| *g < 0) {
-        errs.push(FieldError::invalid_int("metadata.generation", generation, "must be greater than or equal to 0"));
+        errs.push(FieldError::invalid_int(
+            "metadata.generation",
+            generation,
+            "must be greater than or equal to 0",
+        ));
     }
     for (k, v) in meta.labels.iter().flatten() {
         push_invalid(errs, "metadata.labels", k, is_qualified_name(k));
@@ -31,11 +45,19 @@ pub fn validate_object_meta(meta: &ObjectMeta, errs: &mut ErrorList) {
     }
     if let Some(annotations) = &meta.annotations {
         for k in annotations.keys() {
-            push_invalid(errs, "metadata.annotations", k, is_qualified_name(&k.to_lowercase()));
+            push_invalid(
+                errs,
+                "metadata.annotations",
+                k,
+                is_qualified_name(&k.to_lowercase()),
+            );
         }
         let total: usize = annotations.iter().map(|(k, v)| k.len() + v.len()).sum();
         if total > TOTAL_ANNOTATION_SIZE_LIMIT {
-            errs.push(FieldError::too_long("metadata.annotations", TOTAL_ANNOTATION_SIZE_LIMIT));
+            errs.push(FieldError::too_long(
+                "metadata.annotations",
+                TOTAL_ANNOTATION_SIZE_LIMIT,
+            ));
         }
     }
     let mut controllers = Vec::new();
@@ -43,16 +65,32 @@ pub fn validate_object_meta(meta: &ObjectMeta, errs: &mut ErrorList) {
         let path = format!("metadata.ownerReferences[{i}]");
         let version = owner.api_version.rsplit('/').next().unwrap_or("");
         if version.is_empty() {
-            errs.push(FieldError::invalid(format!("{path}.apiVersion"), &owner.api_version, "version must not be empty"));
+            errs.push(FieldError::invalid(
+                format!("{path}.apiVersion"),
+                &owner.api_version,
+                "version must not be empty",
+            ));
         }
         if owner.kind.is_empty() {
-            errs.push(FieldError::invalid(format!("{path}.kind"), &owner.kind, "must not be empty"));
+            errs.push(FieldError::invalid(
+                format!("{path}.kind"),
+                &owner.kind,
+                "must not be empty",
+            ));
         }
         if owner.name.is_empty() {
-            errs.push(FieldError::invalid(format!("{path}.name"), &owner.name, "must not be empty"));
+            errs.push(FieldError::invalid(
+                format!("{path}.name"),
+                &owner.name,
+                "must not be empty",
+            ));
         }
         if owner.uid.is_empty() {
-            errs.push(FieldError::invalid(format!("{path}.uid"), &owner.uid, "must not be empty"));
+            errs.push(FieldError::invalid(
+                format!("{path}.uid"),
+                &owner.uid,
+                "must not be empty",
+            ));
         }
         if owner.controller == Some(true) {
             controllers.push(format!("{}/{}", owner.kind, owner.name));
@@ -69,7 +107,12 @@ pub fn validate_object_meta(meta: &ObjectMeta, errs: &mut ErrorList) {
         ));
     }
     for (i, f) in meta.finalizers.iter().flatten().enumerate() {
-        push_invalid(errs, &format!("metadata.finalizers[{i}]"), f, is_qualified_name(f));
+        push_invalid(
+            errs,
+            &format!("metadata.finalizers[{i}]"),
+            f,
+            is_qualified_name(f),
+        );
     }
 }
 
@@ -77,11 +120,23 @@ pub fn validate_object_meta(meta: &ObjectMeta, errs: &mut ErrorList) {
 pub fn validate_update_meta(new: &ObjectMeta, old: &ObjectMeta, errs: &mut ErrorList) {
     validate_object_meta(new, errs);
     if new.uid != old.uid {
-        errs.push(FieldError::invalid("metadata.uid", new.uid.clone().unwrap_or_default(), "field is immutable"));
+        errs.push(FieldError::invalid(
+            "metadata.uid",
+            new.uid.clone().unwrap_or_default(),
+            "field is immutable",
+        ));
     }
     if new.creation_timestamp != old.creation_timestamp {
-        let shown = new.creation_timestamp.as_ref().map(|t| t.0.to_string()).unwrap_or_default();
-        errs.push(FieldError::invalid_raw("metadata.creationTimestamp", shown, "field is immutable"));
+        let shown = new
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.to_string())
+            .unwrap_or_default();
+        errs.push(FieldError::invalid_raw(
+            "metadata.creationTimestamp",
+            shown,
+            "field is immutable",
+        ));
     }
 }
 
@@ -92,20 +147,29 @@ mod tests {
     use super::*;
 
     fn meta(name: &str) -> ObjectMeta {
-        ObjectMeta { name: Some(name.into()), ..ObjectMeta::default() }
+        ObjectMeta {
+            name: Some(name.into()),
+            ..ObjectMeta::default()
+        }
     }
 
     #[test]
     fn missing_name_is_required() {
         let mut errs = Vec::new();
         validate_object_meta(&ObjectMeta::default(), &mut errs);
-        assert_eq!(errs[0].to_string(), "metadata.name: Required value: name or generateName is required");
+        assert_eq!(
+            errs[0].to_string(),
+            "metadata.name: Required value: name or generateName is required"
+        );
     }
 
     #[test]
     fn bad_label_key_and_value_are_both_reported_on_metadata_labels() {
         let mut m = meta("ok");
-        m.labels = Some(BTreeMap::from([("bad key".to_owned(), "bad value".to_owned())]));
+        m.labels = Some(BTreeMap::from([(
+            "bad key".to_owned(),
+            "bad value".to_owned(),
+        )]));
         let mut errs = Vec::new();
         validate_object_meta(&m, &mut errs);
         assert_eq!(errs.len(), 2);
@@ -115,9 +179,15 @@ mod tests {
     #[test]
     fn annotations_over_256k_are_too_long() {
         let mut m = meta("ok");
-        m.annotations = Some(BTreeMap::from([("a".to_owned(), "x".repeat(TOTAL_ANNOTATION_SIZE_LIMIT))]));
+        m.annotations = Some(BTreeMap::from([(
+            "a".to_owned(),
+            "x".repeat(TOTAL_ANNOTATION_SIZE_LIMIT),
+        )]));
         let mut errs = Vec::new();
         validate_object_meta(&m, &mut errs);
-        assert_eq!(errs[0].to_string(), "metadata.annotations: Too long: must have at most 262144 bytes");
+        assert_eq!(
+            errs[0].to_string(),
+            "metadata.annotations: Too long: must have at most 262144 bytes"
+        );
     }
 }

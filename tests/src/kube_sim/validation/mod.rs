@@ -5,6 +5,7 @@
 //! labels and annotations, and per-kind validation in the submodules. Pure: it never stores
 //! anything and never decides HTTP codes (the API layer turns errors into a 422 `Status`).
 
+mod container;
 mod meta;
 mod objects;
 mod pod;
@@ -104,18 +105,42 @@ pub struct FieldError {
 }
 
 impl FieldError {
-    fn new(kind: ErrorKind, field: impl Into<String>, value: BadValue, detail: impl Into<String>) -> Self {
-        Self { kind, field: field.into(), value, detail: detail.into() }
+    fn new(
+        kind: ErrorKind,
+        field: impl Into<String>,
+        value: BadValue,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self {
+            kind,
+            field: field.into(),
+            value,
+            detail: detail.into(),
+        }
     }
 
     /// `Required value`.
     pub fn required(field: impl Into<String>, detail: impl Into<String>) -> Self {
-        Self::new(ErrorKind::Required, field, BadValue::Str(String::new()), detail)
+        Self::new(
+            ErrorKind::Required,
+            field,
+            BadValue::Str(String::new()),
+            detail,
+        )
     }
 
     /// `Invalid value: "x": detail`.
-    pub fn invalid(field: impl Into<String>, value: impl Into<String>, detail: impl Into<String>) -> Self {
-        Self::new(ErrorKind::Invalid, field, BadValue::Str(value.into()), detail)
+    pub fn invalid(
+        field: impl Into<String>,
+        value: impl Into<String>,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self::new(
+            ErrorKind::Invalid,
+            field,
+            BadValue::Str(value.into()),
+            detail,
+        )
     }
 
     /// `Invalid value: 0: detail`.
@@ -124,19 +149,32 @@ impl FieldError {
     }
 
     /// `Invalid value: <raw>: detail`.
-    pub fn invalid_raw(field: impl Into<String>, raw: impl Into<String>, detail: impl Into<String>) -> Self {
+    pub fn invalid_raw(
+        field: impl Into<String>,
+        raw: impl Into<String>,
+        detail: impl Into<String>,
+    ) -> Self {
         Self::new(ErrorKind::Invalid, field, BadValue::Raw(raw.into()), detail)
     }
 
     /// `Unsupported value: "x": supported values: "a", "b"`.
-    pub fn not_supported(field: impl Into<String>, value: impl Into<String>, supported: &[&str]) -> Self {
+    pub fn not_supported(
+        field: impl Into<String>,
+        value: impl Into<String>,
+        supported: &[&str],
+    ) -> Self {
         let detail = if supported.is_empty() {
             String::new()
         } else {
             let quoted: Vec<String> = supported.iter().map(|s| format!("{s:?}")).collect();
             format!("supported values: {}", quoted.join(", "))
         };
-        Self::new(ErrorKind::NotSupported, field, BadValue::Str(value.into()), detail)
+        Self::new(
+            ErrorKind::NotSupported,
+            field,
+            BadValue::Str(value.into()),
+            detail,
+        )
     }
 
     /// `Duplicate value: "x"`.
@@ -151,12 +189,22 @@ impl FieldError {
 
     /// `Forbidden: detail`.
     pub fn forbidden(field: impl Into<String>, detail: impl Into<String>) -> Self {
-        Self::new(ErrorKind::Forbidden, field, BadValue::Str(String::new()), detail)
+        Self::new(
+            ErrorKind::Forbidden,
+            field,
+            BadValue::Str(String::new()),
+            detail,
+        )
     }
 
     /// `Too long: must have at most N bytes`.
     pub fn too_long(field: impl Into<String>, max: usize) -> Self {
-        Self::new(ErrorKind::TooLong, field, BadValue::Str(String::new()), format!("must have at most {max} bytes"))
+        Self::new(
+            ErrorKind::TooLong,
+            field,
+            BadValue::Str(String::new()),
+            format!("must have at most {max} bytes"),
+        )
     }
 
     /// The message without the field (`StatusCause.message`).
@@ -203,7 +251,8 @@ fn max_len_error(n: usize) -> String {
 }
 
 const DNS1123_LABEL_FMT: &str = "[a-z0-9]([-a-z0-9]*[a-z0-9])?";
-const DNS1123_SUBDOMAIN_FMT: &str = "[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*";
+const DNS1123_SUBDOMAIN_FMT: &str =
+    "[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*";
 const LABEL_KEY_FMT: &str = "([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]";
 const LABEL_VALUE_FMT: &str = "(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?";
 const CONFIG_KEY_FMT: &str = "[-._a-zA-Z0-9]+";
@@ -265,7 +314,11 @@ pub fn is_qualified_name(v: &str) -> Vec<String> {
             if prefix.is_empty() {
                 errs.push("prefix part must be non-empty".to_owned());
             } else {
-                errs.extend(is_dns1123_subdomain(prefix).into_iter().map(|m| format!("prefix part {m}")));
+                errs.extend(
+                    is_dns1123_subdomain(prefix)
+                        .into_iter()
+                        .map(|m| format!("prefix part {m}")),
+                );
             }
             *name
         }
@@ -283,7 +336,10 @@ pub fn is_qualified_name(v: &str) -> Vec<String> {
         errs.push(format!("name part {}", max_len_error(63)));
     }
     if !LABEL_KEY.is_match(name) {
-        errs.push(format!("name part {}", regex_error(KEY_MSG, LABEL_KEY_FMT, &["MyName", "my.name", "123-abc"])));
+        errs.push(format!(
+            "name part {}",
+            regex_error(KEY_MSG, LABEL_KEY_FMT, &["MyName", "my.name", "123-abc"])
+        ));
     }
     errs
 }
@@ -333,7 +389,9 @@ pub fn is_env_var_name(v: &str) -> Vec<String> {
     if v.is_empty() {
         errs.push("environment variable name must be non-empty".to_owned());
     }
-    if v.chars().any(|c| !c.is_ascii() || c.is_ascii_control() || c == '=') {
+    if v.chars()
+        .any(|c| !c.is_ascii() || c.is_ascii_control() || c == '=')
+    {
         errs.push("a valid environment variable name must consist only of printable ASCII characters other than '='".to_owned());
     }
     errs
@@ -341,7 +399,10 @@ pub fn is_env_var_name(v: &str) -> Vec<String> {
 
 /// Appends one `Invalid` error per message.
 pub(crate) fn push_invalid(errs: &mut ErrorList, field: &str, value: &str, msgs: Vec<String>) {
-    errs.extend(msgs.into_iter().map(|m| FieldError::invalid(field, value, m)));
+    errs.extend(
+        msgs.into_iter()
+            .map(|m| FieldError::invalid(field, value, m)),
+    );
 }
 
 #[cfg(test)]
@@ -352,7 +413,11 @@ mod tests {
 
     #[test]
     fn invalid_name_message_matches_apimachinery() {
-        let e = FieldError::invalid("metadata.name", "Bad_Name", is_dns1123_subdomain("Bad_Name").remove(0));
+        let e = FieldError::invalid(
+            "metadata.name",
+            "Bad_Name",
+            is_dns1123_subdomain("Bad_Name").remove(0),
+        );
         assert_eq!(
             e.to_string(),
             "metadata.name: Invalid value: \"Bad_Name\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
@@ -361,24 +426,46 @@ mod tests {
 
     #[test]
     fn bodies_of_each_kind() {
-        assert_eq!(FieldError::required("spec.containers", "").body(), "Required value");
         assert_eq!(
-            FieldError::not_supported("spec.restartPolicy", "Sometimes", &["Always", "OnFailure", "Never"]).body(),
+            FieldError::required("spec.containers", "").body(),
+            "Required value"
+        );
+        assert_eq!(
+            FieldError::not_supported(
+                "spec.restartPolicy",
+                "Sometimes",
+                &["Always", "OnFailure", "Never"]
+            )
+            .body(),
             "Unsupported value: \"Sometimes\": supported values: \"Always\", \"OnFailure\", \"Never\""
         );
         assert_eq!(
-            FieldError::invalid_int("spec.activeDeadlineSeconds", 0, "must be between 1 and 2147483647, inclusive").body(),
+            FieldError::invalid_int(
+                "spec.activeDeadlineSeconds",
+                0,
+                "must be between 1 and 2147483647, inclusive"
+            )
+            .body(),
             "Invalid value: 0: must be between 1 and 2147483647, inclusive"
         );
-        assert_eq!(FieldError::too_long("metadata.annotations", 262144).body(), "Too long: must have at most 262144 bytes");
-        assert_eq!(FieldError::not_found("spec.containers[0].volumeMounts[0].name", "v").body(), "Not found: \"v\"");
+        assert_eq!(
+            FieldError::too_long("metadata.annotations", 262144).body(),
+            "Too long: must have at most 262144 bytes"
+        );
+        assert_eq!(
+            FieldError::not_found("spec.containers[0].volumeMounts[0].name", "v").body(),
+            "Not found: \"v\""
+        );
     }
 
     #[test]
     fn qualified_names() {
         assert!(is_qualified_name("app.kubernetes.io/managed-by").is_empty());
         assert!(is_qualified_name("sdbuild").is_empty());
-        assert_eq!(is_qualified_name("/x"), vec!["prefix part must be non-empty".to_owned()]);
+        assert_eq!(
+            is_qualified_name("/x"),
+            vec!["prefix part must be non-empty".to_owned()]
+        );
         assert_eq!(is_qualified_name("a/b/c").len(), 1);
         assert!(!is_qualified_name("-x").is_empty());
     }
