@@ -1,0 +1,46 @@
+//! Test support: a real RabbitMQ, workers in process or as real processes, message builders.
+//!
+//! Every test gets its own exchange and queue names ([`Names::unique`]) so tests run in
+//! parallel and [`Rabbit::cleanup`] removes what they created.
+
+pub mod messages;
+pub mod rabbit;
+pub mod settings;
+pub mod worker;
+
+pub use messages::{StartMsg, TOKEN, stop};
+pub use rabbit::{Event, EventTap, Names, Rabbit};
+pub use settings::{ExecutorSpec, Knobs, settings, settings_json};
+pub use worker::{InProcessWorker, WorkerProcess, free_port, worker_binary};
+
+use std::time::Duration;
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Installs a test log subscriber once (output captured per test by the harness).
+pub fn init_logs() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
