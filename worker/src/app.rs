@@ -305,7 +305,13 @@ pub fn lease_name(executor: &str) -> String {
     let cleaned: String = executor
         .to_ascii_lowercase()
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
     let cleaned = cleaned.trim_matches('-');
     if cleaned == executor && PREFIX.len() + cleaned.len() <= 63 {

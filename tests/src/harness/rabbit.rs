@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
-    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
@@ -86,12 +87,23 @@ impl Rabbit {
 
     /// Publishes a JSON body as a producer does (persistent, `application/json`), confirmed.
     pub async fn publish_json(&self, exchange: &str, routing_key: &str, body: &Value) {
-        self.publish_bytes(exchange, routing_key, &serde_json::to_vec(body).unwrap(), BasicProperties::default())
-            .await;
+        self.publish_bytes(
+            exchange,
+            routing_key,
+            &serde_json::to_vec(body).unwrap(),
+            BasicProperties::default(),
+        )
+        .await;
     }
 
     /// Publishes raw bytes with properties, confirmed.
-    pub async fn publish_bytes(&self, exchange: &str, routing_key: &str, body: &[u8], props: BasicProperties) {
+    pub async fn publish_bytes(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) {
         let props = props
             .with_delivery_mode(2)
             .with_content_type(ShortString::from("application/json"));
@@ -106,7 +118,10 @@ impl Rabbit {
             )
             .await
             .expect("publish");
-        assert!(confirm.await.expect("confirm").is_ack(), "broker refused a publish");
+        assert!(
+            confirm.await.expect("confirm").is_ack(),
+            "broker refused a publish"
+        );
     }
 
     /// Ready messages in a queue (`None` when it does not exist).
@@ -134,7 +149,11 @@ impl Rabbit {
                 .await
             {
                 Ok(Some(msg)) => {
-                    msg.delivery.acker.ack(BasicAckOptions::default()).await.expect("ack");
+                    msg.delivery
+                        .acker
+                        .ack(BasicAckOptions::default())
+                        .await
+                        .expect("ack");
                     out.push((msg.delivery.properties.clone(), msg.delivery.data.clone()));
                 }
                 _ => break,
@@ -156,7 +175,10 @@ impl Rabbit {
         }
         for ex in [&names.exchange, &names.events] {
             let _ = ch
-                .exchange_delete(ShortString::from(ex.as_str()), ExchangeDeleteOptions::default())
+                .exchange_delete(
+                    ShortString::from(ex.as_str()),
+                    ExchangeDeleteOptions::default(),
+                )
                 .await;
         }
         let _ = ch.close(200, "ok".into()).await;
@@ -204,8 +226,16 @@ impl Rabbit {
                 let ev = Event {
                     ty: d.routing_key.as_str().to_string(),
                     id: raw["id"].as_str().unwrap_or_default().to_string(),
-                    message_id: d.properties.message_id().as_ref().map(|m| m.as_str().to_string()),
-                    content_type: d.properties.content_type().as_ref().map(|m| m.as_str().to_string()),
+                    message_id: d
+                        .properties
+                        .message_id()
+                        .as_ref()
+                        .map(|m| m.as_str().to_string()),
+                    content_type: d
+                        .properties
+                        .content_type()
+                        .as_ref()
+                        .map(|m| m.as_str().to_string()),
                     data: raw["data"].clone(),
                     raw,
                     body: d.data,
@@ -263,7 +293,12 @@ impl EventTap {
     }
 
     /// Waits until `done` holds for the events so far; panics after `timeout`.
-    pub async fn wait(&self, timeout: Duration, what: &str, done: impl Fn(&[Event]) -> bool) -> Vec<Event> {
+    pub async fn wait(
+        &self,
+        timeout: Duration,
+        what: &str,
+        done: impl Fn(&[Event]) -> bool,
+    ) -> Vec<Event> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notified = self.notify.notified();
@@ -288,8 +323,10 @@ impl EventTap {
 
     /// Waits for `n` events of type `ty`.
     pub async fn wait_count(&self, ty: &str, n: usize, timeout: Duration) -> Vec<Event> {
-        self.wait(timeout, &format!("{n} {ty} events"), |all| all.iter().filter(|e| e.ty == ty).count() >= n)
-            .await;
+        self.wait(timeout, &format!("{n} {ty} events"), |all| {
+            all.iter().filter(|e| e.ty == ty).count() >= n
+        })
+        .await;
         self.of(ty)
     }
 }

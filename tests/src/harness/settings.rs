@@ -130,7 +130,11 @@ pub fn settings_json(names: &Names, executors: &[ExecutorSpec], knobs: &Knobs) -
     if let Some(first) = executors.first() {
         exec.insert("plugin".into(), json!(first.name));
     }
-    let delays: Vec<String> = knobs.retry_delays.iter().map(|s| format!("{}ms", (s * 1000.0) as u64)).collect();
+    let delays: Vec<String> = knobs
+        .retry_delays
+        .iter()
+        .map(|s| format!("{}ms", (s * 1000.0) as u64))
+        .collect();
     let mut doc = json!({
         "rabbitmq": {
             "url": AMQP_URL,

@@ -28,7 +28,12 @@ impl InProcessWorker {
         super::init_logs();
         let shutdown = CancellationToken::new();
         let (tx, rx) = oneshot::channel();
-        let join = tokio::spawn(buildcluster_worker::app::run(settings, None, shutdown.clone(), Some(tx)));
+        let join = tokio::spawn(buildcluster_worker::app::run(
+            settings,
+            None,
+            shutdown.clone(),
+            Some(tx),
+        ));
         let started = match rx.await {
             Ok(s) => s,
             Err(_) => panic!("worker failed to start: {:?}", join.await),
@@ -45,9 +50,11 @@ impl InProcessWorker {
     /// Waits until `/readyz` answers 200.
     pub async fn wait_ready(&self) {
         let addr = self.http;
-        super::eventually(Duration::from_secs(30), "the worker to be ready", || async move {
-            (http_status(addr, "/readyz").await == Some(200)).then_some(())
-        })
+        super::eventually(
+            Duration::from_secs(30),
+            "the worker to be ready",
+            || async move { (http_status(addr, "/readyz").await == Some(200)).then_some(()) },
+        )
         .await;
     }
 
@@ -133,17 +140,21 @@ impl WorkerProcess {
     pub async fn wait_ready(&self) {
         let addr = self.http;
         let log = self.log.clone();
-        super::eventually(Duration::from_secs(30), "the worker process to be ready", || {
-            let log = log.clone();
-            async move {
-                if http_status(addr, "/readyz").await == Some(200) {
-                    Some(())
-                } else {
-                    let _ = std::fs::read_to_string(&log);
-                    None
+        super::eventually(
+            Duration::from_secs(30),
+            "the worker process to be ready",
+            || {
+                let log = log.clone();
+                async move {
+                    if http_status(addr, "/readyz").await == Some(200) {
+                        Some(())
+                    } else {
+                        let _ = std::fs::read_to_string(&log);
+                        None
+                    }
                 }
-            }
-        })
+            },
+        )
         .await;
     }
 
@@ -197,6 +208,9 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
         .ok()?;
     let text = String::from_utf8_lossy(&buf).into_owned();
     let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Some((status, body))
 }

@@ -1,0 +1,71 @@
+//! Shared set-up of the worker tests.
+
+use std::time::Duration;
+
+use bcw_tests::harness::{ExecutorSpec, Names, Rabbit};
+use bcw_tests::kube_sim::{ClusterConfig, ClusterHandle, KubeSim, SimConfig, Timeline};
+use k8s_openapi::api::core::v1::Pod;
+
+/// How long a test waits for something that normally takes well under a second.
+pub const SOON: Duration = Duration::from_secs(60);
+
+/// Two clusters as the demo has them: `runc` (no runtime classes) and `kata` (knows `kata`).
+pub async fn two_clusters(timeline: Timeline) -> KubeSim {
+    KubeSim::start(SimConfig {
+        clusters: vec![
+            ClusterConfig::new("runc").with_timeline(timeline),
+            ClusterConfig::new("kata")
+                .with_runtime_classes(["kata"])
+                .with_timeline(timeline),
+        ],
+        ..Default::default()
+    })
+    .await
+    .expect("kube-sim starts")
+}
+
+/// A timeline where pods start quickly and then run until deleted.
+pub fn running_forever() -> Timeline {
+    Timeline {
+        run_for: None,
+        ..Timeline::fast()
+    }
+}
+
+/// The demo's executors: runc weight 30, kata weight 70 with `rhel6` excluded.
+pub fn weighted_pair(sim: &KubeSim) -> Vec<ExecutorSpec> {
+    vec![
+        ExecutorSpec::new("runc", &sim.cluster("runc").url()).weight(30),
+        ExecutorSpec::new("kata", &sim.cluster("kata").url())
+            .weight(70)
+            .runtime("kata")
+            .exclude("rhel6"),
+    ]
+}
+
+/// Fresh names, exchanges declared, and an event tap.
+pub async fn broker(tag: &str) -> (Rabbit, Names, bcw_tests::harness::EventTap) {
+    let rabbit = Rabbit::connect().await;
+    let names = Names::unique(tag);
+    rabbit.declare_exchanges(&names).await;
+    let tap = rabbit.tap(&names).await;
+    (rabbit, names, tap)
+}
+
+/// The `sdbuild` label of a pod.
+pub fn build_of(pod: &Pod) -> u64 {
+    pod.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("sdbuild"))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_default()
+}
+
+/// Pods of a cluster that are not being deleted.
+pub fn live_pods(c: &ClusterHandle) -> Vec<Pod> {
+    c.pods()
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect()
+}
