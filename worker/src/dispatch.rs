@@ -163,9 +163,9 @@ impl Dispatcher {
                 if let Some(b) = poison.build_id {
                     span.record("buildId", b.0);
                 }
-                warn!(reason = poison.reason.as_str(), error = %poison.detail, "poison message");
+                warn!(reason = %poison.code(), error = %poison.detail, "poison message");
                 let decision = Decision::Dead(Box::new(Dead {
-                    reason: poison.reason.as_str().to_string(),
+                    reason: poison.code(),
                     error: poison.detail.clone(),
                     build: poison.build_id.map(|b| (b, None)),
                     attempt: carried.attempt,

@@ -110,9 +110,17 @@ impl Ctx {
     fn poison(&self, reason: PoisonReason, detail: String) -> Poison {
         Poison {
             reason,
+            field: None,
             detail,
             build_id: self.build_id,
             job: self.job,
+        }
+    }
+
+    fn field_poison(&self, reason: PoisonReason, field: &'static str, detail: String) -> Poison {
+        Poison {
+            field: Some(field),
+            ..self.poison(reason, detail)
         }
     }
 
@@ -136,36 +144,45 @@ impl Ctx {
 
     fn build_id(&self, cfg: &Map<String, Value>) -> Result<BuildId, Poison> {
         match cfg.get("buildId") {
-            None | Some(Value::Null) => Err(self.poison(
+            None | Some(Value::Null) => Err(self.field_poison(
                 PoisonReason::MissingField,
+                "buildId",
                 "buildConfig.buildId is missing".into(),
             )),
             Some(v) => match as_id(v) {
                 Ok(Some(id)) => Ok(BuildId(id)),
-                Ok(None) => Err(self.poison(
+                Ok(None) => Err(self.field_poison(
                     PoisonReason::InvalidValue,
+                    "buildId",
                     format!(
                         "buildConfig.buildId must be a positive integer up to {MAX_ID}, got {}",
                         short(v)
                     ),
                 )),
-                Err(t) => Err(self.poison(
+                Err(t) => Err(self.field_poison(
                     PoisonReason::WrongType,
+                    "buildId",
                     format!("buildConfig.buildId must be an integer, got {t}"),
                 )),
             },
         }
     }
 
-    fn required_str<'a>(&self, cfg: &'a Map<String, Value>, key: &str) -> Result<&'a str, Poison> {
+    fn required_str<'a>(
+        &self,
+        cfg: &'a Map<String, Value>,
+        key: &'static str,
+    ) -> Result<&'a str, Poison> {
         match cfg.get(key) {
-            None | Some(Value::Null) => Err(self.poison(
+            None | Some(Value::Null) => Err(self.field_poison(
                 PoisonReason::MissingField,
+                key,
                 format!("buildConfig.{key} is missing"),
             )),
             Some(Value::String(s)) => Ok(s.as_str()),
-            Some(other) => Err(self.poison(
+            Some(other) => Err(self.field_poison(
                 PoisonReason::WrongType,
+                key,
                 format!(
                     "buildConfig.{key} must be a string, got {}",
                     type_name(other)
@@ -178,21 +195,23 @@ impl Ctx {
         &self,
         cfg: &Map<String, Value>,
         path: &str,
-        key: &str,
+        key: &'static str,
     ) -> Result<Option<u64>, Poison> {
         match cfg.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(v) => match as_id(v) {
                 Ok(Some(id)) => Ok(Some(id)),
-                Ok(None) => Err(self.poison(
+                Ok(None) => Err(self.field_poison(
                     PoisonReason::InvalidValue,
+                    key,
                     format!(
                         "{path}.{key} must be a positive integer up to {MAX_ID}, got {}",
                         short(v)
                     ),
                 )),
-                Err(t) => Err(self.poison(
+                Err(t) => Err(self.field_poison(
                     PoisonReason::WrongType,
+                    key,
                     format!("{path}.{key} must be an integer, got {t}"),
                 )),
             },
@@ -203,27 +222,33 @@ impl Ctx {
         &self,
         cfg: &Map<String, Value>,
         path: &str,
-        key: &str,
+        key: &'static str,
     ) -> Result<Option<String>, Poison> {
         match cfg.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
             Some(Value::Number(n)) => Ok(Some(n.to_string())),
-            Some(other) => Err(self.poison(
+            Some(other) => Err(self.field_poison(
                 PoisonReason::WrongType,
+                key,
                 format!("{path}.{key} must be a string, got {}", type_name(other)),
             )),
         }
     }
 
-    fn optional_bool(&self, cfg: &Map<String, Value>, key: &str) -> Result<Option<bool>, Poison> {
+    fn optional_bool(
+        &self,
+        cfg: &Map<String, Value>,
+        key: &'static str,
+    ) -> Result<Option<bool>, Poison> {
         match cfg.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
             Some(Value::String(s)) if s.eq_ignore_ascii_case("true") => Ok(Some(true)),
             Some(Value::String(s)) if s.eq_ignore_ascii_case("false") => Ok(Some(false)),
-            Some(other) => Err(self.poison(
+            Some(other) => Err(self.field_poison(
                 PoisonReason::WrongType,
+                key,
                 format!(
                     "buildConfig.{key} must be a boolean, got {}",
                     type_name(other)
@@ -236,13 +261,14 @@ impl Ctx {
         &self,
         cfg: &'a Map<String, Value>,
         path: &str,
-        key: &str,
+        key: &'static str,
     ) -> Result<Option<&'a Map<String, Value>>, Poison> {
         match cfg.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Object(o)) => Ok(Some(o)),
-            Some(other) => Err(self.poison(
+            Some(other) => Err(self.field_poison(
                 PoisonReason::WrongType,
+                key,
                 format!("{path}.{key} must be an object, got {}", type_name(other)),
             )),
         }
@@ -259,8 +285,9 @@ impl Ctx {
                 .chars()
                 .any(|c| c.is_whitespace() || c.is_control())
         {
-            return Err(self.poison(
+            return Err(self.field_poison(
                 PoisonReason::InvalidValue,
+                "container",
                 format!(
                     "buildConfig.container is not an image reference: {}",
                     quote(container)
@@ -270,8 +297,9 @@ impl Ctx {
 
         let api_uri = self.required_str(cfg, "apiUri")?.trim();
         if !is_http_uri(api_uri) {
-            return Err(self.poison(
+            return Err(self.field_poison(
                 PoisonReason::InvalidValue,
+                "apiUri",
                 format!(
                     "buildConfig.apiUri is not an http(s) URI: {}",
                     quote(api_uri)
@@ -282,8 +310,9 @@ impl Ctx {
         let token = self.required_str(cfg, "token")?;
         if token.trim().is_empty() || token.chars().any(|c| c.is_control()) {
             // Never quote the token back, even when it is unusable.
-            return Err(self.poison(
+            return Err(self.field_poison(
                 PoisonReason::InvalidValue,
+                "token",
                 "buildConfig.token is empty or contains control characters".into(),
             ));
         }
@@ -362,17 +391,19 @@ impl Ctx {
 
     fn clear(&self, root: &Map<String, Value>) -> Result<ClearCache, Poison> {
         let cfg = self.config(root, "cacheConfig")?;
-        let field = |key: &str, required: bool| -> Result<String, Poison> {
+        let field = |key: &'static str, required: bool| -> Result<String, Poison> {
             match cfg.get(key) {
                 Some(Value::String(s)) => Ok(s.clone()),
                 Some(Value::Number(n)) => Ok(n.to_string()),
                 None | Some(Value::Null) if !required => Ok(String::new()),
-                None | Some(Value::Null) => Err(self.poison(
+                None | Some(Value::Null) => Err(self.field_poison(
                     PoisonReason::MissingField,
+                    key,
                     format!("cacheConfig.{key} is missing"),
                 )),
-                Some(other) => Err(self.poison(
+                Some(other) => Err(self.field_poison(
                     PoisonReason::WrongType,
+                    key,
                     format!(
                         "cacheConfig.{key} must be a string, got {}",
                         type_name(other)
@@ -577,5 +608,30 @@ mod tests {
                 .reason,
             PoisonReason::InvalidJson
         );
+    }
+}
+
+#[cfg(test)]
+mod code_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn codes_name_the_field() {
+        let code = |v: Value| decode(&serde_json::to_vec(&v).unwrap(), Limits::default()).unwrap_err().code();
+        let base = json!({"job": "start", "buildConfig": {"buildId": 1, "container": "a", "apiUri": "https://x", "token": "t"}});
+        let mut b = base.clone();
+        b["buildConfig"].as_object_mut().unwrap().remove("container");
+        assert_eq!(code(b), "missing_container");
+        let mut b = base.clone();
+        b["buildConfig"]["buildId"] = json!(-1);
+        assert_eq!(code(b), "invalid_build_id");
+        let mut b = base.clone();
+        b["buildConfig"]["token"] = json!(5);
+        assert_eq!(code(b), "wrong_type_token");
+        let mut b = base;
+        b["buildConfig"]["apiUri"] = json!("ftp://x");
+        assert_eq!(code(b), "invalid_api_uri");
+        assert_eq!(code(json!({"job": "nope"})), "unknown_job");
     }
 }

@@ -216,8 +216,10 @@ impl PoisonReason {
 /// A message the worker refuses, with everything needed to dead-letter it.
 #[derive(Debug, Clone)]
 pub struct Poison {
-    /// Bounded reason code.
+    /// Kind of refusal.
     pub reason: PoisonReason,
+    /// The field at fault, for field-level refusals (`buildId`, `container`, ...).
+    pub field: Option<&'static str>,
     /// A sentence for a human; never contains the token.
     pub detail: String,
     /// The build id, when one could be read (for the `build.dead_lettered` event).
@@ -226,9 +228,38 @@ pub struct Poison {
     pub job: JobKind,
 }
 
+impl Poison {
+    /// The reason code of `x-bcw-reason` and the dead-letter metric: the kind, plus the field
+    /// for field-level refusals (`missing_container`, `invalid_build_id`, `wrong_type_token`).
+    /// Bounded: the fields are a fixed set.
+    pub fn code(&self) -> String {
+        match (self.reason, self.field) {
+            (PoisonReason::MissingField, Some(f)) => format!("missing_{}", snake(f)),
+            (PoisonReason::WrongType, Some(f)) => format!("wrong_type_{}", snake(f)),
+            (PoisonReason::InvalidValue, Some(f)) => format!("invalid_{}", snake(f)),
+            (r, _) => r.as_str().to_string(),
+        }
+    }
+}
+
+fn snake(field: &str) -> String {
+    let mut out = String::with_capacity(field.len() + 4);
+    for c in field.chars() {
+        if c.is_ascii_uppercase() {
+            out.push('_');
+            out.push(c.to_ascii_lowercase());
+        } else if c == '.' {
+            out.push('_');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 impl fmt::Display for Poison {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.reason.as_str(), self.detail)
+        write!(f, "{}: {}", self.code(), self.detail)
     }
 }
 
