@@ -257,6 +257,7 @@ impl Launcher {
         let mut misconfigured: Vec<String> = Vec::new();
         let mut waited_for: Option<Duration> = None;
         let mut quota = false;
+        let mut failed: Option<(String, String)> = None;
         for name in &candidates {
             let Some(ex) = self.executors.get(name) else {
                 continue;
@@ -375,27 +376,42 @@ impl Launcher {
                     }
                     let breaker_open = matches!(e, CallError::BreakerOpen { .. })
                         || ex.cluster.breaker_state() == State::Open;
-                    if breaker_open && !plan.is_pinned() {
-                        info!(executor = %name, error = %e, "executor unavailable; failing over");
-                        metrics::retried(name, "failover");
-                        waited_for = Some(DEFAULT_WAIT);
-                        continue;
-                    }
-                    if breaker_open {
-                        return LaunchOutcome::Wait {
+                    if plan.is_pinned() {
+                        // A pinned build never moves: it waits for its executor.
+                        if breaker_open {
+                            return LaunchOutcome::Wait {
+                                touched: req.touched.clone(),
+                                retry_in: DEFAULT_WAIT,
+                                reason: "no_executor",
+                            };
+                        }
+                        return LaunchOutcome::Retry {
                             touched: req.touched.clone(),
-                            retry_in: DEFAULT_WAIT,
-                            reason: "no_executor",
+                            reason: "unavailable",
+                            error: e.to_string(),
+                            executor: name.clone(),
                         };
                     }
-                    return LaunchOutcome::Retry {
-                        touched: req.touched.clone(),
-                        reason: "unavailable",
-                        error: e.to_string(),
-                        executor: name.clone(),
-                    };
+                    // The executor holds no pod of the build (the failure was not ambiguous, or
+                    // the executor confirmed): the next one in the build's order may take it.
+                    info!(executor = %name, error = %e, "executor unavailable; failing over");
+                    metrics::retried(name, "failover");
+                    if breaker_open {
+                        waited_for = Some(DEFAULT_WAIT);
+                    } else if failed.is_none() {
+                        failed = Some((name.clone(), e.to_string()));
+                    }
                 }
             }
+        }
+        if let Some((executor, error)) = failed {
+            // Every candidate was tried or unavailable, and one of them failed: an attempt.
+            return LaunchOutcome::Retry {
+                touched: req.touched.clone(),
+                reason: "unavailable",
+                error,
+                executor,
+            };
         }
         if !misconfigured.is_empty() && waited_for.is_none() && !quota {
             let reason = if misconfigured.iter().all(|m| m.contains("runtime class")) {

@@ -2,4 +2,5 @@
 //! client. Each test has its own queues and exchanges and removes them at the end.
 
 mod end_to_end;
+mod resilience;
 mod support;
