@@ -173,7 +173,8 @@ def pod_problems(docs: list[dict], effective: dict) -> list[str]:
             if get.get("path") != path or target != port:
                 problems.append(f"container {c['name']}: {probe} must GET {path} on port {port}")
         res = c.get("resources") or {}
-        if not (res.get("requests") or {}).get("memory") or not (res.get("limits") or {}).get("memory"):
+        requests, limits = res.get("requests") or {}, res.get("limits") or {}
+        if not requests.get("memory") or not limits.get("memory"):
             problems.append(f"container {c['name']}: needs memory requests and limits")
         for e in c.get("env") or []:
             if e["name"] == "BCW_RABBITMQ__URL" and "value" in e:
@@ -190,8 +191,8 @@ def pod_problems(docs: list[dict], effective: dict) -> list[str]:
         problems.append(f"the metrics Service must expose port {port}")
     pdb = one(docs, "PodDisruptionBudget")
     labels = d["spec"]["template"]["metadata"].get("labels") or {}
-    if not pdb or not all(labels.get(k) == v for k, v in
-                          pdb["spec"]["selector"].get("matchLabels", {}).items()):
+    wanted = (pdb["spec"]["selector"].get("matchLabels") or {}) if pdb else {}
+    if not wanted or any(labels.get(k) != v for k, v in wanted.items()):
         problems.append("the PodDisruptionBudget must select the worker's pods")
     return problems
 
@@ -199,15 +200,21 @@ def pod_problems(docs: list[dict], effective: dict) -> list[str]:
 def autoscaler_problems(docs: list[dict], effective: dict) -> list[str]:
     """KEDA reads the worker's queue; autoscalers keep at least one replica (the reporter)."""
     problems = []
+    queue = effective["rabbitmq"]["queue"]
     for so in (x for x in docs if x["kind"] == "ScaledObject"):
         spec = so["spec"]
         if spec.get("minReplicaCount", 0) < 1:
             problems.append("ScaledObject.minReplicaCount must be at least 1: a replica holds "
                             "the reporter Lease")
         for t in spec["triggers"]:
-            if t["type"] == "rabbitmq" and t["metadata"].get("queueName") != effective["rabbitmq"]["queue"]:
-                problems.append(f"ScaledObject trigger reads queue {t['metadata'].get('queueName')!r}, "
-                                f"the worker consumes {effective['rabbitmq']['queue']!r}")
+            read = t["metadata"].get("queueName")
+            if t["type"] == "rabbitmq" and read != queue:
+                problems.append(f"ScaledObject trigger reads queue {read!r}, "
+                                f"the worker consumes {queue!r}")
+    for hpa in (x for x in docs if x["kind"] == "HorizontalPodAutoscaler"):
+        if hpa["spec"].get("minReplicas", 1) < 1:
+            problems.append("HorizontalPodAutoscaler.minReplicas must be at least 1: a replica "
+                            "holds the reporter Lease")
     scalers = [x for x in docs if x["kind"] in ("ScaledObject", "HorizontalPodAutoscaler")]
     if len(scalers) > 1:
         problems.append("more than one autoscaler targets the worker")
