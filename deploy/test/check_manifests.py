@@ -219,6 +219,12 @@ def autoscaler_problems(docs: list[dict], effective: dict) -> list[str]:
     if len(scalers) > 1:
         problems.append("more than one autoscaler targets the worker")
     d = one(docs, "Deployment")
+    for x in scalers:
+        ref = x["spec"]["scaleTargetRef"]
+        target = (ref.get("kind", "Deployment"), ref["name"])
+        if d and target != ("Deployment", d["metadata"]["name"]):
+            problems.append(f"{x['kind']} scales {ref.get('kind')}/{ref['name']}, not the "
+                            f"worker's Deployment {d['metadata']['name']}")
     if scalers and d and "replicas" in d["spec"]:
         problems.append("with an autoscaler the Deployment must not set replicas")
     return problems

@@ -253,6 +253,14 @@ class Autoscalers(unittest.TestCase):
         so["spec"]["minReplicaCount"] = 0
         self.assertEqual(len(check_manifests.autoscaler_problems(self.docs(so), EFFECTIVE)), 1)
 
+    def test_an_hpa_aimed_at_another_deployment_fails(self):
+        hpa = yaml.safe_load((HERE.parent / "components/hpa/hpa.yaml").read_text())
+        self.assertEqual(check_manifests.autoscaler_problems(self.docs(hpa), EFFECTIVE), [])
+        hpa["spec"]["scaleTargetRef"]["name"] = "worker"
+        self.assertEqual(check_manifests.autoscaler_problems(self.docs(hpa), EFFECTIVE),
+                         ["HorizontalPodAutoscaler scales Deployment/worker, not the worker's "
+                          "Deployment buildcluster-worker"])
+
     def test_replicas_beside_an_autoscaler_fail(self):
         docs = self.docs(self.scaled_object())
         docs[0]["spec"]["replicas"] = 2
