@@ -117,6 +117,7 @@ pub async fn run(
 
     if settings.lifecycle.enabled {
         for (name, ex) in executors.iter() {
+            metrics::reporter_leader(name, false);
             let (leading_tx, leading_rx) = watch::channel(false);
             let election = Election {
                 name: lease_name(name),

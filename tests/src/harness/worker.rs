@@ -115,6 +115,12 @@ impl WorkerProcess {
         let log = dir.path().join("worker.log");
         let log_file = std::fs::File::create(&log).expect("log file");
         let mut cmd = Command::new(worker_binary());
+        // Only the test decides the worker's configuration: no BCW_ variable leaks in.
+        for (k, _) in std::env::vars() {
+            if k.starts_with("BCW_") {
+                cmd.env_remove(k);
+            }
+        }
         cmd.arg("run")
             .arg("--config")
             .arg(&path)

@@ -26,6 +26,10 @@ use crate::config::ExecutorConfig;
 
 /// Page size of list calls.
 const PAGE: u32 = 500;
+/// The pod's service-account token, used when an executor names a host but no credentials.
+const SA_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+/// The pod's service-account CA bundle.
+const SA_CA: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
 
 /// Why a cluster client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -331,6 +335,13 @@ async fn client_configs(
         let mut cfg = kube::Config::new(url);
         if !k.ca_file.is_empty() {
             cfg.root_cert_file = Some(k.ca_file.clone().into());
+        } else if host.starts_with("https://") && std::path::Path::new(SA_CA).exists() {
+            // Screwdriver's default (`kubernetes.default` with the pod's service account):
+            // verify the API server with the service account's CA instead of skipping TLS.
+            cfg.root_cert_file = Some(SA_CA.into());
+        }
+        if k.token.is_empty() && k.token_file.is_empty() && std::path::Path::new(SA_TOKEN).exists() {
+            cfg.auth_info.token_file = Some(SA_TOKEN.to_string());
         }
         cfg
     } else {

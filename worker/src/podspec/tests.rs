@@ -54,7 +54,7 @@ fn snapshot_token_secret() {
     insta::assert_json_snapshot!("token_secret", token_secret_example());
 }
 
-/// Writes every snapshot object as JSON into `$BCW_DUMP_PODS_DIR` when it is set, for the test
+/// Writes every snapshot object as JSON into `$DUMP_PODS_DIR` when it is set, for the test
 /// script's `kubernetes-validate --strict`. Always checks that each one survives a JSON round
 /// trip unchanged (what the API client will send is what was built).
 #[test]
@@ -74,7 +74,7 @@ fn dump_pods_for_kubernetes_validate() {
         secret
     );
     objects.push(("secret-token".into(), value));
-    if let Ok(dir) = std::env::var("BCW_DUMP_PODS_DIR") {
+    if let Ok(dir) = std::env::var("DUMP_PODS_DIR") {
         let dir = std::path::Path::new(&dir);
         std::fs::create_dir_all(dir).expect("create dump dir");
         for (name, value) in &objects {
