@@ -2,5 +2,6 @@
 //! client. Each test has its own queues and exchanges and removes them at the end.
 
 mod end_to_end;
+mod lifecycle;
 mod resilience;
 mod support;

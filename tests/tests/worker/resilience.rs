@@ -4,7 +4,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use bcw_tests::harness::{
-    ExecutorSpec, InProcessWorker, Knobs, StartMsg, WorkerProcess, eventually, settings, settings_json,
+    ExecutorSpec, InProcessWorker, Knobs, StartMsg, WorkerProcess, eventually, settings,
+    settings_json,
 };
 use bcw_tests::kube_sim::{ClusterHandle, Fault, KubeSim, Verb};
 use buildcluster_worker::intake::BuildId;
@@ -33,11 +34,23 @@ fn pod_requests(c: &ClusterHandle, verb: &str) -> usize {
 }
 
 /// A build id whose preference order puts `first` first.
-fn build_preferring(executors: &[ExecutorSpec], names: &bcw_tests::harness::Names, first: &str, from: u64) -> u64 {
+fn build_preferring(
+    executors: &[ExecutorSpec],
+    names: &bcw_tests::harness::Names,
+    first: &str,
+    from: u64,
+) -> u64 {
     let s = settings(names, executors, &Knobs::default());
     let router = Router::from_settings(&s.executor).unwrap();
     (from..from + 10_000)
-        .find(|id| router.plan(BuildId(*id), "node:22", None).candidates().first().map(String::as_str) == Some(first))
+        .find(|id| {
+            router
+                .plan(BuildId(*id), "node:22", None)
+                .candidates()
+                .first()
+                .map(String::as_str)
+                == Some(first)
+        })
         .expect("some build prefers it")
 }
 
@@ -66,10 +79,19 @@ async fn a_redelivered_build_never_gets_a_second_pod_while_its_first_cluster_is_
 
     // The first replica creates the pod on A, then hangs creating its token Secret: it dies
     // there, after the create and before the ack.
-    a.inject(Fault::hang().on_verbs([Verb::Create]).on_resources(["secrets"]));
+    a.inject(
+        Fault::hang()
+            .on_verbs([Verb::Create])
+            .on_resources(["secrets"]),
+    );
     let first = WorkerProcess::spawn(&doc, &[]).await;
-    rabbit.publish_json(&names.exchange, &names.queue, &StartMsg::new(build).json()).await;
-    eventually(SOON, "the pod to exist on A", || async { (creates(&a).get(&build) == Some(&1)).then_some(()) }).await;
+    rabbit
+        .publish_json(&names.exchange, &names.queue, &StartMsg::new(build).json())
+        .await;
+    eventually(SOON, "the pod to exist on A", || async {
+        (creates(&a).get(&build) == Some(&1)).then_some(())
+    })
+    .await;
     first.signal(nix::sys::signal::Signal::SIGKILL);
 
     // A goes down; a new replica gets the redelivered message and A's breaker opens.
@@ -77,16 +99,24 @@ async fn a_redelivered_build_never_gets_a_second_pod_while_its_first_cluster_is_
     a.inject(Fault::status(503));
     let second = InProcessWorker::start(settings(&names, &executors, &knobs)).await;
     tap.wait(SOON, "the build to wait for A", |evs| {
-        evs.iter().any(|e| e.ty == "build.retrying" && e.data["reason"] == "unconfirmed")
+        evs.iter()
+            .any(|e| e.ty == "build.retrying" && e.data["reason"] == "unconfirmed")
     })
     .await;
     tap.wait(SOON, "A's breaker to open", |evs| {
-        evs.iter().any(|e| e.ty == "cluster.breaker_opened" && e.data["executor"] == "a")
+        evs.iter()
+            .any(|e| e.ty == "cluster.breaker_opened" && e.data["executor"] == "a")
     })
     .await;
     // Several rounds of waiting later, B still has nothing.
-    eventually(SOON, "a few retry rounds", || async { (pod_requests(&a, "list") >= 3).then_some(()) }).await;
-    assert!(creates(&b).is_empty(), "the build was launched a second time on B");
+    eventually(SOON, "a few retry rounds", || async {
+        (pod_requests(&a, "list") >= 3).then_some(())
+    })
+    .await;
+    assert!(
+        creates(&b).is_empty(),
+        "the build was launched a second time on B"
+    );
     assert!(tap.of("build.launched").is_empty());
 
     // A answers again: the pod is found and adopted.
@@ -114,17 +144,27 @@ async fn a_failing_cluster_trips_its_breaker_builds_move_and_it_recovers() {
         reset_timeout_ms: 300,
         ..Knobs::default()
     };
-    a.inject(Fault::status(500).on_verbs([Verb::Create]).on_resources(["pods"]));
+    a.inject(
+        Fault::status(500)
+            .on_verbs([Verb::Create])
+            .on_resources(["pods"]),
+    );
     let worker = InProcessWorker::start(settings(&names, &executors, &knobs)).await;
 
     for id in 1..=40u64 {
-        rabbit.publish_json(&names.exchange, &names.queue, &StartMsg::new(id).json()).await;
+        rabbit
+            .publish_json(&names.exchange, &names.queue, &StartMsg::new(id).json())
+            .await;
     }
     let launched = tap.wait_count("build.launched", 40, SOON).await;
     let opened = tap.of("cluster.breaker_opened");
     assert!(!opened.is_empty(), "A's breaker opened");
     assert!(opened.iter().all(|e| e.data["executor"] == "a"));
-    assert_eq!(opened[0].data["failures"], json!(5), "it opened after maxFailures consecutive failures");
+    assert_eq!(
+        opened[0].data["failures"],
+        json!(5),
+        "it opened after maxFailures consecutive failures"
+    );
     assert!(creates(&a).is_empty());
     assert_eq!(creates(&b).len(), 40, "every build moved to B");
     assert!(launched.iter().all(|e| e.data["executor"] == "b"));
@@ -132,15 +172,21 @@ async fn a_failing_cluster_trips_its_breaker_builds_move_and_it_recovers() {
     // The fault clears: one probe closes the breaker and A gets its share again.
     a.clear_faults();
     for id in 101..=140u64 {
-        rabbit.publish_json(&names.exchange, &names.queue, &StartMsg::new(id).json()).await;
+        rabbit
+            .publish_json(&names.exchange, &names.queue, &StartMsg::new(id).json())
+            .await;
     }
     tap.wait_count("build.launched", 80, SOON).await;
     tap.wait(SOON, "A's breaker to close", |evs| {
-        evs.iter().any(|e| e.ty == "cluster.breaker_closed" && e.data["executor"] == "a")
+        evs.iter()
+            .any(|e| e.ty == "cluster.breaker_closed" && e.data["executor"] == "a")
     })
     .await;
     let on_a = creates(&a).len();
-    assert!((8..=32).contains(&on_a), "A got {on_a} of the last 40 builds, expected about half");
+    assert!(
+        (8..=32).contains(&on_a),
+        "A got {on_a} of the last 40 builds, expected about half"
+    );
 
     // Every build: exactly one pod, exactly one build.launched event.
     let mut all = creates(&a);
@@ -149,10 +195,17 @@ async fn a_failing_cluster_trips_its_breaker_builds_move_and_it_recovers() {
     }
     assert_eq!(all.len(), 80);
     assert!(all.values().all(|n| *n == 1), "a build got two pods");
-    let launched: Vec<u64> = tap.of("build.launched").iter().map(|e| e.build_id()).collect();
+    let launched: Vec<u64> = tap
+        .of("build.launched")
+        .iter()
+        .map(|e| e.build_id())
+        .collect();
     assert_eq!(launched.len(), 80);
     assert_eq!(launched.iter().collect::<BTreeSet<_>>().len(), 80);
-    assert!(rabbit.depth(&names.dead()).await == Some(0), "nothing lost to the dead-letter queue");
+    assert!(
+        rabbit.depth(&names.dead()).await == Some(0),
+        "nothing lost to the dead-letter queue"
+    );
     worker.stop().await.expect("clean shutdown");
     rabbit.cleanup(&names).await;
     sim.shutdown().await;
@@ -177,13 +230,25 @@ async fn throttling_with_retry_after_is_waited_out() {
     );
     let worker = InProcessWorker::start(settings(&names, &executors, &knobs)).await;
     let sent = tokio::time::Instant::now();
-    rabbit.publish_json(&names.exchange, &names.queue, &StartMsg::new(5).json()).await;
+    rabbit
+        .publish_json(&names.exchange, &names.queue, &StartMsg::new(5).json())
+        .await;
     tap.wait_count("build.launched", 1, SOON).await;
     // Two throttled creates, each waited out for its Retry-After of 1 s, then the third works.
-    assert!(sent.elapsed() >= Duration::from_secs(2), "Retry-After was not honoured");
-    assert_eq!(pod_requests(&a, "create"), 3, "one create per attempt: 2 throttled + 1 accepted");
+    assert!(
+        sent.elapsed() >= Duration::from_secs(2),
+        "Retry-After was not honoured"
+    );
+    assert_eq!(
+        pod_requests(&a, "create"),
+        3,
+        "one create per attempt: 2 throttled + 1 accepted"
+    );
     assert_eq!(creates(&a).len(), 1);
-    assert!(tap.of("build.retrying").is_empty(), "the call retry absorbed the throttling");
+    assert!(
+        tap.of("build.retrying").is_empty(),
+        "the call retry absorbed the throttling"
+    );
     worker.stop().await.expect("clean shutdown");
     rabbit.cleanup(&names).await;
     sim.shutdown().await;
@@ -202,15 +267,25 @@ async fn a_create_slower_than_the_breaker_timeout_is_cut_off_and_counted() {
         reset_timeout_ms: 300,
         ..Knobs::default()
     };
-    a.inject(Fault::hang().on_verbs([Verb::Create]).on_resources(["pods"]).count(1));
+    a.inject(
+        Fault::hang()
+            .on_verbs([Verb::Create])
+            .on_resources(["pods"])
+            .count(1),
+    );
     let worker = InProcessWorker::start(settings(&names, &executors, &knobs)).await;
-    rabbit.publish_json(&names.exchange, &names.queue, &StartMsg::new(9).json()).await;
+    rabbit
+        .publish_json(&names.exchange, &names.queue, &StartMsg::new(9).json())
+        .await;
     let opened = tap
         .wait(SOON, "the breaker to open on the slow call", |evs| {
             evs.iter().any(|e| e.ty == "cluster.breaker_opened")
         })
         .await;
-    let opened: Vec<_> = opened.iter().filter(|e| e.ty == "cluster.breaker_opened").collect();
+    let opened: Vec<_> = opened
+        .iter()
+        .filter(|e| e.ty == "cluster.breaker_opened")
+        .collect();
     assert_eq!(opened[0].data["failures"], json!(1));
     // The build still launches, once.
     tap.wait_count("build.launched", 1, SOON).await;
@@ -227,21 +302,41 @@ async fn an_invalid_pod_is_dead_lettered_at_once_without_retry() {
     let a = sim.cluster("runc");
     a.inject(
         Fault::status(422)
-            .with_reason("Invalid", "Pod \"x\" is invalid: spec.containers[0].image: Required value")
+            .with_reason(
+                "Invalid",
+                "Pod \"x\" is invalid: spec.containers[0].image: Required value",
+            )
             .on_verbs([Verb::Create])
             .on_resources(["pods"]),
     );
-    let worker = InProcessWorker::start(settings(&names, &[ExecutorSpec::new("a", &a.url())], &Knobs::default())).await;
-    rabbit.publish_json(&names.exchange, &names.queue, &StartMsg::new(11).json()).await;
+    let worker = InProcessWorker::start(settings(
+        &names,
+        &[ExecutorSpec::new("a", &a.url())],
+        &Knobs::default(),
+    ))
+    .await;
+    rabbit
+        .publish_json(&names.exchange, &names.queue, &StartMsg::new(11).json())
+        .await;
     let dead = tap.wait_count("build.dead_lettered", 1, SOON).await;
     assert_eq!(dead[0].data["reason"], "invalid_pod");
     assert_eq!(pod_requests(&a, "create"), 1, "a 422 is never retried");
     let msgs = rabbit.drain(&names.dead()).await;
     assert_eq!(msgs.len(), 1);
     let headers = msgs[0].0.headers().clone().unwrap_or_default();
-    assert_eq!(header(&headers, "x-bcw-reason").as_deref(), Some("invalid_pod"));
-    assert!(header(&headers, "x-bcw-error").unwrap().contains("Required value"));
-    assert_eq!(serde_json::from_slice::<serde_json::Value>(&msgs[0].1).unwrap()["buildConfig"]["buildId"], 11);
+    assert_eq!(
+        header(&headers, "x-bcw-reason").as_deref(),
+        Some("invalid_pod")
+    );
+    assert!(
+        header(&headers, "x-bcw-error")
+            .unwrap()
+            .contains("Required value")
+    );
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&msgs[0].1).unwrap()["buildConfig"]["buildId"],
+        11
+    );
     worker.stop().await.expect("clean shutdown");
     rabbit.cleanup(&names).await;
     sim.shutdown().await;
@@ -267,11 +362,18 @@ async fn with_every_cluster_down_builds_wait_without_using_attempts_then_launch(
     b.stop_listener().await;
     let worker = InProcessWorker::start(settings(&names, &executors, &knobs)).await;
     for id in 1..=10u64 {
-        rabbit.publish_json(&names.exchange, &names.queue, &StartMsg::new(id).json()).await;
+        rabbit
+            .publish_json(&names.exchange, &names.queue, &StartMsg::new(id).json())
+            .await;
     }
     // Far more rounds than messageReprocessLimit (2) pass while both clusters are down.
     tap.wait(SOON, "every build to be waiting", |evs| {
-        evs.iter().filter(|e| e.ty == "build.retrying").map(|e| e.build_id()).collect::<BTreeSet<_>>().len() == 10
+        evs.iter()
+            .filter(|e| e.ty == "build.retrying")
+            .map(|e| e.build_id())
+            .collect::<BTreeSet<_>>()
+            .len()
+            == 10
     })
     .await;
     eventually(SOON, "several rounds through the delay queues", || async {
@@ -279,7 +381,11 @@ async fn with_every_cluster_down_builds_wait_without_using_attempts_then_launch(
         (opened >= 6).then_some(())
     })
     .await;
-    assert_eq!(rabbit.depth(&names.dead()).await, Some(0), "nothing was dead-lettered");
+    assert_eq!(
+        rabbit.depth(&names.dead()).await,
+        Some(0),
+        "nothing was dead-lettered"
+    );
     assert!(tap.of("build.dead_lettered").is_empty());
 
     a.start_listener().await;
@@ -310,9 +416,21 @@ async fn a_pinned_build_waits_for_its_executor_instead_of_moving() {
     };
     a.inject(Fault::status(503));
     let worker = InProcessWorker::start(settings(&names, &executors, &knobs)).await;
-    rabbit.publish_json(&names.exchange, &names.queue, &StartMsg::new(21).pinned("a").json()).await;
-    tap.wait(SOON, "the pinned build to wait", |evs| evs.iter().any(|e| e.ty == "build.retrying")).await;
-    eventually(SOON, "a few rounds", || async { (a.request_log().len() >= 4).then_some(()) }).await;
+    rabbit
+        .publish_json(
+            &names.exchange,
+            &names.queue,
+            &StartMsg::new(21).pinned("a").json(),
+        )
+        .await;
+    tap.wait(SOON, "the pinned build to wait", |evs| {
+        evs.iter().any(|e| e.ty == "build.retrying")
+    })
+    .await;
+    eventually(SOON, "a few rounds", || async {
+        (a.request_log().len() >= 4).then_some(())
+    })
+    .await;
     assert!(creates(&b).is_empty(), "a pinned build must not move");
     a.clear_faults();
     let launched = tap.wait_count("build.launched", 1, SOON).await;
@@ -335,19 +453,41 @@ async fn persistent_failures_use_up_attempts_then_dead_letter() {
         retry_delays: vec![0.3],
         ..Knobs::default()
     };
-    a.inject(Fault::status(503).on_verbs([Verb::Create]).on_resources(["pods"]));
-    let worker = InProcessWorker::start(settings(&names, &[ExecutorSpec::new("a", &a.url())], &knobs)).await;
-    rabbit.publish_json(&names.exchange, &names.queue, &StartMsg::new(31).json()).await;
+    a.inject(
+        Fault::status(503)
+            .on_verbs([Verb::Create])
+            .on_resources(["pods"]),
+    );
+    let worker = InProcessWorker::start(settings(
+        &names,
+        &[ExecutorSpec::new("a", &a.url())],
+        &knobs,
+    ))
+    .await;
+    rabbit
+        .publish_json(&names.exchange, &names.queue, &StartMsg::new(31).json())
+        .await;
     let dead = tap.wait_count("build.dead_lettered", 1, SOON).await;
     assert_eq!(dead[0].data["attempt"], 3);
-    let retrying: Vec<u64> = tap.of("build.retrying").iter().map(|e| e.data["attempt"].as_u64().unwrap()).collect();
-    assert_eq!(retrying, vec![1, 2], "one build.retrying per attempt before the last");
+    let retrying: Vec<u64> = tap
+        .of("build.retrying")
+        .iter()
+        .map(|e| e.data["attempt"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        retrying,
+        vec![1, 2],
+        "one build.retrying per attempt before the last"
+    );
     // 3 message attempts x 2 call attempts each.
     assert_eq!(pod_requests(&a, "create"), 6);
     let msgs = rabbit.drain(&names.dead()).await;
     let headers = msgs[0].0.headers().clone().unwrap_or_default();
     assert_eq!(header(&headers, "x-bcw-attempts").as_deref(), Some("3"));
-    assert_eq!(header(&headers, "x-bcw-reason").as_deref(), Some("unavailable"));
+    assert_eq!(
+        header(&headers, "x-bcw-reason").as_deref(),
+        Some("unavailable")
+    );
     worker.stop().await.expect("clean shutdown");
     rabbit.cleanup(&names).await;
     sim.shutdown().await;
@@ -356,7 +496,9 @@ async fn persistent_failures_use_up_attempts_then_dead_letter() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_messages_are_dead_lettered_with_distinct_reasons_among_valid_ones() {
     let sim = KubeSim::start(bcw_tests::kube_sim::SimConfig {
-        clusters: vec![bcw_tests::kube_sim::ClusterConfig::new("a").with_timeline(running_forever())],
+        clusters: vec![
+            bcw_tests::kube_sim::ClusterConfig::new("a").with_timeline(running_forever()),
+        ],
         ..Default::default()
     })
     .await
@@ -367,34 +509,105 @@ async fn poison_messages_are_dead_lettered_with_distinct_reasons_among_valid_one
         extra: json!({"intake": {"maxMessageBytes": 65536}}),
         ..Knobs::default()
     };
-    let worker = InProcessWorker::start(settings(&names, &[ExecutorSpec::new("a", &a.url())], &knobs)).await;
+    let worker = InProcessWorker::start(settings(
+        &names,
+        &[ExecutorSpec::new("a", &a.url())],
+        &knobs,
+    ))
+    .await;
 
     let good = |id: u64| StartMsg::new(id).json();
     let mut bad: Vec<(&str, Vec<u8>)> = vec![
         ("invalid_json", b"{\"job\": \"start\", ".to_vec()),
         ("not_an_object", b"[1, 2, 3]".to_vec()),
-        ("missing_job", serde_json::to_vec(&json!({"buildConfig": {"buildId": 1}})).unwrap()),
-        ("unknown_job", serde_json::to_vec(&json!({"job": "launch", "buildConfig": {"buildId": 901}})).unwrap()),
-        ("missing_config", serde_json::to_vec(&json!({"job": "start"})).unwrap()),
-        ("missing_build_id", serde_json::to_vec(&{ let mut m = good(0); m["buildConfig"].as_object_mut().unwrap().remove("buildId"); m }).unwrap()),
-        ("wrong_type_build_id", serde_json::to_vec(&{ let mut m = good(0); m["buildConfig"]["buildId"] = json!([1]); m }).unwrap()),
-        ("invalid_build_id", serde_json::to_vec(&{ let mut m = good(0); m["buildConfig"]["buildId"] = json!(-3); m }).unwrap()),
-        ("missing_container", serde_json::to_vec(&{ let mut m = good(905); m["buildConfig"].as_object_mut().unwrap().remove("container"); m }).unwrap()),
-        ("invalid_api_uri", serde_json::to_vec(&StartMsg::new(906).api("not a uri").json()).unwrap()),
-        ("missing_token", serde_json::to_vec(&{ let mut m = good(907); m["buildConfig"].as_object_mut().unwrap().remove("token"); m }).unwrap()),
+        (
+            "missing_job",
+            serde_json::to_vec(&json!({"buildConfig": {"buildId": 1}})).unwrap(),
+        ),
+        (
+            "unknown_job",
+            serde_json::to_vec(&json!({"job": "launch", "buildConfig": {"buildId": 901}})).unwrap(),
+        ),
+        (
+            "missing_config",
+            serde_json::to_vec(&json!({"job": "start"})).unwrap(),
+        ),
+        (
+            "missing_build_id",
+            serde_json::to_vec(&{
+                let mut m = good(0);
+                m["buildConfig"].as_object_mut().unwrap().remove("buildId");
+                m
+            })
+            .unwrap(),
+        ),
+        (
+            "wrong_type_build_id",
+            serde_json::to_vec(&{
+                let mut m = good(0);
+                m["buildConfig"]["buildId"] = json!([1]);
+                m
+            })
+            .unwrap(),
+        ),
+        (
+            "invalid_build_id",
+            serde_json::to_vec(&{
+                let mut m = good(0);
+                m["buildConfig"]["buildId"] = json!(-3);
+                m
+            })
+            .unwrap(),
+        ),
+        (
+            "missing_container",
+            serde_json::to_vec(&{
+                let mut m = good(905);
+                m["buildConfig"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("container");
+                m
+            })
+            .unwrap(),
+        ),
+        (
+            "invalid_api_uri",
+            serde_json::to_vec(&StartMsg::new(906).api("not a uri").json()).unwrap(),
+        ),
+        (
+            "missing_token",
+            serde_json::to_vec(&{
+                let mut m = good(907);
+                m["buildConfig"].as_object_mut().unwrap().remove("token");
+                m
+            })
+            .unwrap(),
+        ),
     ];
     let mut huge = good(908);
     huge["buildConfig"]["padding"] = json!("x".repeat(70_000));
     bad.push(("too_large", serde_json::to_vec(&huge).unwrap()));
 
     for (i, (_, body)) in bad.iter().enumerate() {
-        rabbit.publish_json(&names.exchange, &names.queue, &good(i as u64 + 1)).await;
-        rabbit.publish_bytes(&names.exchange, &names.queue, body, BasicProperties::default()).await;
+        rabbit
+            .publish_json(&names.exchange, &names.queue, &good(i as u64 + 1))
+            .await;
+        rabbit
+            .publish_bytes(
+                &names.exchange,
+                &names.queue,
+                body,
+                BasicProperties::default(),
+            )
+            .await;
     }
     tap.wait_count("build.launched", bad.len(), SOON).await;
-    eventually(SOON, "every poison message in the dead-letter queue", || async {
-        (rabbit.depth(&names.dead()).await == Some(bad.len() as u32)).then_some(())
-    })
+    eventually(
+        SOON,
+        "every poison message in the dead-letter queue",
+        || async { (rabbit.depth(&names.dead()).await == Some(bad.len() as u32)).then_some(()) },
+    )
     .await;
     let dead = rabbit.drain(&names.dead()).await;
     let mut reasons = BTreeSet::new();
@@ -403,13 +616,24 @@ async fn poison_messages_are_dead_lettered_with_distinct_reasons_among_valid_one
         let reason = header(&h, "x-bcw-reason").expect("reason header");
         let error = header(&h, "x-bcw-error").expect("error header");
         assert!(!error.trim().is_empty());
-        let expected = bad.iter().find(|(r, _)| *r == reason).unwrap_or_else(|| panic!("unexpected reason {reason}"));
+        let expected = bad
+            .iter()
+            .find(|(r, _)| *r == reason)
+            .unwrap_or_else(|| panic!("unexpected reason {reason}"));
         assert_eq!(&expected.1, body, "the dead letter keeps the original body");
         reasons.insert(reason);
     }
-    assert_eq!(reasons.len(), bad.len(), "every kind has its own reason: {reasons:?}");
+    assert_eq!(
+        reasons.len(),
+        bad.len(),
+        "every kind has its own reason: {reasons:?}"
+    );
     // A build.dead_lettered event for those whose build id could be read.
-    let evs: BTreeSet<u64> = tap.of("build.dead_lettered").iter().map(|e| e.build_id()).collect();
+    let evs: BTreeSet<u64> = tap
+        .of("build.dead_lettered")
+        .iter()
+        .map(|e| e.build_id())
+        .collect();
     assert!(evs.contains(&901) && evs.contains(&905) && evs.contains(&906) && evs.contains(&907));
     assert_eq!(creates(&a).len(), bad.len());
     worker.stop().await.expect("clean shutdown");

@@ -340,7 +340,8 @@ async fn client_configs(
             // verify the API server with the service account's CA instead of skipping TLS.
             cfg.root_cert_file = Some(SA_CA.into());
         }
-        if k.token.is_empty() && k.token_file.is_empty() && std::path::Path::new(SA_TOKEN).exists() {
+        if k.token.is_empty() && k.token_file.is_empty() && std::path::Path::new(SA_TOKEN).exists()
+        {
             cfg.auth_info.token_file = Some(SA_TOKEN.to_string());
         }
         cfg

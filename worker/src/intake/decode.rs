@@ -618,10 +618,17 @@ mod code_tests {
 
     #[test]
     fn codes_name_the_field() {
-        let code = |v: Value| decode(&serde_json::to_vec(&v).unwrap(), Limits::default()).unwrap_err().code();
+        let code = |v: Value| {
+            decode(&serde_json::to_vec(&v).unwrap(), Limits::default())
+                .unwrap_err()
+                .code()
+        };
         let base = json!({"job": "start", "buildConfig": {"buildId": 1, "container": "a", "apiUri": "https://x", "token": "t"}});
         let mut b = base.clone();
-        b["buildConfig"].as_object_mut().unwrap().remove("container");
+        b["buildConfig"]
+            .as_object_mut()
+            .unwrap()
+            .remove("container");
         assert_eq!(code(b), "missing_container");
         let mut b = base.clone();
         b["buildConfig"]["buildId"] = json!(-1);

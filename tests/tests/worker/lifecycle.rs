@@ -1,0 +1,461 @@
+//! Issue 4: one watch per cluster behind a Lease, failures to start classified, completions
+//! reported once, stops without orphans, garbage collection, verify.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use bcw_tests::harness::{
+    ExecutorSpec, InProcessWorker, Knobs, StartMsg, WorkerProcess, eventually, settings,
+    settings_json, stop,
+};
+use bcw_tests::kube_sim::{ClusterConfig, KubeSim, Script, ScriptRule, SimConfig, Timeline};
+use serde_json::json;
+
+use crate::support::{SOON, broker, live_pods};
+
+/// One cluster `a` with this timeline.
+async fn one_cluster(timeline: Timeline) -> KubeSim {
+    KubeSim::start(SimConfig {
+        clusters: vec![ClusterConfig::new("a").with_timeline(timeline)],
+        ..Default::default()
+    })
+    .await
+    .expect("kube-sim starts")
+}
+
+fn reporting(extra: serde_json::Value) -> Knobs {
+    let mut doc = json!({
+        "executor": {"a": {"options": {"kubernetes": {"pendingTimeout": 2, "imagePullGracePeriod": 1, "podTTL": 600}}}},
+    });
+    merge(&mut doc, &extra);
+    Knobs {
+        lifecycle: true,
+        extra: doc,
+        ..Knobs::default()
+    }
+}
+
+fn merge(into: &mut serde_json::Value, from: &serde_json::Value) {
+    match (into, from) {
+        (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k.clone()).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (slot, v) => *slot = v.clone(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_failure_to_start_is_reported_once_with_its_reason_and_the_pod_removed() {
+    let sim = one_cluster(Timeline::fast()).await;
+    let a = sim.cluster("a");
+    let cases: Vec<(&str, Script, &str)> = vec![
+        (
+            "sim/invalid-image",
+            Script::InvalidImageName,
+            "InvalidImageName",
+        ),
+        (
+            "sim/no-such-image",
+            Script::ErrImagePull,
+            "ImagePullBackOff|ErrImagePull",
+        ),
+        (
+            "sim/config-error",
+            Script::CreateContainerConfigError { message: None },
+            "CreateContainerConfigError",
+        ),
+        (
+            "sim/create-error",
+            Script::CreateContainerError { message: None },
+            "CreateContainerError",
+        ),
+        (
+            "sim/crash-loop",
+            Script::CrashLoopBackOff,
+            "CrashLoopBackOff",
+        ),
+        (
+            "sim/init-fails",
+            Script::InitFails { code: 3 },
+            "InitContainerFailed",
+        ),
+        (
+            "sim/unschedulable",
+            Script::Unschedulable { message: None },
+            "Unschedulable",
+        ),
+    ];
+    for (image, script, _) in &cases {
+        a.add_script(ScriptRule::new(&format!("^{image}"), script.clone()).unwrap());
+    }
+    let (rabbit, names, tap) = broker("failstart").await;
+    let worker = InProcessWorker::start(settings(
+        &names,
+        &[ExecutorSpec::new("a", &a.url())],
+        &reporting(json!({})),
+    ))
+    .await;
+    for (i, (image, _, _)) in cases.iter().enumerate() {
+        rabbit
+            .publish_json(
+                &names.exchange,
+                &names.queue,
+                &StartMsg::new(100 + i as u64).image(image).json(),
+            )
+            .await;
+    }
+    tap.wait_count("build.launch_failed", cases.len(), SOON)
+        .await;
+    // Nothing more arrives for them (exactly one each), and every pod is gone.
+    eventually(SOON, "the failed pods to be deleted", || async {
+        a.pods().is_empty().then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let failed = tap.of("build.launch_failed");
+    assert_eq!(
+        failed.len(),
+        cases.len(),
+        "exactly one build.launch_failed per build"
+    );
+    for (i, (image, _, reason)) in cases.iter().enumerate() {
+        let ev = failed
+            .iter()
+            .find(|e| e.build_id() == 100 + i as u64)
+            .unwrap_or_else(|| panic!("no event for {image}"));
+        let got = ev.data["reason"].as_str().unwrap();
+        assert!(
+            reason.split('|').any(|r| r == got),
+            "{image}: reason {got}, expected {reason}"
+        );
+        let msg = ev.data["message"].as_str().unwrap();
+        assert!(msg.starts_with("Build failed to start"), "{image}: {msg}");
+        assert_eq!(ev.data["executor"], "a");
+    }
+    // Only the crash-looping build ever ran (its container starts before it crashes).
+    let ran: BTreeSet<u64> = tap
+        .of("build.running")
+        .iter()
+        .map(|e| e.build_id())
+        .collect();
+    assert!(
+        ran.iter().all(|id| *id == 104),
+        "builds that never started reported running: {ran:?}"
+    );
+    worker.stop().await.expect("clean shutdown");
+    rabbit.cleanup(&names).await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_is_launched_runs_and_succeeds_once_each_with_three_replicas() {
+    let sim = one_cluster(Timeline {
+        run_for: Some(Duration::from_millis(800)),
+        ..Timeline::fast()
+    })
+    .await;
+    let a = sim.cluster("a");
+    let (rabbit, names, tap) = broker("threereplicas").await;
+    let s = settings(
+        &names,
+        &[ExecutorSpec::new("a", &a.url())],
+        &reporting(json!({})),
+    );
+    let workers = [
+        InProcessWorker::start(s.clone()).await,
+        InProcessWorker::start(s.clone()).await,
+        InProcessWorker::start(s).await,
+    ];
+    for id in 1..=30u64 {
+        rabbit
+            .publish_json(&names.exchange, &names.queue, &StartMsg::new(id).json())
+            .await;
+    }
+    tap.wait_count("build.succeeded", 30, SOON).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let events = tap.all();
+    for id in 1..=30u64 {
+        let seq: Vec<&str> = events
+            .iter()
+            .filter(|e| e.build_id() == id && e.ty.starts_with("build."))
+            .map(|e| e.ty.as_str())
+            .collect();
+        assert_eq!(
+            seq,
+            ["build.launched", "build.running", "build.succeeded"],
+            "build {id}"
+        );
+    }
+    // One reporter: exactly one holder of the executor's Lease.
+    let leases = a.leases();
+    assert_eq!(leases.len(), 1);
+    assert!(leases[0].spec.as_ref().unwrap().holder_identity.is_some());
+    for w in workers {
+        w.stop().await.expect("clean shutdown");
+    }
+    rabbit.cleanup(&names).await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_reporter_hands_over_within_the_lease_duration_and_loses_no_completion() {
+    let sim = one_cluster(Timeline {
+        run_for: Some(Duration::from_secs(4)),
+        ..Timeline::fast()
+    })
+    .await;
+    let a = sim.cluster("a");
+    let (rabbit, names, tap) = broker("handover").await;
+    // Lease 3 s, renewed every second (Knobs defaults).
+    let doc = settings_json(
+        &names,
+        &[ExecutorSpec::new("a", &a.url())],
+        &reporting(json!({})),
+    );
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(WorkerProcess::spawn(&doc, &[]).await);
+    }
+    for id in 1..=20u64 {
+        rabbit
+            .publish_json(&names.exchange, &names.queue, &StartMsg::new(id).json())
+            .await;
+    }
+    tap.wait_count("build.running", 20, SOON).await;
+
+    // Find the leader by its metric and kill it.
+    let mut leader = None;
+    for (i, r) in replicas.iter().enumerate() {
+        let (_, body) = r.get("/metrics").await.expect("metrics");
+        if body
+            .lines()
+            .any(|l| l.starts_with("bcw_reporter_leader{") && l.ends_with(" 1"))
+        {
+            leader = Some(i);
+        }
+    }
+    let leader = leader.expect("one replica reports");
+    let holder_before = a.leases()[0].spec.clone().unwrap().holder_identity;
+    let killed_at = tokio::time::Instant::now();
+    replicas[leader].signal(nix::sys::signal::Signal::SIGKILL);
+    let took = eventually(SOON, "another replica to take the lease", || async {
+        let now = a.leases()[0].spec.clone().unwrap().holder_identity;
+        (now.is_some() && now != holder_before).then(|| killed_at.elapsed())
+    })
+    .await;
+    assert!(
+        took <= Duration::from_secs(3 + 2),
+        "hand-over took {took:?}, lease duration is 3 s"
+    );
+
+    // Every build still gets its completion.
+    tap.wait_count("build.succeeded", 20, SOON).await;
+    let ids: BTreeSet<u64> = tap
+        .of("build.succeeded")
+        .iter()
+        .map(|e| e.build_id())
+        .collect();
+    assert_eq!(ids.len(), 20);
+    // A hand-over may repeat an event, never with a different id.
+    let mut by_build: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
+    for e in tap.of("build.succeeded") {
+        by_build
+            .entry(e.build_id())
+            .or_default()
+            .insert(e.id.clone());
+    }
+    assert!(by_build.values().all(|ids| ids.len() == 1));
+    for (i, mut r) in replicas.into_iter().enumerate() {
+        if i != leader {
+            r.signal(nix::sys::signal::Signal::SIGTERM);
+            assert!(r.wait(Duration::from_secs(30)).await.success());
+        }
+    }
+    rabbit.cleanup(&names).await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_that_overtakes_its_start_leaves_no_pod() {
+    let sim = one_cluster(Timeline {
+        run_for: None,
+        ..Timeline::fast()
+    })
+    .await;
+    let a = sim.cluster("a");
+    let (rabbit, names, tap) = broker("stopfirst").await;
+    // One message at a time: the stop is handled before its start, which must not launch.
+    let knobs = Knobs {
+        prefetch: 1,
+        retry_delays: vec![0.3],
+        ..Knobs::default()
+    };
+    let worker = InProcessWorker::start(settings(
+        &names,
+        &[ExecutorSpec::new("a", &a.url())],
+        &knobs,
+    ))
+    .await;
+    for id in 1..=10u64 {
+        rabbit
+            .publish_json(&names.exchange, &names.queue, &stop(id))
+            .await;
+        rabbit
+            .publish_json(&names.exchange, &names.queue, &StartMsg::new(id).json())
+            .await;
+    }
+    tap.wait_count("build.stopped", 10, SOON).await;
+    eventually(SOON, "the queue to drain", || async {
+        (rabbit.depth(&names.queue).await == Some(0)).then_some(())
+    })
+    .await;
+    assert!(
+        a.create_log().is_empty(),
+        "a start for a stopped build launched"
+    );
+    assert!(tap.of("build.launched").is_empty());
+    worker.stop().await.expect("clean shutdown");
+
+    // Two replicas racing, many at once: whatever the order, no pod is left at the end.
+    let knobs = Knobs {
+        prefetch: 20,
+        retry_delays: vec![0.3],
+        ..Knobs::default()
+    };
+    let s = settings(&names, &[ExecutorSpec::new("a", &a.url())], &knobs);
+    let (w1, w2) = (
+        InProcessWorker::start(s.clone()).await,
+        InProcessWorker::start(s).await,
+    );
+    for id in 101..=140u64 {
+        rabbit
+            .publish_json(&names.exchange, &names.queue, &stop(id))
+            .await;
+        rabbit
+            .publish_json(&names.exchange, &names.queue, &StartMsg::new(id).json())
+            .await;
+    }
+    // Stops re-check through the delay queue (3 times by default), so late pods are removed.
+    eventually(SOON, "every stop and its re-checks to finish", || async {
+        let idle = rabbit.depth(&names.queue).await == Some(0)
+            && rabbit.depth(&format!("{}.retry.1", names.queue)).await == Some(0);
+        (idle && live_pods(&a).is_empty() && tap.of("build.stopped").len() >= 50).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        live_pods(&a).is_empty(),
+        "orphan pods: {:?}",
+        live_pods(&a)
+            .iter()
+            .map(|p| p.metadata.name.clone())
+            .collect::<Vec<_>>()
+    );
+    w1.stop().await.expect("clean shutdown");
+    w2.stop().await.expect("clean shutdown");
+    rabbit.cleanup(&names).await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_pods_and_orphans_are_collected() {
+    let sim = one_cluster(Timeline {
+        run_for: Some(Duration::from_millis(200)),
+        ..Timeline::fast()
+    })
+    .await;
+    let a = sim.cluster("a");
+    let (rabbit, names, tap) = broker("gc").await;
+    let knobs = reporting(
+        json!({"executor": {"a": {"options": {"kubernetes": {"podTTL": 1, "pendingTimeout": 2}}}}}),
+    );
+    let worker = InProcessWorker::start(settings(
+        &names,
+        &[ExecutorSpec::new("a", &a.url())],
+        &knobs,
+    ))
+    .await;
+    for id in 1..=5u64 {
+        rabbit
+            .publish_json(&names.exchange, &names.queue, &StartMsg::new(id).json())
+            .await;
+    }
+    tap.wait_count("build.succeeded", 5, SOON).await;
+    eventually(
+        SOON,
+        "finished pods to be collected after their TTL",
+        || async { a.pods().is_empty().then_some(()) },
+    )
+    .await;
+
+    // A pod of ours that no build knows about (no build annotation, no sdbuild label).
+    let client = kube::Client::try_from(kube::Config::new(a.url().parse().unwrap())).unwrap();
+    let api: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(client, "default");
+    let orphan: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+        "metadata": {"name": "stray", "labels": {"app.kubernetes.io/managed-by": "buildcluster-worker", "buildcluster-worker/executor": "a"}},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}], "restartPolicy": "Never"}
+    }))
+    .unwrap();
+    api.create(&Default::default(), &orphan).await.unwrap();
+    eventually(
+        SOON,
+        "the orphan to be collected past the pending deadline",
+        || async { a.pods().is_empty().then_some(()) },
+    )
+    .await;
+    worker.stop().await.expect("clean shutdown");
+    rabbit.cleanup(&names).await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_answers_with_the_build_state() {
+    let sim = one_cluster(Timeline {
+        run_for: None,
+        ..Timeline::fast()
+    })
+    .await;
+    let a = sim.cluster("a");
+    let (rabbit, names, tap) = broker("verify").await;
+    let worker = InProcessWorker::start(settings(
+        &names,
+        &[ExecutorSpec::new("a", &a.url())],
+        &Knobs::default(),
+    ))
+    .await;
+    rabbit
+        .publish_json(&names.exchange, &names.queue, &StartMsg::new(61).json())
+        .await;
+    tap.wait_count("build.launched", 1, SOON).await;
+    eventually(SOON, "the pod to run", || async {
+        a.pods()
+            .iter()
+            .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+            .then_some(())
+    })
+    .await;
+    rabbit
+        .publish_json(
+            &names.exchange,
+            &names.queue,
+            &StartMsg::new(61).job("verify").json(),
+        )
+        .await;
+    rabbit
+        .publish_json(
+            &names.exchange,
+            &names.queue,
+            &StartMsg::new(62).job("verify").json(),
+        )
+        .await;
+    let verified = tap.wait_count("build.verified", 2, SOON).await;
+    let state =
+        |id: u64| verified.iter().find(|e| e.build_id() == id).unwrap().data["state"].clone();
+    assert_eq!(state(61), "running");
+    assert_eq!(state(62), "missing");
+    worker.stop().await.expect("clean shutdown");
+    rabbit.cleanup(&names).await;
+    sim.shutdown().await;
+}
