@@ -4,11 +4,13 @@
 //! parallel and [`Rabbit::cleanup`] removes what they created.
 
 pub mod messages;
+pub mod proxy;
 pub mod rabbit;
 pub mod settings;
 pub mod worker;
 
 pub use messages::{StartMsg, TOKEN, stop};
+pub use proxy::TcpProxy;
 pub use rabbit::{Event, EventTap, Names, Rabbit};
 pub use settings::{ExecutorSpec, Knobs, settings, settings_json};
 pub use worker::{InProcessWorker, WorkerProcess, free_port, worker_binary};

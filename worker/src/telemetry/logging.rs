@@ -1,7 +1,18 @@
 //! Log set-up: JSON lines on stderr by default (`--log-format text` for humans), level from
 //! `RUST_LOG` or `--log-level`.
+//!
+//! The JSON format is flat: the fields of every span in scope (`buildId`, `executor`,
+//! `attempt`, ...) are copied onto each line, so every line about a build can be found by its
+//! build id without knowing the span layout.
 
+use std::fmt;
+
+use serde_json::{Map, Value};
+use tracing::{Event, Subscriber};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::registry::LookupSpan;
 
 /// Output format of the logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -22,12 +33,120 @@ pub fn init(format: LogFormat, level: Option<&str>) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .init(),
+        LogFormat::Json => builder.fmt_fields(JsonFields::new()).event_format(FlatJson).init(),
         LogFormat::Text => builder.init(),
+    }
+}
+
+/// One JSON object per event: `timestamp`, `level`, `target`, `message`, the event's fields and
+/// the fields of every span in scope (inner spans win).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FlatJson;
+
+impl<S, N> FormatEvent<S, N> for FlatJson
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+        let mut out = Map::new();
+        out.insert("timestamp".into(), Value::String(format!("{:.6}", jiff::Timestamp::now())));
+        out.insert("level".into(), Value::String(event.metadata().level().to_string()));
+        out.insert("target".into(), Value::String(event.metadata().target().to_string()));
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                let ext = span.extensions();
+                if let Some(fields) = ext.get::<FormattedFields<N>>()
+                    && let Ok(Value::Object(m)) = serde_json::from_str::<Value>(fields.as_str())
+                {
+                    out.extend(m);
+                }
+            }
+        }
+        let mut visitor = Visitor(&mut out);
+        event.record(&mut visitor);
+        let line = serde_json::to_string(&Value::Object(out)).map_err(|_| fmt::Error)?;
+        writeln!(writer, "{line}")
+    }
+}
+
+struct Visitor<'a>(&'a mut Map<String, Value>);
+
+impl tracing::field::Visit for Visitor<'_> {
+    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
+        self.0.insert(field.name().into(), serde_json::json!(value));
+    }
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.0.insert(field.name().into(), Value::from(value));
+    }
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.0.insert(field.name().into(), Value::from(value));
+    }
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.0.insert(field.name().into(), Value::from(value));
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().into(), Value::from(value));
+    }
+    fn record_error(&mut self, field: &tracing::field::Field, value: &(dyn std::error::Error + 'static)) {
+        self.0.insert(field.name().into(), Value::from(value.to_string()));
+    }
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
+        self.0.insert(field.name().into(), Value::from(format!("{value:?}")));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use tracing_subscriber::fmt::MakeWriter;
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Buf {
+        type Writer = Buf;
+        fn make_writer(&'a self) -> Buf {
+            self.clone()
+        }
+    }
+
+    #[test]
+    fn span_fields_land_on_every_line_including_ones_recorded_later() {
+        let buf = Buf::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(buf.clone())
+            .fmt_fields(JsonFields::new())
+            .event_format(FlatJson)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("message", buildId = 42u64, executor = tracing::field::Empty, attempt = 2u32);
+            let _e = span.enter();
+            tracing::info!("before");
+            span.record("executor", "kata");
+            tracing::warn!(pod = "42-abcde", "after");
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 2);
+        for l in &lines {
+            assert_eq!(l["buildId"], 42);
+            assert_eq!(l["attempt"], 2);
+        }
+        assert_eq!(lines[0]["message"], "before");
+        assert_eq!(lines[1]["executor"], "kata");
+        assert_eq!(lines[1]["pod"], "42-abcde");
+        assert_eq!(lines[1]["level"], "WARN");
     }
 }

@@ -1,0 +1,61 @@
+//! A loopback TCP proxy whose connections a test can cut, to simulate a broker connection loss
+//! (or a broker that is down) without touching the shared RabbitMQ.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// A proxy from a local port to `target`.
+#[derive(Debug)]
+pub struct TcpProxy {
+    /// The local port clients connect to.
+    pub port: u16,
+    enabled: Arc<AtomicBool>,
+    cut: watch::Sender<u64>,
+}
+
+impl TcpProxy {
+    /// Starts forwarding `127.0.0.1:<port>` to `target`.
+    pub async fn start(target: SocketAddr) -> TcpProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let port = listener.local_addr().unwrap().port();
+        let enabled = Arc::new(AtomicBool::new(true));
+        let (cut, _) = watch::channel(0u64);
+        let (en, cut_tx) = (enabled.clone(), cut.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !en.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let mut cut_rx = cut_tx.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut upstream) = TcpStream::connect(target).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+                        _ = cut_rx.changed() => {}
+                    }
+                });
+            }
+        });
+        TcpProxy { port, enabled, cut }
+    }
+
+    /// `amqp://guest:guest@127.0.0.1:<port>/%2f`.
+    pub fn amqp_url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f?heartbeat=5", self.port)
+    }
+
+    /// Drops every open connection.
+    pub fn cut(&self) {
+        self.cut.send_modify(|n| *n += 1);
+    }
+
+    /// Refuses (closes at once) new connections while `false`.
+    pub fn set_enabled(&self, on: bool) {
+        self.enabled.store(on, Ordering::SeqCst);
+    }
+}
