@@ -118,7 +118,13 @@ async fn delete_preconditions_and_pod_updates() {
         s.message
     );
 
-    // Labels may change; the spec may not (beyond images and the deadline).
+    // Labels may change; the spec may not (beyond images and the deadline). Once Running the
+    // kubelet leaves the pod alone, so these updates do not race its status writes.
+    eventually("the pod to run", || async {
+        a.pod(NS, "pre")
+            .filter(|p| crate::support::phase(p) == "Running")
+    })
+    .await;
     let mut current = pods.get("pre").await.unwrap();
     current
         .metadata
