@@ -29,14 +29,6 @@ pub fn default_pod(pod: &mut Pod) {
     spec.security_context
         .get_or_insert_with(PodSecurityContext::default);
     spec.enable_service_links.get_or_insert(true);
-    // Since 1.27 a negative grace period is accepted and stored as 1 second.
-    if let Some(g) = spec
-        .termination_grace_period_seconds
-        .as_mut()
-        .filter(|g| **g < 0)
-    {
-        *g = 1;
-    }
     for c in spec
         .containers
         .iter_mut()

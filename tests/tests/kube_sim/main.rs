@@ -4,6 +4,7 @@
 mod api;
 mod binary;
 mod faults;
+mod handle;
 mod objects;
 mod scripts;
 mod support;

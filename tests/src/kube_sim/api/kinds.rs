@@ -148,6 +148,7 @@ impl ApiObject for Pod {
             ));
         }
         admit_pod(pod, &random_suffix());
+        pod.metadata.generation = Some(1);
         let spec = pod.spec.get_or_insert_with(PodSpec::default);
         pod.status = Some(initial_status(spec));
         Ok(())
@@ -159,6 +160,15 @@ impl ApiObject for Pod {
 
     fn prepare_update(&mut self, old: &Self) {
         self.status.clone_from(&old.status);
+        // The generation counts spec changes.
+        let generation = old.metadata.generation.unwrap_or(1);
+        let spec_changed =
+            serde_json::to_value(&self.spec).ok() != serde_json::to_value(&old.spec).ok();
+        self.metadata.generation = Some(if spec_changed {
+            generation + 1
+        } else {
+            generation
+        });
     }
 
     fn validate_update(&self, old: &Self) -> ErrorList {

@@ -182,6 +182,7 @@ fn apply_update<K: ApiObject>(
     }
     m.deletion_timestamp.clone_from(&om.deletion_timestamp);
     m.deletion_grace_period_seconds = om.deletion_grace_period_seconds;
+    m.generation = om.generation;
     m.resource_version.clone_from(&om.resource_version);
     m.managed_fields = None;
     obj.prepare_update(old);
