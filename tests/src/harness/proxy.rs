@@ -33,7 +33,9 @@ impl TcpProxy {
                 }
                 let mut cut_rx = cut_tx.subscribe();
                 tokio::spawn(async move {
-                    let Ok(mut upstream) = TcpStream::connect(target).await else { return };
+                    let Ok(mut upstream) = TcpStream::connect(target).await else {
+                        return;
+                    };
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
                         _ = cut_rx.changed() => {}

@@ -3,5 +3,6 @@
 
 mod end_to_end;
 mod lifecycle;
+mod operations;
 mod resilience;
 mod support;

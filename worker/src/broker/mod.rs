@@ -239,14 +239,17 @@ pub async fn run<H: Handler>(
         let ended = session.consume().await;
         readiness.set_consuming(false);
         metrics::broker_connected(false);
-        control.disconnected();
         match ended {
-            SessionEnd::Shutdown => {
+            SessionEnd::Shutdown(consume_channel) => {
+                // Builds in flight still publish their events and settle on this connection.
                 drain(&tracker, &abort, opts.drain_timeout).await;
+                let _ = consume_channel.close(200, "shutdown".into()).await;
+                control.disconnected();
                 let _ = connection.close(200, "shutdown".into()).await;
                 return Ok(report);
             }
             SessionEnd::Lost(reason) => {
+                control.disconnected();
                 warn!(%reason, "broker connection lost; reconnecting");
                 delay = RECONNECT_MIN;
                 sleep_or_shutdown(jitter(delay), &shutdown).await;
@@ -260,7 +263,9 @@ pub async fn run<H: Handler>(
 }
 
 enum SessionEnd {
-    Shutdown,
+    /// Shutdown: the consume channel is handed back so it stays open while builds in flight
+    /// finish and ack (closing it would return their messages to the queue).
+    Shutdown(lapin::Channel),
     Lost(String),
 }
 
@@ -353,7 +358,7 @@ impl<H: Handler> Session<'_, H> {
                     while let Ok(Some(Ok(d))) = tokio::time::timeout(Duration::from_millis(200), main.next()).await {
                         let _ = d.acker.nack(BasicNackOptions { requeue: true, multiple: false }).await;
                     }
-                    return SessionEnd::Shutdown;
+                    return SessionEnd::Shutdown(channel);
                 }
                 next = main.next() => match next {
                     Some(Ok(d)) => self.dispatch(d, Source::Main),

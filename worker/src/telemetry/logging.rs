@@ -33,7 +33,10 @@ pub fn init(format: LogFormat, level: Option<&str>) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Json => builder.fmt_fields(JsonFields::new()).event_format(FlatJson).init(),
+        LogFormat::Json => builder
+            .fmt_fields(JsonFields::new())
+            .event_format(FlatJson)
+            .init(),
         LogFormat::Text => builder.init(),
     }
 }
@@ -48,11 +51,25 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
-    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
         let mut out = Map::new();
-        out.insert("timestamp".into(), Value::String(format!("{:.6}", jiff::Timestamp::now())));
-        out.insert("level".into(), Value::String(event.metadata().level().to_string()));
-        out.insert("target".into(), Value::String(event.metadata().target().to_string()));
+        out.insert(
+            "timestamp".into(),
+            Value::String(format!("{:.6}", jiff::Timestamp::now())),
+        );
+        out.insert(
+            "level".into(),
+            Value::String(event.metadata().level().to_string()),
+        );
+        out.insert(
+            "target".into(),
+            Value::String(event.metadata().target().to_string()),
+        );
         if let Some(scope) = ctx.event_scope() {
             for span in scope.from_root() {
                 let ext = span.extensions();
@@ -88,11 +105,17 @@ impl tracing::field::Visit for Visitor<'_> {
     fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
         self.0.insert(field.name().into(), Value::from(value));
     }
-    fn record_error(&mut self, field: &tracing::field::Field, value: &(dyn std::error::Error + 'static)) {
-        self.0.insert(field.name().into(), Value::from(value.to_string()));
+    fn record_error(
+        &mut self,
+        field: &tracing::field::Field,
+        value: &(dyn std::error::Error + 'static),
+    ) {
+        self.0
+            .insert(field.name().into(), Value::from(value.to_string()));
     }
     fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
-        self.0.insert(field.name().into(), Value::from(format!("{value:?}")));
+        self.0
+            .insert(field.name().into(), Value::from(format!("{value:?}")));
     }
 }
 
@@ -131,14 +154,22 @@ mod tests {
             .event_format(FlatJson)
             .finish();
         tracing::subscriber::with_default(subscriber, || {
-            let span = tracing::info_span!("message", buildId = 42u64, executor = tracing::field::Empty, attempt = 2u32);
+            let span = tracing::info_span!(
+                "message",
+                buildId = 42u64,
+                executor = tracing::field::Empty,
+                attempt = 2u32
+            );
             let _e = span.enter();
             tracing::info!("before");
             span.record("executor", "kata");
             tracing::warn!(pod = "42-abcde", "after");
         });
         let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-        let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines.len(), 2);
         for l in &lines {
             assert_eq!(l["buildId"], 42);
