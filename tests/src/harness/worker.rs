@@ -81,7 +81,31 @@ pub fn worker_binary() -> PathBuf {
         "{} is missing: build it first (cargo build -p buildcluster-worker)",
         bin.display()
     );
+    // A binary older than the worker's sources would test yesterday's code.
+    let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../worker/src");
+    if let (Some(built), Some(newest)) = (built, newest_mtime(&src)) {
+        assert!(
+            newest <= built,
+            "{} is older than worker/src: rebuild it (cargo build -p buildcluster-worker)",
+            bin.display()
+        );
+    }
     bin
+}
+
+fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let t = if path.is_dir() {
+            newest_mtime(&path)
+        } else {
+            entry.metadata().and_then(|m| m.modified()).ok()
+        };
+        newest = newest.max(t);
+    }
+    newest
 }
 
 /// A free TCP port on loopback.
