@@ -200,6 +200,11 @@ impl Reporter {
         if track.deleted {
             return;
         }
+        // A pod being deleted was stopped (reported as build.stopped) or collected: its
+        // containers end because of the deletion, which says nothing about the build.
+        if track.pod.metadata.deletion_timestamp.is_some() {
+            return;
+        }
         let now_unix = jiff::Timestamp::now().as_second();
         let pod_name = track.pod.metadata.name.clone().unwrap_or_default();
         let Some(info) = self.build_info(&track.pod) else {
