@@ -9,7 +9,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use bcw_tests::harness::{Event, ExecutorSpec, Knobs, Names, Rabbit, StartMsg, settings_json, stop};
+use bcw_tests::harness::{
+    Event, ExecutorSpec, Knobs, Names, Rabbit, StartMsg, settings_json, stop,
+};
 use clap::Parser;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -32,7 +34,10 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Args::parse();
-    let bin_dir = std::env::current_exe()?.parent().map(PathBuf::from).context("binary directory")?;
+    let bin_dir = std::env::current_exe()?
+        .parent()
+        .map(PathBuf::from)
+        .context("binary directory")?;
     let started = Instant::now();
     let dir = tempfile::tempdir()?;
 
@@ -40,7 +45,10 @@ async fn main() -> anyhow::Result<()> {
     println!("▶ starting kube-sim: clusters `runc` and `kata` (RuntimeClass kata)");
     let mut sim = Command::new(bin_dir.join("kube-sim"))
         .args(["--cluster", "runc", "--cluster", "kata:kata"])
-        .args(["--run-for-ms", &((args.run_seconds * 1000.0) as u64).to_string()])
+        .args([
+            "--run-for-ms",
+            &((args.run_seconds * 1000.0) as u64).to_string(),
+        ])
         .args(["--schedule-after-ms", "300", "--start-after-ms", "700"])
         .arg("--kubeconfig-dir")
         .arg(dir.path())
@@ -54,18 +62,30 @@ async fn main() -> anyhow::Result<()> {
         .read_line(&mut line)
         .await?;
     let info: Value = serde_json::from_str(&line).context("kube-sim's first line")?;
-    let url = |c: &str| info["clusters"][c]["url"].as_str().unwrap_or_default().to_string();
-    let control = bcw_tests::kube_sim::ControlClient::new(info["control"].as_str().unwrap_or_default());
+    let url = |c: &str| {
+        info["clusters"][c]["url"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let control =
+        bcw_tests::kube_sim::ControlClient::new(info["control"].as_str().unwrap_or_default());
     control
         .add_script(
             "kata",
-            &bcw_tests::kube_sim::ScriptRule::new("^registry.example/broken", bcw_tests::kube_sim::Script::InvalidImageName)?,
+            &bcw_tests::kube_sim::ScriptRule::new(
+                "^registry.example/broken",
+                bcw_tests::kube_sim::Script::InvalidImageName,
+            )?,
         )
         .await?;
     control
         .add_script(
             "runc",
-            &bcw_tests::kube_sim::ScriptRule::new("^registry.example/broken", bcw_tests::kube_sim::Script::InvalidImageName)?,
+            &bcw_tests::kube_sim::ScriptRule::new(
+                "^registry.example/broken",
+                bcw_tests::kube_sim::Script::InvalidImageName,
+            )?,
         )
         .await?;
     println!("  runc → {}\n  kata → {}", url("runc"), url("kata"));
@@ -77,7 +97,10 @@ async fn main() -> anyhow::Result<()> {
     let tap = rabbit.tap(&names).await;
     let executors = vec![
         ExecutorSpec::new("runc", &url("runc")).weight(30),
-        ExecutorSpec::new("kata", &url("kata")).weight(70).runtime("kata").exclude("rhel6"),
+        ExecutorSpec::new("kata", &url("kata"))
+            .weight(70)
+            .runtime("kata")
+            .exclude("rhel6"),
     ];
     let knobs = Knobs {
         lifecycle: true,
@@ -91,8 +114,14 @@ async fn main() -> anyhow::Result<()> {
     let config_path = dir.path().join("worker.yaml");
     std::fs::write(&config_path, serde_json::to_string_pretty(&config)?)?;
     let log_path = dir.path().join("worker.log");
-    println!("▶ starting buildcluster-worker (weights runc 30 / kata 70, rhel6 excluded from kata)");
-    println!("  config {}\n  logs   {}", config_path.display(), log_path.display());
+    println!(
+        "▶ starting buildcluster-worker (weights runc 30 / kata 70, rhel6 excluded from kata)"
+    );
+    println!(
+        "  config {}\n  logs   {}",
+        config_path.display(),
+        log_path.display()
+    );
     let mut worker = Command::new(bin_dir.join("buildcluster-worker"))
         .args(["run", "--config"])
         .arg(&config_path)
@@ -105,7 +134,10 @@ async fn main() -> anyhow::Result<()> {
     // 3. Sample builds.
     let first = 1000u64;
     let mut expected = BTreeMap::new();
-    println!("▶ publishing {} builds, a pinned one, a broken image, a poison message, and a stop\n", args.builds + 3);
+    println!(
+        "▶ publishing {} builds, a pinned one, a broken image, a poison message, and a stop\n",
+        args.builds + 3
+    );
     for i in 0..args.builds {
         let id = first + i;
         let image = match i % 4 {
@@ -114,19 +146,52 @@ async fn main() -> anyhow::Result<()> {
             2 => "golang:1.24",
             _ => "python:3.13",
         };
-        rabbit.publish_json(&names.exchange, &names.queue, &StartMsg::new(id).image(image).json()).await;
+        rabbit
+            .publish_json(
+                &names.exchange,
+                &names.queue,
+                &StartMsg::new(id).image(image).json(),
+            )
+            .await;
         expected.insert(id, "build.succeeded");
     }
     let pinned = first + 100;
-    rabbit.publish_json(&names.exchange, &names.queue, &StartMsg::new(pinned).pinned("runc").json()).await;
+    rabbit
+        .publish_json(
+            &names.exchange,
+            &names.queue,
+            &StartMsg::new(pinned).pinned("runc").json(),
+        )
+        .await;
     expected.insert(pinned, "build.succeeded");
     let broken = first + 101;
-    rabbit.publish_json(&names.exchange, &names.queue, &StartMsg::new(broken).image("registry.example/broken:tag").json()).await;
+    rabbit
+        .publish_json(
+            &names.exchange,
+            &names.queue,
+            &StartMsg::new(broken)
+                .image("registry.example/broken:tag")
+                .json(),
+        )
+        .await;
     expected.insert(broken, "build.launch_failed");
     let stopped = first + 102;
-    rabbit.publish_json(&names.exchange, &names.queue, &StartMsg::new(stopped).json()).await;
+    rabbit
+        .publish_json(
+            &names.exchange,
+            &names.queue,
+            &StartMsg::new(stopped).json(),
+        )
+        .await;
     expected.insert(stopped, "build.stopped");
-    rabbit.publish_bytes(&names.exchange, &names.queue, b"{\"job\": \"start\", \"buildConfig\": {\"buildId\": 1199}}", Default::default()).await;
+    rabbit
+        .publish_bytes(
+            &names.exchange,
+            &names.queue,
+            b"{\"job\": \"start\", \"buildConfig\": {\"buildId\": 1199}}",
+            Default::default(),
+        )
+        .await;
     expected.insert(1199, "build.dead_lettered");
 
     // 4. Print events as they come, stop one running build, wait for every build to end.
@@ -139,12 +204,20 @@ async fn main() -> anyhow::Result<()> {
             print_event(started, e);
         }
         shown = events.len();
-        if !stop_sent && events.iter().any(|e| e.ty == "build.running" && e.build_id() == stopped) {
+        if !stop_sent
+            && events
+                .iter()
+                .any(|e| e.ty == "build.running" && e.build_id() == stopped)
+        {
             println!("  ↳ publishing a stop for build {stopped}");
-            rabbit.publish_json(&names.exchange, &names.queue, &stop(stopped)).await;
+            rabbit
+                .publish_json(&names.exchange, &names.queue, &stop(stopped))
+                .await;
             stop_sent = true;
         }
-        let done = expected.iter().all(|(id, ty)| events.iter().any(|e| e.build_id() == *id && e.ty == *ty));
+        let done = expected
+            .iter()
+            .all(|(id, ty)| events.iter().any(|e| e.build_id() == *id && e.ty == *ty));
         if done {
             break;
         }
@@ -181,8 +254,14 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("  launched per executor    {by_executor:?}");
     println!("  rhel6 builds on kata     {rhel_on_kata} (must be 0)");
-    println!("  pods ever created        {creates} for {} launched builds", by_type.get("build.launched").copied().unwrap_or(0));
-    let ok = expected.iter().all(|(id, ty)| events.iter().any(|e| e.build_id() == *id && e.ty == *ty)) && rhel_on_kata == 0;
+    println!(
+        "  pods ever created        {creates} for {} launched builds",
+        by_type.get("build.launched").copied().unwrap_or(0)
+    );
+    let ok = expected
+        .iter()
+        .all(|(id, ty)| events.iter().any(|e| e.build_id() == *id && e.ty == *ty))
+        && rhel_on_kata == 0;
 
     // 6. Stop everything: SIGTERM drains the worker.
     println!("\n▶ SIGTERM to the worker (graceful drain)");
@@ -193,7 +272,10 @@ async fn main() -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(10), sim.wait()).await;
     rabbit.cleanup(&names).await;
     if !ok {
-        bail!("the demo did not end as expected; see the worker log at {}", log_path.display());
+        bail!(
+            "the demo did not end as expected; see the worker log at {}",
+            log_path.display()
+        );
     }
     println!("✔ done");
     Ok(())
@@ -220,17 +302,31 @@ fn print_event(started: Instant, e: &Event) {
     let s = |k: &str| d[k].as_str().map(String::from);
     let detail = match e.ty.as_str() {
         "build.launched" | "build.running" | "build.succeeded" => {
-            format!("→ {:<5} pod {}", s("executor").unwrap_or_default(), s("pod").unwrap_or_default())
+            format!(
+                "→ {:<5} pod {}",
+                s("executor").unwrap_or_default(),
+                s("pod").unwrap_or_default()
+            )
         }
         "build.failed" => format!("exit {} {}", d["exitCode"], s("reason").unwrap_or_default()),
         "build.launch_failed" | "build.dead_lettered" | "build.retrying" => {
-            format!("{}: {}", s("reason").unwrap_or_default(), s("message").unwrap_or_default())
+            format!(
+                "{}: {}",
+                s("reason").unwrap_or_default(),
+                s("message").unwrap_or_default()
+            )
         }
         "build.stopped" => format!("{} pod(s) deleted", d["deletedPods"]),
-        "cluster.breaker_opened" | "cluster.breaker_closed" => format!("executor {}", s("executor").unwrap_or_default()),
+        "cluster.breaker_opened" | "cluster.breaker_closed" => {
+            format!("executor {}", s("executor").unwrap_or_default())
+        }
         _ => String::new(),
     };
-    let subject = if e.ty.starts_with("build.") { format!("build {}", d["buildId"]) } else { String::new() };
+    let subject = if e.ty.starts_with("build.") {
+        format!("build {}", d["buildId"])
+    } else {
+        String::new()
+    };
     println!(
         "[{:>6.2}s] {:<22} {:<11} {}",
         started.elapsed().as_secs_f64(),

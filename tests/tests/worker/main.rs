@@ -4,5 +4,6 @@
 mod end_to_end;
 mod lifecycle;
 mod operations;
+mod rbac;
 mod resilience;
 mod support;
