@@ -7,6 +7,7 @@ pub mod messages;
 pub mod proxy;
 pub mod rabbit;
 pub mod settings;
+pub mod tls;
 pub mod worker;
 
 pub use messages::{StartMsg, TOKEN, stop};

@@ -7,3 +7,4 @@ mod operations;
 mod rbac;
 mod resilience;
 mod support;
+mod tls;

@@ -1,0 +1,147 @@
+//! Issue 8: TLS to RabbitMQ (`amqps`) and to clusters (`https`) with a CA bundle, verified by
+//! default: the same worker without the CA bundle does not get through.
+
+use std::time::Duration;
+
+use bcw_tests::harness::tls::TestPki;
+use bcw_tests::harness::worker::http_status;
+use bcw_tests::harness::{ExecutorSpec, InProcessWorker, Knobs, StartMsg, eventually, settings};
+use bcw_tests::kube_sim::{ClusterConfig, KubeSim, SimConfig, Timeline};
+use serde_json::json;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{SOON, broker};
+
+async fn sim() -> KubeSim {
+    KubeSim::start(SimConfig {
+        clusters: vec![ClusterConfig::new("a").with_timeline(Timeline {
+            run_for: None,
+            ..Timeline::fast()
+        })],
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_and_the_cluster_are_reached_over_verified_tls() {
+    let pki = TestPki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = pki.write_ca(dir.path());
+    let sim = sim().await;
+    let a = sim.cluster("a");
+    let cluster_addr = a.url().trim_start_matches("http://").parse().unwrap();
+    let cluster_port = pki.proxy(cluster_addr).await;
+    let broker_port = pki.proxy("127.0.0.1:5672".parse().unwrap()).await;
+    let (rabbit, names, tap) = broker("tls").await;
+    let host = format!("https://127.0.0.1:{cluster_port}");
+    let knobs = Knobs {
+        extra: json!({
+            "rabbitmq": {"url": format!("amqps://guest:guest@localhost:{broker_port}/%2f?heartbeat=10"),
+                         "caFile": ca.display().to_string()},
+            "executor": {"a": {"options": {"kubernetes": {"caFile": ca.display().to_string()}}}},
+        }),
+        ..Knobs::default()
+    };
+    let worker =
+        InProcessWorker::start(settings(&names, &[ExecutorSpec::new("a", &host)], &knobs)).await;
+    rabbit
+        .publish_json(&names.exchange, &names.queue, &StartMsg::new(1).json())
+        .await;
+    let launched = tap.wait_count("build.launched", 1, SOON).await;
+    assert_eq!(launched[0].data["executor"], "a");
+    assert_eq!(
+        a.create_log().len(),
+        1,
+        "the pod was created through the TLS endpoint"
+    );
+    worker.stop().await.expect("clean shutdown");
+    rabbit.cleanup(&names).await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_ca_bundle_the_cluster_is_not_trusted() {
+    let pki = TestPki::new();
+    let sim = sim().await;
+    let a = sim.cluster("a");
+    let cluster_port = pki
+        .proxy(a.url().trim_start_matches("http://").parse().unwrap())
+        .await;
+    let (rabbit, names, tap) = broker("tls-untrusted").await;
+    let host = format!("https://127.0.0.1:{cluster_port}");
+    let worker = InProcessWorker::start(settings(
+        &names,
+        &[ExecutorSpec::new("a", &host)],
+        &Knobs::default(),
+    ))
+    .await;
+    rabbit
+        .publish_json(&names.exchange, &names.queue, &StartMsg::new(2).json())
+        .await;
+    // The handshake fails before any request reaches the API server: the build waits.
+    tap.wait(SOON, "the build to be retried", |evs| {
+        evs.iter().any(|e| e.ty == "build.retrying")
+    })
+    .await;
+    assert!(
+        a.request_log().is_empty(),
+        "a request got through an unverified TLS connection"
+    );
+    assert!(tap.of("build.launched").is_empty());
+    worker.stop().await.expect("clean shutdown");
+    rabbit.cleanup(&names).await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_ca_bundle_the_broker_is_not_trusted() {
+    bcw_tests::harness::init_logs();
+    let pki = TestPki::new();
+    let broker_port = pki.proxy("127.0.0.1:5672".parse().unwrap()).await;
+    let sim = sim().await;
+    let (rabbit, names, _tap) = broker("tls-broker-untrusted").await;
+    let knobs = Knobs {
+        extra: json!({"rabbitmq": {"url": format!("amqps://guest:guest@localhost:{broker_port}/%2f")}}),
+        ..Knobs::default()
+    };
+    let s = settings(
+        &names,
+        &[ExecutorSpec::new("a", &sim.cluster("a").url())],
+        &knobs,
+    );
+    let shutdown = CancellationToken::new();
+    let (tx, rx) = oneshot::channel();
+    let run = tokio::spawn(buildcluster_worker::app::run(
+        s,
+        None,
+        shutdown.clone(),
+        Some(tx),
+    ));
+    let http = rx.await.expect("started").http;
+    eventually(SOON, "the HTTP server", || async {
+        http_status(http, "/healthz").await.map(|_| ())
+    })
+    .await;
+    // Several connection attempts pass; none is accepted, so the worker never becomes ready
+    // and never declares its queue.
+    for _ in 0..20 {
+        assert_eq!(http_status(http, "/readyz").await, Some(503));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        rabbit.depth(&names.queue).await,
+        None,
+        "the queue was declared over an unverified connection"
+    );
+    shutdown.cancel();
+    tokio::time::timeout(SOON, run)
+        .await
+        .expect("stops")
+        .expect("task")
+        .expect("clean exit");
+    rabbit.cleanup(&names).await;
+    sim.shutdown().await;
+}
