@@ -1,0 +1,263 @@
+//! The chaos suite (issue 8): two worker replicas as real processes against the real RabbitMQ
+//! and two kube-sim clusters, while replicas are SIGKILLed and restarted, broker connections are
+//! cut, one cluster fails, hangs and throttles for windows of time, some messages are published
+//! twice, some builds are stopped and poison messages are mixed in. At the end every invariant is
+//! checked and printed as a figure.
+//!
+//! Short form (part of `./scripts/test`): 300 builds. Long form: `./scripts/chaos` runs 10,000
+//! (`CHAOS_BUILDS`, `CHAOS_SEED` select the size and the random sequence).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use bcw_tests::harness::{
+    ExecutorSpec, Knobs, Names, Rabbit, StartMsg, TcpProxy, WorkerProcess, eventually, settings_json, stop,
+};
+use bcw_tests::kube_sim::{ClusterConfig, ClusterHandle, Fault, KubeSim, SimConfig, Timeline};
+use nix::sys::signal::Signal;
+use rand::{RngExt, SeedableRng};
+use serde_json::json;
+use tokio::time::Instant;
+
+fn env_u64(key: &str, default: u64) -> u64 {
+    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Poison bodies, each with the reason it must be dead-lettered with.
+fn poison(i: u64) -> (Vec<u8>, &'static str) {
+    match i % 4 {
+        0 => (b"{\"job\": \"start\",".to_vec(), "invalid_json"),
+        1 => (serde_json::to_vec(&json!({"job": "reboot", "buildConfig": {"buildId": 1}})).unwrap(), "unknown_job"),
+        2 => (serde_json::to_vec(&json!({"job": "start", "buildConfig": {"buildId": -5}})).unwrap(), "invalid_build_id"),
+        _ => (serde_json::to_vec(&json!({"job": "start"})).unwrap(), "missing_config"),
+    }
+}
+
+struct Figures {
+    kills: u32,
+    cuts: u32,
+    windows: BTreeMap<&'static str, u32>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_nothing_lost_nothing_launched_twice() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let builds = env_u64("CHAOS_BUILDS", 300);
+    let seed = env_u64("CHAOS_SEED", 7);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let started = Instant::now();
+
+    let sim = KubeSim::start(SimConfig {
+        clusters: vec![
+            ClusterConfig::new("a").with_timeline(Timeline {
+                run_for: Some(Duration::from_millis(300)),
+                ..Timeline::fast()
+            }),
+            ClusterConfig::new("b").with_timeline(Timeline {
+                run_for: Some(Duration::from_millis(300)),
+                ..Timeline::fast()
+            }),
+        ],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let (a, b) = (sim.cluster("a"), sim.cluster("b"));
+    let rabbit = Rabbit::connect().await;
+    let names = Names::unique("chaos");
+    rabbit.declare_exchanges(&names).await;
+    let tap = rabbit.tap(&names).await;
+    let proxy = TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
+
+    let executors = vec![ExecutorSpec::new("a", &a.url()).weight(50), ExecutorSpec::new("b", &b.url()).weight(50)];
+    let knobs = Knobs {
+        lifecycle: true,
+        breaker_timeout_ms: 1000,
+        max_failures: 3,
+        reset_timeout_ms: 500,
+        retry_delay_ms: 50,
+        max_attempts: 3,
+        retry_delays: vec![0.5, 1.0],
+        // Attempts are only used up by real failures; with failure windows of a few seconds a
+        // build may meet several, so give it room (the default delays are minutes, not seconds).
+        reprocess_limit: 20,
+        extra: json!({
+            // The stop re-checks must outlast a start that waits for an executor (the default 3
+            // re-checks span minutes with the default delays; these delays are seconds).
+            "rabbitmq": {"stopRechecks": 12},
+            "executor": {
+                "a": {"options": {"kubernetes": {"podTTL": 120}}},
+                "b": {"options": {"kubernetes": {"podTTL": 120}}},
+            },
+        }),
+        ..Knobs::default()
+    };
+    let mut doc = settings_json(&names, &executors, &knobs);
+    doc["rabbitmq"]["url"] = json!(proxy.amqp_url());
+    let mut replicas = vec![WorkerProcess::spawn(&doc, &[]).await, WorkerProcess::spawn(&doc, &[]).await];
+
+    // Plan the traffic: valid builds, some twice, some stopped, poison in between.
+    let mut stopped = BTreeSet::new();
+    let mut duplicated = 0u64;
+    let mut poisons: Vec<&'static str> = Vec::new();
+    let mut figures = Figures {
+        kills: 0,
+        cuts: 0,
+        windows: BTreeMap::new(),
+    };
+    let publish_every = Duration::from_millis(env_u64("CHAOS_PUBLISH_MS", 20));
+    let mut next_chaos = Instant::now() + Duration::from_millis(800);
+    let mut fault_until: Option<Instant> = None;
+    for id in 1..=builds {
+        rabbit.publish_json(&names.exchange, &names.queue, &StartMsg::new(id).json()).await;
+        if rng.random_range(0..100) < 5 {
+            rabbit.publish_json(&names.exchange, &names.queue, &StartMsg::new(id).json()).await;
+            duplicated += 1;
+        }
+        if rng.random_range(0..100) < 5 {
+            rabbit.publish_json(&names.exchange, &names.queue, &stop(id)).await;
+            stopped.insert(id);
+        }
+        if rng.random_range(0..100) < 2 {
+            let (body, reason) = poison(poisons.len() as u64);
+            rabbit.publish_bytes(&names.exchange, &names.queue, &body, Default::default()).await;
+            poisons.push(reason);
+        }
+        // Chaos, roughly every second.
+        if Instant::now() >= next_chaos {
+            next_chaos = Instant::now() + Duration::from_millis(rng.random_range(600..1400));
+            if fault_until.is_some_and(|t| Instant::now() >= t) {
+                a.clear_faults();
+                fault_until = None;
+            }
+            match rng.random_range(0..5) {
+                0 | 1 => {
+                    let victim = rng.random_range(0..replicas.len());
+                    replicas[victim].signal(Signal::SIGKILL);
+                    let _ = replicas[victim].wait(Duration::from_secs(10)).await;
+                    replicas[victim] = WorkerProcess::spawn(&doc, &[]).await;
+                    figures.kills += 1;
+                }
+                2 => {
+                    proxy.cut();
+                    figures.cuts += 1;
+                }
+                _ if fault_until.is_none() => {
+                    let (kind, fault) = match rng.random_range(0..3) {
+                        0 => ("fail", Fault::status(500)),
+                        1 => ("hang", Fault::hang()),
+                        _ => ("throttle", Fault::status(429).retry_after(1)),
+                    };
+                    a.inject(fault);
+                    fault_until = Some(Instant::now() + Duration::from_millis(rng.random_range(1000..3000)));
+                    *figures.windows.entry(kind).or_default() += 1;
+                }
+                _ => {}
+            }
+        }
+        tokio::time::sleep(publish_every).await;
+    }
+    // The short form must still reach the minimum amount of chaos.
+    while figures.kills < 5 {
+        let victim = figures.kills as usize % replicas.len();
+        replicas[victim].signal(Signal::SIGKILL);
+        let _ = replicas[victim].wait(Duration::from_secs(10)).await;
+        replicas[victim] = WorkerProcess::spawn(&doc, &[]).await;
+        figures.kills += 1;
+    }
+    a.clear_faults();
+
+    // Wait until every build reached its end and the queues are quiet.
+    let valid: BTreeSet<u64> = (1..=builds).collect();
+    let settle = Duration::from_secs(60 + builds / 20);
+    eventually(settle, "every build to reach its end", || async {
+        let events = tap.all();
+        let launched: BTreeSet<u64> = events.iter().filter(|e| e.ty == "build.launched").map(|e| e.build_id()).collect();
+        let ended = valid.iter().all(|id| launched.contains(id) || stopped.contains(id));
+        let quiet = rabbit.depth(&names.queue).await == Some(0)
+            && rabbit.depth(&format!("{}.retry.1", names.queue)).await == Some(0)
+            && rabbit.depth(&format!("{}.retry.2", names.queue)).await == Some(0);
+        (ended && quiet).then_some(())
+    })
+    .await;
+    // Stopped builds' pods go away; the reporters deliver what is left to report.
+    eventually(Duration::from_secs(60), "stopped builds' pods to be gone", || async {
+        let left: Vec<u64> = live_builds(&a).into_iter().chain(live_builds(&b)).filter(|id| stopped.contains(id)).collect();
+        left.is_empty().then_some(())
+    })
+    .await;
+
+    // Invariants.
+    let mut pods_per_build: BTreeMap<u64, usize> = BTreeMap::new();
+    for rec in a.create_log().into_iter().chain(b.create_log()) {
+        *pods_per_build.entry(rec.labels["sdbuild"].parse().unwrap()).or_default() += 1;
+    }
+    let twice: Vec<u64> = pods_per_build.iter().filter(|(_, n)| **n > 1).map(|(id, _)| *id).collect();
+    let never: Vec<u64> = valid.iter().filter(|id| !stopped.contains(id) && !pods_per_build.contains_key(id)).copied().collect();
+    let events = tap.all();
+    let launched: BTreeSet<u64> = events.iter().filter(|e| e.ty == "build.launched").map(|e| e.build_id()).collect();
+    let lost: Vec<u64> = valid.iter().filter(|id| !launched.contains(id) && !stopped.contains(id)).copied().collect();
+    let leftovers: Vec<u64> = live_builds(&a).into_iter().chain(live_builds(&b)).filter(|id| stopped.contains(id)).collect();
+    let mut ids: BTreeMap<(u64, String, u64), BTreeSet<String>> = BTreeMap::new();
+    for e in events.iter().filter(|e| e.ty.starts_with("build.")) {
+        let attempt = e.data["attempt"].as_u64().unwrap_or_default();
+        ids.entry((e.build_id(), e.ty.clone(), attempt)).or_default().insert(e.id.clone());
+    }
+    let id_conflicts = ids.values().filter(|s| s.len() > 1).count();
+    let dead = rabbit.drain(&names.dead()).await;
+    let dead_reasons: Vec<String> = dead
+        .iter()
+        .map(|(p, _)| match p.headers().as_ref().and_then(|h| h.inner().get("x-bcw-reason").cloned()) {
+            Some(lapin::types::AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+            _ => String::new(),
+        })
+        .collect();
+    let mut want: Vec<String> = poisons.iter().map(|s| s.to_string()).collect();
+    let mut got = dead_reasons.clone();
+    want.sort();
+    got.sort();
+    let orphans: usize = [&a, &b].iter().map(|c| c.pods().iter().filter(|p| sdbuild(p).is_none()).count()).sum();
+
+    println!("chaos figures (seed {seed}, {:.0} s)", started.elapsed().as_secs_f64());
+    println!("  valid builds                 {builds}");
+    println!("  duplicated start messages    {duplicated}");
+    println!("  stops                        {}", stopped.len());
+    println!("  poison messages              {}", poisons.len());
+    println!("  replica SIGKILLs + restarts  {}", figures.kills);
+    println!("  broker connection cuts       {}", figures.cuts);
+    println!("  cluster fault windows        {:?}", figures.windows);
+    println!("  pods created                 {}", pods_per_build.values().sum::<usize>());
+    println!("  builds with two pods         {}", twice.len());
+    println!("  builds lost                  {}", lost.len());
+    println!("  valid builds never launched  {}", never.len());
+    println!("  pods left that should not be {}", leftovers.len() + orphans);
+    println!("  (build, type, attempt) with two ids {id_conflicts}");
+    println!("  dead letters                 {} (poison published: {})", dead.len(), poisons.len());
+
+    assert!(twice.is_empty(), "builds launched twice: {twice:?}");
+    assert!(lost.is_empty(), "builds lost: {lost:?}");
+    assert!(never.is_empty(), "builds never launched: {never:?}");
+    assert!(leftovers.is_empty() && orphans == 0, "pods left of stopped builds: {leftovers:?}, orphans: {orphans}");
+    assert_eq!(id_conflicts, 0, "an event was published with two different ids");
+    assert_eq!(got, want, "the dead-letter queue must hold exactly the poison messages");
+
+    for mut r in replicas {
+        r.signal(Signal::SIGTERM);
+        let _ = r.wait(Duration::from_secs(40)).await;
+    }
+    rabbit.cleanup(&names).await;
+    sim.shutdown().await;
+}
+
+fn sdbuild(p: &k8s_openapi::api::core::v1::Pod) -> Option<u64> {
+    p.metadata.labels.as_ref()?.get("sdbuild")?.parse().ok()
+}
+
+/// Builds with a pod that is not being deleted.
+fn live_builds(c: &ClusterHandle) -> Vec<u64> {
+    c.pods()
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(sdbuild)
+        .collect()
+}
