@@ -234,6 +234,22 @@ async fn chaos_nothing_lost_nothing_launched_twice() {
     println!("  (build, type, attempt) with two ids {id_conflicts}");
     println!("  dead letters                 {} (poison published: {})", dead.len(), poisons.len());
 
+    for id in &twice {
+        println!("  build {id}: duplicated start? stopped? {}", stopped.contains(id));
+        for (name, c) in [("a", &a), ("b", &b)] {
+            for r in c.create_log().iter().filter(|r| r.labels["sdbuild"] == id.to_string()) {
+                println!("    created on {name} at {} uid {}", r.time, r.uid);
+            }
+        }
+        for e in events.iter().filter(|e| e.build_id() == *id) {
+            println!("    {} attempt {} {} {}", e.ty, e.data["attempt"], e.data["executor"], e.data["reason"]);
+        }
+    }
+    if got != want {
+        for (p, body) in &dead {
+            println!("  dead letter: {:?} {}", p.headers(), String::from_utf8_lossy(&body[..body.len().min(120)]));
+        }
+    }
     assert!(twice.is_empty(), "builds launched twice: {twice:?}");
     assert!(lost.is_empty(), "builds lost: {lost:?}");
     assert!(never.is_empty(), "builds never launched: {never:?}");

@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::breaker::Transition;
-use crate::broker::{self, BrokerOptions, Publisher, Topology};
+use crate::broker::{self, BrokerOptions, Locks, Publisher, Topology};
 use crate::cluster::{BreakerSignal, Cluster};
 use crate::config::Settings;
 use crate::dispatch::{Dispatcher, Policy};
@@ -105,6 +105,7 @@ pub async fn run(
     };
     let topology = Topology::from_settings(&settings);
     let source = crate::events::source(&topology.queue);
+    let (locks, locks_control) = Locks::new(&topology.queue);
 
     tasks.spawn(breaker_signals(
         signals_rx,
@@ -165,6 +166,7 @@ pub async fn run(
         },
         tombstones,
         status,
+        settings.rabbitmq.build_locks.then_some(locks),
     ));
 
     let ca_pem = if settings.rabbitmq.ca_file.is_empty() {
@@ -204,7 +206,7 @@ pub async fn run(
         }
     };
     tasks.spawn(drain_signal);
-    let result = broker::run(options, dispatcher, control, readiness, shutdown.clone()).await;
+    let result = broker::run(options, dispatcher, control, locks_control, readiness, shutdown.clone()).await;
 
     // Builds are drained; now the reporters release their leases and the rest stops.
     background.cancel();

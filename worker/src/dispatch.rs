@@ -15,7 +15,7 @@ use lapin::types::FieldTable;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::broker::headers::{self, Carried};
-use crate::broker::{Handler, Inbound, Outgoing, Publisher, Source, Topology};
+use crate::broker::{Handler, Inbound, LockError, Locks, Outgoing, Publisher, Source, Topology};
 use crate::cache::{self, ClearError, ClearOutcome};
 use crate::config::CacheSettings;
 use crate::events::{BuildEventData, EventType, OutgoingEvent, build_event};
@@ -45,6 +45,52 @@ pub struct Policy {
     pub cache: CacheSettings,
 }
 
+/// Serialises the handling of one build within this replica: two deliveries of the same build
+/// (a duplicate, a redelivery after a reconnect, its stop) never run at once here.
+#[derive(Debug, Default)]
+struct BuildGate {
+    held: std::sync::Mutex<std::collections::HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl BuildGate {
+    /// Waits for the build's turn; `true` in the guard's second field when another delivery of
+    /// the build was being handled (the caller then treats the build as possibly launched).
+    async fn enter(&self, build: BuildId) -> (GateGuard<'_>, bool) {
+        let lock = {
+            let mut held = self.held.lock().expect("gate lock poisoned");
+            held.entry(build.0).or_default().clone()
+        };
+        let (guard, contended) = match lock.clone().try_lock_owned() {
+            Ok(g) => (g, false),
+            Err(_) => (lock.lock_owned().await, true),
+        };
+        (
+            GateGuard {
+                gate: self,
+                build,
+                _guard: Some(guard),
+            },
+            contended,
+        )
+    }
+}
+
+struct GateGuard<'a> {
+    gate: &'a BuildGate,
+    build: BuildId,
+    _guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for GateGuard<'_> {
+    fn drop(&mut self) {
+        self._guard = None;
+        let mut held = self.gate.held.lock().expect("gate lock poisoned");
+        if held.get(&self.build.0).is_some_and(|l| Arc::strong_count(l) == 1) {
+            held.remove(&self.build.0);
+        }
+    }
+}
+
 /// Handles every delivery of a replica.
 #[derive(Debug)]
 pub struct Dispatcher {
@@ -56,6 +102,8 @@ pub struct Dispatcher {
     tombstones: Arc<Tombstones>,
     status: Option<Arc<StatusUpdater>>,
     dead_queue_exists: AtomicBool,
+    gate: BuildGate,
+    locks: Option<Locks>,
 }
 
 /// What to do with a delivery once its job was carried out.
@@ -108,6 +156,7 @@ impl Dispatcher {
         policy: Policy,
         tombstones: Arc<Tombstones>,
         status: Option<Arc<StatusUpdater>>,
+        locks: Option<Locks>,
     ) -> Self {
         Self {
             source: crate::events::source(&topology.queue),
@@ -118,6 +167,8 @@ impl Dispatcher {
             tombstones,
             status,
             dead_queue_exists: AtomicBool::new(true),
+            gate: BuildGate::default(),
+            locks,
         }
     }
 
@@ -178,10 +229,51 @@ impl Dispatcher {
             }
         };
         let kind = job.kind();
+        let mut _turn = None;
         if let Some(b) = job.build_id() {
             span.record("buildId", b.0);
+            let (guard, contended) = self.gate.enter(b).await;
+            // Another delivery of this build ran first: it may have launched it anywhere.
+            redelivered |= contended;
+            _turn = Some(guard);
         }
         span.record("job", kind.as_str());
+        // Across replicas, a build with several candidate executors is launched under its lock.
+        let mut _lock = None;
+        if let (Job::Start(build), Some(locks)) = (&job, &self.locks) {
+            let candidates = self.launcher.candidates(build);
+            if candidates.len() > 1 {
+                match locks.acquire(build.build_id.0).await {
+                    Ok(lock) => _lock = Some(lock),
+                    Err(LockError::Held) => {
+                        info!("another replica is launching this build; looking again later");
+                        let decision = Decision::Later(Later {
+                            next: Carried {
+                                executors: carried.executors.iter().cloned().chain(candidates).collect(),
+                                ..carried.clone()
+                            },
+                            consume: false,
+                            retry_in: Duration::from_secs(1),
+                            reason: "locked",
+                            error: "another replica holds the build's lock".into(),
+                            executor: None,
+                            events: vec![],
+                            recheck: false,
+                            build: Some((build.build_id, build.job_id)),
+                        });
+                        let outcome = self.settle(inbound, &carried, decision).await;
+                        metrics::message_handled(kind.as_str(), outcome);
+                        return;
+                    }
+                    Err(LockError::Unavailable(e)) => {
+                        warn!(error = %e, "build lock unavailable; returning the message to the queue");
+                        inbound.settle.requeue().await;
+                        metrics::message_handled(kind.as_str(), "requeued");
+                        return;
+                    }
+                }
+            }
+        }
         let started = tokio::time::Instant::now();
         loop {
             let decision = self.decide(&job, inbound, &carried, redelivered).await;
@@ -197,6 +289,9 @@ impl Dispatcher {
             }
             let outcome = self.settle(inbound, &carried, decision).await;
             metrics::message_handled(kind.as_str(), outcome);
+            if let Some(lock) = _lock.take() {
+                lock.release().await;
+            }
             return;
         }
     }
@@ -349,34 +444,43 @@ impl Dispatcher {
     }
 
     async fn stop(&self, build: BuildId, job_id: Option<u64>, carried: &Carried) -> Decision {
+        // `build.stopped` goes out at the first handling of a stop, even while some executor
+        // cannot be reached yet: every replica learns of the stop from it at once (a later start
+        // must not launch), and the cleanup goes on through the delay queues. Re-checks that find
+        // a late pod publish it again, with their own attempt number.
+        let first = carried.recheck == 0 && carried.waiting_since_ms.is_none();
+        let stopped = |deleted: u32, location: Option<(String, String, String)>| {
+            let (executor, namespace, pod) = match location {
+                Some((e, n, p)) => (Some(e), Some(n), Some(p)),
+                None => (None, None, None),
+            };
+            self.event(
+                EventType::BuildStopped,
+                BuildEventData {
+                    build_id: build.0,
+                    job_id,
+                    executor,
+                    namespace,
+                    pod,
+                    attempt: carried.recheck + 1,
+                    deleted_pods: Some(deleted),
+                    ..Default::default()
+                },
+            )
+        };
         match self.launcher.stop(build).await {
             StopOutcome::Done { deleted, location } => {
                 info!(deleted, "stop carried out");
-                let (executor, namespace, pod) = match location {
-                    Some((e, n, p)) => (Some(e), Some(n), Some(p)),
-                    None => (None, None, None),
-                };
                 let mut events = Vec::new();
-                if deleted > 0 || carried.recheck == 0 {
-                    events.push(self.event(
-                        EventType::BuildStopped,
-                        BuildEventData {
-                            build_id: build.0,
-                            job_id,
-                            executor,
-                            namespace,
-                            pod,
-                            attempt: carried.recheck + 1,
-                            deleted_pods: Some(deleted),
-                            ..Default::default()
-                        },
-                    ));
+                if first || (deleted > 0 && carried.recheck > 0) {
+                    events.push(stopped(deleted, location));
                 }
                 if deleted == 0 && carried.recheck < self.policy.stop_rechecks && !self.admin() {
                     // The start may still be queued or in flight: look again later.
                     return Decision::Later(Later {
                         next: Carried {
                             recheck: carried.recheck + 1,
+                            waiting_since_ms: None,
                             ..carried.clone()
                         },
                         consume: false,
@@ -397,6 +501,7 @@ impl Dispatcher {
             StopOutcome::Wait {
                 unreachable,
                 retry_in,
+                deleted,
             } => Decision::Later(Later {
                 next: Carried {
                     executors: unreachable,
@@ -407,7 +512,7 @@ impl Dispatcher {
                 reason: "no_executor",
                 error: "waiting for executors to answer the stop".into(),
                 executor: None,
-                events: vec![],
+                events: if first { vec![stopped(deleted, None)] } else { vec![] },
                 recheck: false,
                 build: Some((build, job_id)),
             }),

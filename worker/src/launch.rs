@@ -121,6 +121,8 @@ pub enum StopOutcome {
         unreachable: BTreeSet<String>,
         /// When to look again.
         retry_in: Duration,
+        /// Pods deleted on the executors that answered.
+        deleted: u32,
     },
 }
 
@@ -184,6 +186,14 @@ impl Launcher {
     /// The executors.
     pub fn executors(&self) -> &Arc<Executors> {
         &self.executors
+    }
+
+    /// The executors a build may be launched on, in its order of preference.
+    pub fn candidates(&self, build: &StartBuild) -> Vec<String> {
+        self.router
+            .plan(build.build_id, &build.container, build.annotations.executor())
+            .candidates()
+            .to_vec()
     }
 
     /// Carries out a `start`.
@@ -517,6 +527,7 @@ impl Launcher {
             StopOutcome::Wait {
                 unreachable,
                 retry_in,
+                deleted,
             }
         }
     }

@@ -100,8 +100,10 @@ fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {
         let path = entry.path();
         let t = if path.is_dir() {
             newest_mtime(&path)
-        } else {
+        } else if path.extension().is_some_and(|e| e == "rs" || e == "yaml") {
             entry.metadata().and_then(|m| m.modified()).ok()
+        } else {
+            None
         };
         newest = newest.max(t);
     }

@@ -7,6 +7,7 @@
 //! [`Settle`].
 
 pub mod headers;
+pub mod locks;
 pub mod publisher;
 pub mod topology;
 
@@ -28,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
+pub use locks::{BuildLock, LockError, Locks, LocksControl};
 pub use publisher::{Outgoing, PublishError, Publisher, PublisherControl};
 pub use topology::{Topology, TopologyError, TopologyReport};
 
@@ -172,6 +174,7 @@ pub async fn run<H: Handler>(
     opts: BrokerOptions,
     handler: Arc<H>,
     control: PublisherControl,
+    locks: LocksControl,
     readiness: Readiness,
     shutdown: CancellationToken,
 ) -> Result<TopologyReport, BrokerError> {
@@ -222,17 +225,24 @@ pub async fn run<H: Handler>(
             );
         }
         control.connected(publisher::channel_pool(connection.clone()));
+        locks.connected(locks::lock_pool(connection.clone()));
         if !first {
             metrics::broker_reconnected();
         }
         first = false;
 
+        // Cancelled when this connection is lost: the deliveries of its builds in flight can no
+        // longer be settled and come back as redeliveries, so their handling stops at once
+        // instead of racing the redelivered copies (two handlers of one build at a time could
+        // choose different executors).
+        let lost = CancellationToken::new();
         let session = Session {
             opts: &opts,
             connection: &connection,
             handler: &handler,
             tracker: &tracker,
             abort: &abort,
+            lost: &lost,
             readiness: &readiness,
             shutdown: &shutdown,
         };
@@ -245,11 +255,14 @@ pub async fn run<H: Handler>(
                 drain(&tracker, &abort, opts.drain_timeout).await;
                 let _ = consume_channel.close(200, "shutdown".into()).await;
                 control.disconnected();
+                locks.disconnected();
                 let _ = connection.close(200, "shutdown".into()).await;
                 return Ok(report);
             }
             SessionEnd::Lost(reason) => {
+                lost.cancel();
                 control.disconnected();
+                locks.disconnected();
                 warn!(%reason, "broker connection lost; reconnecting");
                 delay = RECONNECT_MIN;
                 sleep_or_shutdown(jitter(delay), &shutdown).await;
@@ -258,6 +271,7 @@ pub async fn run<H: Handler>(
     }
     readiness.set_consuming(false);
     control.disconnected();
+    locks.disconnected();
     drain(&tracker, &abort, opts.drain_timeout).await;
     Ok(report)
 }
@@ -275,6 +289,7 @@ struct Session<'a, H> {
     handler: &'a Arc<H>,
     tracker: &'a TaskTracker,
     abort: &'a CancellationToken,
+    lost: &'a CancellationToken,
     readiness: &'a Readiness,
     shutdown: &'a CancellationToken,
 }
@@ -393,10 +408,12 @@ impl<H: Handler> Session<'_, H> {
         };
         let handler = Arc::clone(self.handler);
         let abort = self.abort.clone();
+        let lost = self.lost.clone();
         self.tracker.spawn(async move {
             tokio::select! {
                 _ = handler.handle(inbound) => {}
                 _ = abort.cancelled() => settle.requeue().await,
+                _ = lost.cancelled() => {}
             }
         });
     }

@@ -105,6 +105,11 @@ pub struct RabbitSettings {
     /// How many times a `stop` that found no pod is re-checked through the delay queues.
     #[serde(deserialize_with = "de::number")]
     pub stop_rechecks: u32,
+    /// Take a per-build lock on the broker (an exclusive queue) around each launch, so two
+    /// deliveries of one build handled at once by two replicas cannot launch it on two
+    /// executors. Only builds with more than one candidate executor need it.
+    #[serde(deserialize_with = "de::boolean")]
+    pub build_locks: bool,
 }
 
 impl Default for RabbitSettings {
@@ -137,6 +142,7 @@ impl Default for RabbitSettings {
             retry_queue_enabled: false,
             init_timeout: Duration::from_secs(300),
             stop_rechecks: 3,
+            build_locks: true,
         }
     }
 }

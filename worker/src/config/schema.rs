@@ -162,6 +162,7 @@ const RABBITMQ: &[Field] = &[
     leaf("retry_queue_enabled"),
     leaf("init_timeout"),
     leaf("stop_rechecks"),
+    leaf("build_locks"),
     f("queue_options", Ignored),
 ];
 const LIFECYCLE: &[Field] = &[
