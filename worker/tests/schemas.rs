@@ -261,7 +261,8 @@ fn the_envelope_refuses_what_the_worker_never_publishes() {
     );
     let good: Value = serde_json::from_slice(&launched.body).unwrap();
     assert!(validator.is_valid(&good), "{}", errors(&validator, &good));
-    let mutations: [(&str, fn(&mut Value)); 5] = [
+    type Mutation = (&'static str, fn(&mut Value));
+    let mutations: [Mutation; 5] = [
         ("an unknown type", |e| {
             e["type"] = json!("dev.buildcluster.build.exploded")
         }),
