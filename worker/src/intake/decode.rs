@@ -459,7 +459,13 @@ fn as_id(v: &Value) -> Result<Option<u64>, &'static str> {
     }
 }
 
+/// An absolute http(s) URI with a host. URIs are ASCII (RFC 3986); the `http` crate lets raw
+/// non-ASCII bytes through in the path and query, including C1 controls and non-breaking
+/// spaces, which would then travel unencoded in request lines and annotations.
 fn is_http_uri(s: &str) -> bool {
+    if !s.is_ascii() {
+        return false;
+    }
     match s.parse::<http::Uri>() {
         Ok(uri) => {
             matches!(uri.scheme_str(), Some("http") | Some("https"))
@@ -566,6 +572,14 @@ mod tests {
         let mut b = start_body();
         b["buildConfig"]["apiUri"] = json!("not a uri");
         assert_eq!(reason(&b), PoisonReason::InvalidValue);
+        for raw in [
+            "https://api.example/x\u{85}y",
+            "https://api.example/\u{a0}x",
+        ] {
+            let mut b = start_body();
+            b["buildConfig"]["apiUri"] = json!(raw);
+            assert_eq!(reason(&b), PoisonReason::InvalidValue, "{raw:?}");
+        }
         let big = vec![b' '; 2048];
         assert_eq!(
             decode(&big, Limits { max_bytes: 1024 }).unwrap_err().reason,
