@@ -11,7 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use bcw_tests::harness::{
-    ExecutorSpec, Knobs, Names, Rabbit, StartMsg, TcpProxy, WorkerProcess, eventually, settings_json, stop,
+    ExecutorSpec, Knobs, Names, Rabbit, StartMsg, TcpProxy, WorkerProcess, eventually,
+    settings_json, stop,
 };
 use bcw_tests::kube_sim::{ClusterConfig, ClusterHandle, Fault, KubeSim, SimConfig, Timeline};
 use nix::sys::signal::Signal;
@@ -20,16 +21,28 @@ use serde_json::json;
 use tokio::time::Instant;
 
 fn env_u64(key: &str, default: u64) -> u64 {
-    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// Poison bodies, each with the reason it must be dead-lettered with.
 fn poison(i: u64) -> (Vec<u8>, &'static str) {
     match i % 4 {
         0 => (b"{\"job\": \"start\",".to_vec(), "invalid_json"),
-        1 => (serde_json::to_vec(&json!({"job": "reboot", "buildConfig": {"buildId": 1}})).unwrap(), "unknown_job"),
-        2 => (serde_json::to_vec(&json!({"job": "start", "buildConfig": {"buildId": -5}})).unwrap(), "invalid_build_id"),
-        _ => (serde_json::to_vec(&json!({"job": "start"})).unwrap(), "missing_config"),
+        1 => (
+            serde_json::to_vec(&json!({"job": "reboot", "buildConfig": {"buildId": 1}})).unwrap(),
+            "unknown_job",
+        ),
+        2 => (
+            serde_json::to_vec(&json!({"job": "start", "buildConfig": {"buildId": -5}})).unwrap(),
+            "invalid_build_id",
+        ),
+        _ => (
+            serde_json::to_vec(&json!({"job": "start"})).unwrap(),
+            "missing_config",
+        ),
     }
 }
 
@@ -69,7 +82,10 @@ async fn chaos_nothing_lost_nothing_launched_twice() {
     let tap = rabbit.tap(&names).await;
     let proxy = TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
 
-    let executors = vec![ExecutorSpec::new("a", &a.url()).weight(50), ExecutorSpec::new("b", &b.url()).weight(50)];
+    let executors = vec![
+        ExecutorSpec::new("a", &a.url()).weight(50),
+        ExecutorSpec::new("b", &b.url()).weight(50),
+    ];
     let knobs = Knobs {
         lifecycle: true,
         breaker_timeout_ms: 1000,
@@ -94,7 +110,10 @@ async fn chaos_nothing_lost_nothing_launched_twice() {
     };
     let mut doc = settings_json(&names, &executors, &knobs);
     doc["rabbitmq"]["url"] = json!(proxy.amqp_url());
-    let mut replicas = vec![WorkerProcess::spawn(&doc, &[]).await, WorkerProcess::spawn(&doc, &[]).await];
+    let mut replicas = vec![
+        WorkerProcess::spawn(&doc, &[]).await,
+        WorkerProcess::spawn(&doc, &[]).await,
+    ];
 
     // Plan the traffic: valid builds, some twice, some stopped, poison in between.
     let mut stopped = BTreeSet::new();
@@ -109,18 +128,26 @@ async fn chaos_nothing_lost_nothing_launched_twice() {
     let mut next_chaos = Instant::now() + Duration::from_millis(800);
     let mut fault_until: Option<Instant> = None;
     for id in 1..=builds {
-        rabbit.publish_json(&names.exchange, &names.queue, &StartMsg::new(id).json()).await;
+        rabbit
+            .publish_json(&names.exchange, &names.queue, &StartMsg::new(id).json())
+            .await;
         if rng.random_range(0..100) < 5 {
-            rabbit.publish_json(&names.exchange, &names.queue, &StartMsg::new(id).json()).await;
+            rabbit
+                .publish_json(&names.exchange, &names.queue, &StartMsg::new(id).json())
+                .await;
             duplicated += 1;
         }
         if rng.random_range(0..100) < 5 {
-            rabbit.publish_json(&names.exchange, &names.queue, &stop(id)).await;
+            rabbit
+                .publish_json(&names.exchange, &names.queue, &stop(id))
+                .await;
             stopped.insert(id);
         }
         if rng.random_range(0..100) < 2 {
             let (body, reason) = poison(poisons.len() as u64);
-            rabbit.publish_bytes(&names.exchange, &names.queue, &body, Default::default()).await;
+            rabbit
+                .publish_bytes(&names.exchange, &names.queue, &body, Default::default())
+                .await;
             poisons.push(reason);
         }
         // Chaos, roughly every second.
@@ -149,7 +176,8 @@ async fn chaos_nothing_lost_nothing_launched_twice() {
                         _ => ("throttle", Fault::status(429).retry_after(1)),
                     };
                     a.inject(fault);
-                    fault_until = Some(Instant::now() + Duration::from_millis(rng.random_range(1000..3000)));
+                    fault_until =
+                        Some(Instant::now() + Duration::from_millis(rng.random_range(1000..3000)));
                     *figures.windows.entry(kind).or_default() += 1;
                 }
                 _ => {}
@@ -172,8 +200,14 @@ async fn chaos_nothing_lost_nothing_launched_twice() {
     let settle = Duration::from_secs(60 + builds / 20);
     eventually(settle, "every build to reach its end", || async {
         let events = tap.all();
-        let launched: BTreeSet<u64> = events.iter().filter(|e| e.ty == "build.launched").map(|e| e.build_id()).collect();
-        let ended = valid.iter().all(|id| launched.contains(id) || stopped.contains(id));
+        let launched: BTreeSet<u64> = events
+            .iter()
+            .filter(|e| e.ty == "build.launched")
+            .map(|e| e.build_id())
+            .collect();
+        let ended = valid
+            .iter()
+            .all(|id| launched.contains(id) || stopped.contains(id));
         let quiet = rabbit.depth(&names.queue).await == Some(0)
             && rabbit.depth(&format!("{}.retry.1", names.queue)).await == Some(0)
             && rabbit.depth(&format!("{}.retry.2", names.queue)).await == Some(0);
@@ -181,44 +215,90 @@ async fn chaos_nothing_lost_nothing_launched_twice() {
     })
     .await;
     // Stopped builds' pods go away; the reporters deliver what is left to report.
-    eventually(Duration::from_secs(60), "stopped builds' pods to be gone", || async {
-        let left: Vec<u64> = live_builds(&a).into_iter().chain(live_builds(&b)).filter(|id| stopped.contains(id)).collect();
-        left.is_empty().then_some(())
-    })
+    eventually(
+        Duration::from_secs(60),
+        "stopped builds' pods to be gone",
+        || async {
+            let left: Vec<u64> = live_builds(&a)
+                .into_iter()
+                .chain(live_builds(&b))
+                .filter(|id| stopped.contains(id))
+                .collect();
+            left.is_empty().then_some(())
+        },
+    )
     .await;
 
     // Invariants.
     let mut pods_per_build: BTreeMap<u64, usize> = BTreeMap::new();
     for rec in a.create_log().into_iter().chain(b.create_log()) {
-        *pods_per_build.entry(rec.labels["sdbuild"].parse().unwrap()).or_default() += 1;
+        *pods_per_build
+            .entry(rec.labels["sdbuild"].parse().unwrap())
+            .or_default() += 1;
     }
-    let twice: Vec<u64> = pods_per_build.iter().filter(|(_, n)| **n > 1).map(|(id, _)| *id).collect();
-    let never: Vec<u64> = valid.iter().filter(|id| !stopped.contains(id) && !pods_per_build.contains_key(id)).copied().collect();
+    let twice: Vec<u64> = pods_per_build
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(id, _)| *id)
+        .collect();
+    let never: Vec<u64> = valid
+        .iter()
+        .filter(|id| !stopped.contains(id) && !pods_per_build.contains_key(id))
+        .copied()
+        .collect();
     let events = tap.all();
-    let launched: BTreeSet<u64> = events.iter().filter(|e| e.ty == "build.launched").map(|e| e.build_id()).collect();
-    let lost: Vec<u64> = valid.iter().filter(|id| !launched.contains(id) && !stopped.contains(id)).copied().collect();
-    let leftovers: Vec<u64> = live_builds(&a).into_iter().chain(live_builds(&b)).filter(|id| stopped.contains(id)).collect();
+    let launched: BTreeSet<u64> = events
+        .iter()
+        .filter(|e| e.ty == "build.launched")
+        .map(|e| e.build_id())
+        .collect();
+    let lost: Vec<u64> = valid
+        .iter()
+        .filter(|id| !launched.contains(id) && !stopped.contains(id))
+        .copied()
+        .collect();
+    let leftovers: Vec<u64> = live_builds(&a)
+        .into_iter()
+        .chain(live_builds(&b))
+        .filter(|id| stopped.contains(id))
+        .collect();
     let mut ids: BTreeMap<(u64, String, u64), BTreeSet<String>> = BTreeMap::new();
     for e in events.iter().filter(|e| e.ty.starts_with("build.")) {
         let attempt = e.data["attempt"].as_u64().unwrap_or_default();
-        ids.entry((e.build_id(), e.ty.clone(), attempt)).or_default().insert(e.id.clone());
+        ids.entry((e.build_id(), e.ty.clone(), attempt))
+            .or_default()
+            .insert(e.id.clone());
     }
     let id_conflicts = ids.values().filter(|s| s.len() > 1).count();
     let dead = rabbit.drain(&names.dead()).await;
     let dead_reasons: Vec<String> = dead
         .iter()
-        .map(|(p, _)| match p.headers().as_ref().and_then(|h| h.inner().get("x-bcw-reason").cloned()) {
-            Some(lapin::types::AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
-            _ => String::new(),
+        .map(|(p, _)| {
+            match p
+                .headers()
+                .as_ref()
+                .and_then(|h| h.inner().get("x-bcw-reason").cloned())
+            {
+                Some(lapin::types::AMQPValue::LongString(s)) => {
+                    String::from_utf8_lossy(s.as_bytes()).into_owned()
+                }
+                _ => String::new(),
+            }
         })
         .collect();
     let mut want: Vec<String> = poisons.iter().map(|s| s.to_string()).collect();
     let mut got = dead_reasons.clone();
     want.sort();
     got.sort();
-    let orphans: usize = [&a, &b].iter().map(|c| c.pods().iter().filter(|p| sdbuild(p).is_none()).count()).sum();
+    let orphans: usize = [&a, &b]
+        .iter()
+        .map(|c| c.pods().iter().filter(|p| sdbuild(p).is_none()).count())
+        .sum();
 
-    println!("chaos figures (seed {seed}, {:.0} s)", started.elapsed().as_secs_f64());
+    println!(
+        "chaos figures (seed {seed}, {:.0} s)",
+        started.elapsed().as_secs_f64()
+    );
     println!("  valid builds                 {builds}");
     println!("  duplicated start messages    {duplicated}");
     println!("  stops                        {}", stopped.len());
@@ -226,36 +306,69 @@ async fn chaos_nothing_lost_nothing_launched_twice() {
     println!("  replica SIGKILLs + restarts  {}", figures.kills);
     println!("  broker connection cuts       {}", figures.cuts);
     println!("  cluster fault windows        {:?}", figures.windows);
-    println!("  pods created                 {}", pods_per_build.values().sum::<usize>());
+    println!(
+        "  pods created                 {}",
+        pods_per_build.values().sum::<usize>()
+    );
     println!("  builds with two pods         {}", twice.len());
     println!("  builds lost                  {}", lost.len());
     println!("  valid builds never launched  {}", never.len());
-    println!("  pods left that should not be {}", leftovers.len() + orphans);
+    println!(
+        "  pods left that should not be {}",
+        leftovers.len() + orphans
+    );
     println!("  (build, type, attempt) with two ids {id_conflicts}");
-    println!("  dead letters                 {} (poison published: {})", dead.len(), poisons.len());
+    println!(
+        "  dead letters                 {} (poison published: {})",
+        dead.len(),
+        poisons.len()
+    );
 
     for id in &twice {
-        println!("  build {id}: duplicated start? stopped? {}", stopped.contains(id));
+        println!(
+            "  build {id}: duplicated start? stopped? {}",
+            stopped.contains(id)
+        );
         for (name, c) in [("a", &a), ("b", &b)] {
-            for r in c.create_log().iter().filter(|r| r.labels["sdbuild"] == id.to_string()) {
+            for r in c
+                .create_log()
+                .iter()
+                .filter(|r| r.labels["sdbuild"] == id.to_string())
+            {
                 println!("    created on {name} at {} uid {}", r.time, r.uid);
             }
         }
         for e in events.iter().filter(|e| e.build_id() == *id) {
-            println!("    {} attempt {} {} {}", e.ty, e.data["attempt"], e.data["executor"], e.data["reason"]);
+            println!(
+                "    {} attempt {} {} {}",
+                e.ty, e.data["attempt"], e.data["executor"], e.data["reason"]
+            );
         }
     }
     if got != want {
         for (p, body) in &dead {
-            println!("  dead letter: {:?} {}", p.headers(), String::from_utf8_lossy(&body[..body.len().min(120)]));
+            println!(
+                "  dead letter: {:?} {}",
+                p.headers(),
+                String::from_utf8_lossy(&body[..body.len().min(120)])
+            );
         }
     }
     assert!(twice.is_empty(), "builds launched twice: {twice:?}");
     assert!(lost.is_empty(), "builds lost: {lost:?}");
     assert!(never.is_empty(), "builds never launched: {never:?}");
-    assert!(leftovers.is_empty() && orphans == 0, "pods left of stopped builds: {leftovers:?}, orphans: {orphans}");
-    assert_eq!(id_conflicts, 0, "an event was published with two different ids");
-    assert_eq!(got, want, "the dead-letter queue must hold exactly the poison messages");
+    assert!(
+        leftovers.is_empty() && orphans == 0,
+        "pods left of stopped builds: {leftovers:?}, orphans: {orphans}"
+    );
+    assert_eq!(
+        id_conflicts, 0,
+        "an event was published with two different ids"
+    );
+    assert_eq!(
+        got, want,
+        "the dead-letter queue must hold exactly the poison messages"
+    );
 
     for mut r in replicas {
         r.signal(Signal::SIGTERM);

@@ -206,7 +206,15 @@ pub async fn run(
         }
     };
     tasks.spawn(drain_signal);
-    let result = broker::run(options, dispatcher, control, locks_control, readiness, shutdown.clone()).await;
+    let result = broker::run(
+        options,
+        dispatcher,
+        control,
+        locks_control,
+        readiness,
+        shutdown.clone(),
+    )
+    .await;
 
     // Builds are drained; now the reporters release their leases and the rest stops.
     background.cancel();

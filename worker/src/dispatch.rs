@@ -85,7 +85,10 @@ impl Drop for GateGuard<'_> {
     fn drop(&mut self) {
         self._guard = None;
         let mut held = self.gate.held.lock().expect("gate lock poisoned");
-        if held.get(&self.build.0).is_some_and(|l| Arc::strong_count(l) == 1) {
+        if held
+            .get(&self.build.0)
+            .is_some_and(|l| Arc::strong_count(l) == 1)
+        {
             held.remove(&self.build.0);
         }
     }
@@ -249,7 +252,12 @@ impl Dispatcher {
                         info!("another replica is launching this build; looking again later");
                         let decision = Decision::Later(Later {
                             next: Carried {
-                                executors: carried.executors.iter().cloned().chain(candidates).collect(),
+                                executors: carried
+                                    .executors
+                                    .iter()
+                                    .cloned()
+                                    .chain(candidates)
+                                    .collect(),
                                 ..carried.clone()
                             },
                             consume: false,
@@ -512,7 +520,11 @@ impl Dispatcher {
                 reason: "no_executor",
                 error: "waiting for executors to answer the stop".into(),
                 executor: None,
-                events: if first { vec![stopped(deleted, None)] } else { vec![] },
+                events: if first {
+                    vec![stopped(deleted, None)]
+                } else {
+                    vec![]
+                },
                 recheck: false,
                 build: Some((build, job_id)),
             }),

@@ -191,7 +191,11 @@ impl Launcher {
     /// The executors a build may be launched on, in its order of preference.
     pub fn candidates(&self, build: &StartBuild) -> Vec<String> {
         self.router
-            .plan(build.build_id, &build.container, build.annotations.executor())
+            .plan(
+                build.build_id,
+                &build.container,
+                build.annotations.executor(),
+            )
             .candidates()
             .to_vec()
     }

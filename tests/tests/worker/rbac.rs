@@ -45,6 +45,21 @@ async fn the_role_grants_exactly_the_verbs_the_worker_uses() {
     .unwrap();
     let a = sim.cluster("a");
     a.add_script(ScriptRule::new("^sim/invalid", Script::InvalidImageName).unwrap());
+    // A pod left by an earlier attempt that never recorded it: the worker's create answers
+    // 409 and the worker reads the pod (get) to adopt it.
+    let leftover =
+        buildcluster_worker::naming::pod_name("", buildcluster_worker::intake::BuildId(6));
+    let client = kube::Client::try_from(kube::Config::new(a.url().parse().unwrap())).unwrap();
+    let pods_api: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(client, "default");
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+        "metadata": {"name": leftover, "labels": {"sdbuild": "6", "app.kubernetes.io/managed-by": "buildcluster-worker",
+            "buildcluster-worker/executor": "a"}},
+        "spec": {"containers": [{"name": "6", "image": "node:22"}], "restartPolicy": "Never"}
+    }))
+    .unwrap();
+    pods_api.create(&Default::default(), &pod).await.unwrap();
+    a.clear_logs();
     let (rabbit, names, tap) = broker("rbac").await;
     let knobs = Knobs {
         lifecycle: true,
@@ -94,7 +109,7 @@ async fn the_role_grants_exactly_the_verbs_the_worker_uses() {
             &StartMsg::new(5).api(api).job("verify").json(),
         )
         .await;
-    tap.wait_count("build.succeeded", 3, SOON).await;
+    tap.wait_count("build.succeeded", 4, SOON).await;
     tap.wait_count("build.launch_failed", 1, SOON).await;
     rabbit
         .publish_json(&names.exchange, &names.queue, &stop(2))

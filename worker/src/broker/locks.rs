@@ -115,7 +115,10 @@ impl Locks {
             .clone()
             .ok_or_else(|| LockError::Unavailable("not connected".into()))?;
         let name = format!("{}{build}", self.prefix);
-        let channel = pool.get().await.map_err(|e| LockError::Unavailable(e.to_string()))?;
+        let channel = pool
+            .get()
+            .await
+            .map_err(|e| LockError::Unavailable(e.to_string()))?;
         let mut args = FieldTable::default();
         // Exclusive queues are classic queues; say so in case a policy sets another default.
         args.insert(
@@ -140,7 +143,10 @@ impl Locks {
             }),
             Err(e) => match e.kind() {
                 ErrorKind::ProtocolError(amqp)
-                    if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::RESOURCELOCKED)) =>
+                    if matches!(
+                        amqp.kind(),
+                        AMQPErrorKind::Soft(AMQPSoftError::RESOURCELOCKED)
+                    ) =>
                 {
                     Err(LockError::Held)
                 }
@@ -164,7 +170,10 @@ impl BuildLock {
         self.held = false;
         if let Ok(channel) = self.pool.get().await {
             let _ = channel
-                .queue_delete(ShortString::from(self.name.as_str()), QueueDeleteOptions::default())
+                .queue_delete(
+                    ShortString::from(self.name.as_str()),
+                    QueueDeleteOptions::default(),
+                )
                 .await;
         }
     }
@@ -179,7 +188,10 @@ impl Drop for BuildLock {
             tokio::spawn(async move {
                 if let Ok(channel) = pool.get().await {
                     let _ = channel
-                        .queue_delete(ShortString::from(name.as_str()), QueueDeleteOptions::default())
+                        .queue_delete(
+                            ShortString::from(name.as_str()),
+                            QueueDeleteOptions::default(),
+                        )
                         .await;
                 }
             });
