@@ -238,7 +238,11 @@ async fn main() -> anyhow::Result<()> {
         if e.ty == "build.launched" {
             let ex = e.data["executor"].as_str().unwrap_or("?").to_string();
             let id = e.build_id();
-            if id >= first && id < first + args.builds && (id - first) % 4 == 0 && ex == "kata" {
+            if id >= first
+                && id < first + args.builds
+                && (id - first).is_multiple_of(4)
+                && ex == "kata"
+            {
                 rhel_on_kata += 1;
             }
             *by_executor.entry(ex).or_default() += 1;
