@@ -3,12 +3,16 @@
 //! Every test gets its own exchange and queue names ([`Names::unique`]) so tests run in
 //! parallel and [`Rabbit::cleanup`] removes what they created.
 
+pub mod admin;
+pub mod fake_api;
 pub mod messages;
 pub mod proxy;
 pub mod rabbit;
 pub mod settings;
 pub mod worker;
 
+pub use admin::AdminTopology;
+pub use fake_api::{ApiCall, FakeApi, Reply};
 pub use messages::{StartMsg, TOKEN, stop};
 pub use proxy::TcpProxy;
 pub use rabbit::{Event, EventTap, Names, Rabbit};
