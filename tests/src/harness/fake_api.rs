@@ -83,10 +83,7 @@ impl Reply {
 
     /// Answer 200 after `delay` (a slow API).
     pub fn slow(delay: Duration) -> Reply {
-        Reply {
-            status: 200,
-            delay,
-        }
+        Reply { status: 200, delay }
     }
 }
 
@@ -183,9 +180,11 @@ impl FakeApi {
 
     /// Waits for at least `n` calls about `build` and returns them.
     pub async fn wait_for_build(&self, build: u64, n: usize, timeout: Duration) -> Vec<ApiCall> {
-        self.wait(timeout, &format!("{n} calls about build {build}"), |calls| {
-            calls.iter().filter(|c| c.build_id() == Some(build)).count() >= n
-        })
+        self.wait(
+            timeout,
+            &format!("{n} calls about build {build}"),
+            |calls| calls.iter().filter(|c| c.build_id() == Some(build)).count() >= n,
+        )
         .await;
         self.calls_for(build)
     }
