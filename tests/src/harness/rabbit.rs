@@ -148,21 +148,16 @@ impl Rabbit {
     pub async fn drain(&self, queue: &str) -> Vec<(BasicProperties, Vec<u8>)> {
         let mut out = Vec::new();
         let ch = self.conn.create_channel().await.expect("channel");
-        loop {
-            match ch
-                .basic_get(ShortString::from(queue), BasicGetOptions::default())
+        while let Ok(Some(msg)) = ch
+            .basic_get(ShortString::from(queue), BasicGetOptions::default())
+            .await
+        {
+            msg.delivery
+                .acker
+                .ack(BasicAckOptions::default())
                 .await
-            {
-                Ok(Some(msg)) => {
-                    msg.delivery
-                        .acker
-                        .ack(BasicAckOptions::default())
-                        .await
-                        .expect("ack");
-                    out.push((msg.delivery.properties.clone(), msg.delivery.data.clone()));
-                }
-                _ => break,
-            }
+                .expect("ack");
+            out.push((msg.delivery.properties.clone(), msg.delivery.data.clone()));
         }
         let _ = ch.close(200, "ok".into()).await;
         out

@@ -16,7 +16,7 @@ async fn two_hundred_builds_launch_by_weight_then_stop() {
     let worker =
         InProcessWorker::start(settings(&names, &weighted_pair(&sim), &Knobs::default())).await;
 
-    let rhel = |id: u64| id % 10 == 0;
+    let rhel = |id: u64| id.is_multiple_of(10);
     for id in 1..=200u64 {
         let msg = if rhel(id) {
             StartMsg::new(id).image("registry.example/rhel6:latest")
