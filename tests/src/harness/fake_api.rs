@@ -36,6 +36,8 @@ pub struct ApiCall {
     pub body: Value,
     /// When it arrived.
     pub at: Instant,
+    /// When it arrived, by the wall clock (to compare with timestamps in bodies).
+    pub received: jiff::Timestamp,
     /// The status it was answered with.
     pub answered: u16,
 }
@@ -224,6 +226,7 @@ async fn record(
             .map(str::to_string),
         body: serde_json::from_slice(&body).unwrap_or(Value::Null),
         at: Instant::now(),
+        received: jiff::Timestamp::now(),
         answered: reply.status,
     };
     // Recorded on arrival: a client that gives up on a slow answer still made the call.

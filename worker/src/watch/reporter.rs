@@ -71,8 +71,9 @@ struct Track {
     first_seen: Instant,
     running_sent: bool,
     terminal_sent: bool,
-    /// The pod was seen scheduled while still pending (its stats update is owed).
-    scheduled_seen: bool,
+    /// When the pod was first seen scheduled while still pending: the image pull starts then,
+    /// and its stats update is owed.
+    scheduled_at: Option<jiff::Timestamp>,
     scheduled_sent: bool,
     waiting_sent: bool,
     /// The FAILURE update of a pod that cannot start went out (or never can).
@@ -90,7 +91,7 @@ impl Track {
             first_seen: Instant::now(),
             running_sent: false,
             terminal_sent: false,
-            scheduled_seen: false,
+            scheduled_at: None,
             scheduled_sent: false,
             waiting_sent: false,
             failure_sent: false,
@@ -253,7 +254,7 @@ impl Reporter {
         match &verdict {
             Verdict::Pending { scheduled } => {
                 if *scheduled && !track.scheduled_sent {
-                    track.scheduled_seen = true;
+                    track.scheduled_at.get_or_insert_with(jiff::Timestamp::now);
                     self.scheduled_update(track, &info).await;
                 } else if !*scheduled
                     && !track.waiting_sent
@@ -274,7 +275,7 @@ impl Reporter {
                     info!(pod = %pod_name, "build running");
                 }
                 if !track.scheduled_sent {
-                    if track.scheduled_seen {
+                    if track.scheduled_at.is_some() {
                         // Scheduled earlier, but the token was not readable yet: still owed.
                         self.scheduled_update(track, &info).await;
                     } else {
@@ -429,9 +430,10 @@ impl Reporter {
             .as_ref()
             .and_then(|s| s.node_name.clone())
             .unwrap_or_default();
+        let pull_start = track.scheduled_at.unwrap_or_else(jiff::Timestamp::now);
         let update = Update::Scheduled {
             hostname: node,
-            image_pull_start: format!("{:.3}", jiff::Timestamp::now()),
+            image_pull_start: format!("{pull_start:.3}"),
         };
         track.scheduled_sent = self.status_update(track, info, update).await == Reported::Done;
     }

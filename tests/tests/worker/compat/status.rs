@@ -170,9 +170,12 @@ async fn the_reporter_tells_the_api_about_scheduled_waiting_and_broken_pods_once
     let pull_start = scheduled[0].body["stats"]["imagePullStartTime"]
         .as_str()
         .unwrap();
+    // The pull started when the pod was scheduled, not when its token became readable.
+    let pull_start: jiff::Timestamp = pull_start.parse().unwrap();
+    let late = scheduled[0].received.duration_since(pull_start);
     assert!(
-        pull_start.parse::<jiff::Timestamp>().is_ok(),
-        "{pull_start}"
+        late >= jiff::SignedDuration::from_secs(1),
+        "imagePullStartTime is {late:?} before the update, the token came 1.5 s late"
     );
 
     let waiting = api.calls_for(9002);
