@@ -651,9 +651,12 @@ impl Dispatcher {
             next.waiting_since_ms = None;
         } else if !later.recheck {
             let since = carried.waiting_since_ms.unwrap_or(now_ms);
-            if Duration::from_millis(now_ms.saturating_sub(since).max(0) as u64)
-                > self.policy.max_wait
-            {
+            // Without delay queues of its own, an admin-provisioned worker holds a waiting
+            // build in process (`process`) and settles it only once `maxWait` has passed.
+            let expired = self.admin()
+                || Duration::from_millis(now_ms.saturating_sub(since).max(0) as u64)
+                    > self.policy.max_wait;
+            if expired {
                 let fail = match intake::decode(&inbound.data, self.policy.limits) {
                     Ok(Job::Start(b)) => Some(b),
                     _ => None,
@@ -679,7 +682,7 @@ impl Dispatcher {
             next.waiting_since_ms = Some(since);
         }
         if self.admin() {
-            // Stop re-checks and waits without delay queues: done for now.
+            // A stop re-check without delay queues: done for now (waits expired above).
             if self.publish_all(&later.events).await {
                 inbound.settle.ack().await;
                 return "done";

@@ -1,4 +1,5 @@
-//! The operations HTTP server: `/healthz`, `/readyz` and `/metrics` (contract section 8).
+//! The operations HTTP server: `/healthz`, `/readyz` and `/metrics` (contract section 8), and
+//! the original buildcluster-queue-worker's `/health`, so its Deployment's probes keep working.
 //!
 //! Serves state owned elsewhere (readiness flags, the Prometheus handle); it never changes it.
 
@@ -25,6 +26,10 @@ struct AppState {
 pub fn router(readiness: Readiness, metrics: Option<PrometheusHandle>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        // The original's liveness path and body. It answered 503 while the broker connection
+        // was down, which made the kubelet restart a worker that reconnects by itself: here it
+        // means alive, as `/healthz`; broker trouble shows on `/readyz`.
+        .route("/health", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
         .with_state(AppState { readiness, metrics })

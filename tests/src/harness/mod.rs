@@ -3,6 +3,8 @@
 //! Every test gets its own exchange and queue names ([`Names::unique`]) so tests run in
 //! parallel and [`Rabbit::cleanup`] removes what they created.
 
+pub mod admin;
+pub mod fake_api;
 pub mod messages;
 pub mod proxy;
 pub mod rabbit;
@@ -10,6 +12,8 @@ pub mod settings;
 pub mod tls;
 pub mod worker;
 
+pub use admin::AdminTopology;
+pub use fake_api::{ApiCall, FakeApi, Reply};
 pub use messages::{StartMsg, TOKEN, stop};
 pub use proxy::TcpProxy;
 pub use rabbit::{Event, EventTap, Names, Rabbit};

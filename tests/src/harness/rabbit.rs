@@ -67,6 +67,11 @@ impl Rabbit {
         Rabbit { conn, channel }
     }
 
+    /// A fresh channel on the test's connection (for set-ups the helpers here do not cover).
+    pub async fn channel(&self) -> Channel {
+        self.conn.create_channel().await.expect("channel")
+    }
+
     /// Declares the producers' and the events exchanges (topic, durable), as the worker does.
     pub async fn declare_exchanges(&self, names: &Names) {
         for ex in [&names.exchange, &names.events] {

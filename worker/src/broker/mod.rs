@@ -238,6 +238,7 @@ pub async fn run<H: Handler>(
         let lost = CancellationToken::new();
         let session = Session {
             opts: &opts,
+            sampled: opts.topology.sampled_queues(&report),
             connection: &connection,
             handler: &handler,
             tracker: &tracker,
@@ -285,6 +286,8 @@ enum SessionEnd {
 
 struct Session<'a, H> {
     opts: &'a BrokerOptions,
+    /// Queues whose depth is sampled (those that exist).
+    sampled: Vec<String>,
     connection: &'a Arc<Connection>,
     handler: &'a Arc<H>,
     tracker: &'a TaskTracker,
@@ -351,7 +354,7 @@ impl<H: Handler> Session<'_, H> {
         let sampler = CancellationToken::new();
         tokio::spawn(sample_queues(
             self.connection.clone(),
-            self.opts.topology.clone(),
+            self.sampled.clone(),
             sampler.clone(),
         ));
         let _sampler_guard = sampler.drop_guard();
@@ -506,10 +509,7 @@ async fn drain(tracker: &TaskTracker, abort: &CancellationToken, deadline: Durat
 
 /// Samples ready messages and consumers of the pool's queues every few seconds with passive
 /// declares on a channel of its own (`bcw_queue_messages`, `bcw_queue_consumers`).
-async fn sample_queues(connection: Arc<Connection>, topology: Topology, stop: CancellationToken) {
-    let mut queues = vec![topology.queue.clone(), topology.dead_queue.clone()];
-    queues.extend(topology.retry_queues.iter().map(|(q, _)| q.clone()));
-    queues.extend(topology.verify_queue.iter().cloned());
+async fn sample_queues(connection: Arc<Connection>, queues: Vec<String>, stop: CancellationToken) {
     let mut channel: Option<lapin::Channel> = None;
     loop {
         for q in &queues {

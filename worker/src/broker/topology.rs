@@ -127,6 +127,21 @@ impl Topology {
             .or_else(|| self.retry_queues.iter().max_by_key(|(_, d)| *d))
     }
 
+    /// The queues worth sampling for `bcw_queue_*`: only those that exist. An admin-provisioned
+    /// broker has no `<queue>.retry.<n>` (and maybe no `<queue>.dead`); a passive declare of a
+    /// missing queue is a channel error on the broker and in the log, every few seconds.
+    pub fn sampled_queues(&self, report: &TopologyReport) -> Vec<String> {
+        let mut queues = vec![self.queue.clone()];
+        if self.declare || report.dead_queue_exists {
+            queues.push(self.dead_queue.clone());
+        }
+        if self.declare {
+            queues.extend(self.retry_queues.iter().map(|(q, _)| q.clone()));
+        }
+        queues.extend(self.verify_queue.iter().cloned());
+        queues
+    }
+
     /// Declares (or checks) everything. Idempotent.
     pub async fn ensure(&self, connection: &Connection) -> Result<TopologyReport, TopologyError> {
         if self.declare {
@@ -351,6 +366,25 @@ mod tests {
         assert_eq!(t.retry_queue_for(4).unwrap().0, "q.retry.3");
         assert_eq!(t.retry_queue_for(9).unwrap().0, "q.retry.3");
         assert_eq!(t.dead_queue, "q.dead");
+    }
+
+    #[test]
+    fn only_existing_queues_are_sampled() {
+        let mut t = topo(&[5, 30]);
+        let absent = TopologyReport {
+            dead_queue_exists: false,
+        };
+        let present = TopologyReport {
+            dead_queue_exists: true,
+        };
+        assert_eq!(
+            t.sampled_queues(&present),
+            ["q", "q.dead", "q.retry.1", "q.retry.2"]
+        );
+        t.declare = false;
+        t.verify_queue = Some("qRetry".into());
+        assert_eq!(t.sampled_queues(&absent), ["q", "qRetry"]);
+        assert_eq!(t.sampled_queues(&present), ["q", "q.dead", "qRetry"]);
     }
 
     #[test]

@@ -356,6 +356,14 @@ pub const IGNORED: &[IgnoredKey] = &[
         canonical: "",
     },
     IgnoredKey {
+        key: "rabbitmq.initTimeout",
+        env: "RABBITMQ_BUILD_INIT_TIMEOUT",
+        reason: "the original's one-off timer (a 'delayed' message and a verify after 5 minutes) \
+                 is replaced by the pod watch, which reports pending, failing and stuck pods as \
+                 they happen (lifecycle, pendingTimeout)",
+        canonical: "",
+    },
+    IgnoredKey {
         key: "httpd.uri",
         env: "URI",
         reason: "the worker's public address was only used by the original's hapi server",

@@ -96,10 +96,10 @@ pub struct RabbitSettings {
     /// Screwdriver's verify queue (`XRetry`), consumed when `retry_queue_enabled`.
     #[serde(deserialize_with = "de::string")]
     pub retry_queue: String,
-    /// Whether the Screwdriver verify queue is consumed and fed.
+    /// Whether the Screwdriver verify queue is consumed (this worker never publishes to it).
     #[serde(deserialize_with = "de::boolean")]
     pub retry_queue_enabled: bool,
-    /// Screwdriver's init timeout (minutes): when a launched build is verified again.
+    /// Screwdriver's init timeout (minutes); accepted and not acted on (see `config::IGNORED`).
     #[serde(deserialize_with = "de::minutes", serialize_with = "de::ser_duration")]
     pub init_timeout: Duration,
     /// How many times a `stop` that found no pod is re-checked through the delay queues.

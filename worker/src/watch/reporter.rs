@@ -32,6 +32,18 @@ use crate::telemetry::metrics;
 
 /// An unscheduled pod gets Screwdriver's "Waiting for resources" message after this long.
 const WAITING_AFTER: Duration = Duration::from_secs(5);
+/// How long after first seeing a pod its token Secret may still be missing (the launcher
+/// creates it right after the pod); past this, updates that need the token are skipped.
+const TOKEN_WAIT: Duration = Duration::from_secs(30);
+
+/// Whether a status update is done with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reported {
+    /// Sent, or nothing to send (updates off, no API URI, no token for this pod).
+    Done,
+    /// The build's token Secret cannot be read yet: try again at the next evaluation.
+    NotYet,
+}
 
 /// What a reporter needs.
 #[derive(Debug, Clone)]
@@ -59,8 +71,13 @@ struct Track {
     first_seen: Instant,
     running_sent: bool,
     terminal_sent: bool,
+    /// When the pod was first seen scheduled while still pending: the image pull starts then,
+    /// and its stats update is owed.
+    scheduled_at: Option<jiff::Timestamp>,
     scheduled_sent: bool,
     waiting_sent: bool,
+    /// The FAILURE update of a pod that cannot start went out (or never can).
+    failure_sent: bool,
     terminal_at: Option<Instant>,
     deleted: bool,
     token: Option<Secret>,
@@ -74,8 +91,10 @@ impl Track {
             first_seen: Instant::now(),
             running_sent: false,
             terminal_sent: false,
+            scheduled_at: None,
             scheduled_sent: false,
             waiting_sent: false,
+            failure_sent: false,
             terminal_at: None,
             deleted: false,
             token: None,
@@ -240,24 +259,14 @@ impl Reporter {
         match &verdict {
             Verdict::Pending { scheduled } => {
                 if *scheduled && !track.scheduled_sent {
-                    let node = track
-                        .pod
-                        .spec
-                        .as_ref()
-                        .and_then(|s| s.node_name.clone())
-                        .unwrap_or_default();
-                    let update = Update::Scheduled {
-                        hostname: node,
-                        image_pull_start: format!("{:.3}", jiff::Timestamp::now()),
-                    };
-                    self.status_update(track, &info, update).await;
-                    track.scheduled_sent = true;
+                    track.scheduled_at.get_or_insert_with(jiff::Timestamp::now);
+                    self.scheduled_update(track, &info).await;
                 } else if !*scheduled
                     && !track.waiting_sent
                     && track.first_seen.elapsed() >= WAITING_AFTER
                 {
-                    self.status_update(track, &info, Update::Waiting).await;
-                    track.waiting_sent = true;
+                    track.waiting_sent =
+                        self.status_update(track, &info, Update::Waiting).await == Reported::Done;
                 }
                 self.collect_orphan(track, &pod_name, now_unix, false).await;
             }
@@ -271,7 +280,14 @@ impl Reporter {
                     info!(pod = %pod_name, "build running");
                 }
                 if !track.scheduled_sent {
-                    track.scheduled_sent = true;
+                    if track.scheduled_at.is_some() {
+                        // Scheduled earlier, but the token was not readable yet: still owed.
+                        self.scheduled_update(track, &info).await;
+                    } else {
+                        // First seen running (a reporter that took over): another reporter
+                        // told the API when the pod was scheduled.
+                        track.scheduled_sent = true;
+                    }
                 }
                 self.collect_orphan(track, &pod_name, now_unix, false).await;
             }
@@ -288,8 +304,17 @@ impl Reporter {
                     track.terminal_sent = true;
                     metrics::launch_failed(&self.cluster.executor, reason);
                     warn!(pod = %pod_name, %reason, "build failed to start");
-                    self.status_update(track, &info, Update::Failure(message.clone()))
-                        .await;
+                }
+                if !track.failure_sent {
+                    // The pod (and its token Secret) stays until the user has been told.
+                    if self
+                        .status_update(track, &info, Update::Failure(message.clone()))
+                        .await
+                        == Reported::NotYet
+                    {
+                        return;
+                    }
+                    track.failure_sent = true;
                 }
                 // A pod that cannot start is removed, so nothing hangs and nothing is retried.
                 if self.cluster.delete_pod(&pod_name, Some(0)).await.is_ok() {
@@ -402,9 +427,27 @@ impl Reporter {
         }
     }
 
-    async fn status_update(&self, track: &mut Track, info: &BuildInfo, update: Update) {
+    /// The `stats.hostname` / `stats.imagePullStartTime` update of a scheduled pod.
+    async fn scheduled_update(&self, track: &mut Track, info: &BuildInfo) {
+        let node = track
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default();
+        let pull_start = track.scheduled_at.unwrap_or_else(jiff::Timestamp::now);
+        let update = Update::Scheduled {
+            hostname: node,
+            image_pull_start: format!("{pull_start:.3}"),
+        };
+        track.scheduled_sent = self.status_update(track, info, update).await == Reported::Done;
+    }
+
+    /// Sends an update with the build's own token, read from its Secret. The Secret is created
+    /// just after the pod, so the watch can see the pod first: then the update is `NotYet`.
+    async fn status_update(&self, track: &mut Track, info: &BuildInfo, update: Update) -> Reported {
         let (Some(status), Some(api)) = (&self.status, &info.api_uri) else {
-            return;
+            return Reported::Done;
         };
         if track.token.is_none()
             && let Some(name) = &info.token_secret
@@ -423,8 +466,18 @@ impl Reporter {
             }
         }
         match &track.token {
-            Some(token) => status.send_to(api, info.build, token, update).await,
-            None => debug!("no build token available; status update skipped"),
+            Some(token) => {
+                status.send_to(api, info.build, token, update).await;
+                Reported::Done
+            }
+            None if info.token_secret.is_some() && track.first_seen.elapsed() < TOKEN_WAIT => {
+                debug!("the build token Secret is not readable yet; status update deferred");
+                Reported::NotYet
+            }
+            None => {
+                debug!("no build token available; status update skipped");
+                Reported::Done
+            }
         }
     }
 }
