@@ -263,10 +263,16 @@ pub fn assess(
                 ),
             },
             None => Verdict::LaunchFailed {
-                reason: "PendingTimeout".into(),
+                // A known kubelet reason says more than "it took too long".
+                reason: waiting
+                    .as_ref()
+                    .map(|(r, _)| r.clone())
+                    .unwrap_or_else(|| "PendingTimeout".into()),
                 message: format!(
                     "Build failed to start: the pod stayed pending for more than {minutes} minutes{}.",
-                    waiting.map(|(r, _)| format!(" ({r})")).unwrap_or_default()
+                    waiting
+                        .map(|(r, d)| format!(" ({r}: {})", short(&d)))
+                        .unwrap_or_default()
                 ),
             },
         };
@@ -467,6 +473,16 @@ mod tests {
         assert!(
             matches!(v, Verdict::LaunchFailed { ref reason, ref message } if reason == "Unschedulable" && message.contains("Insufficient cpu")),
             "{v:?}"
+        );
+        // Past the deadline, a pending pod with a kubelet reason fails with that reason.
+        let waiting_too_long = assess(
+            &waiting("CreateContainerError"),
+            created_at() + 700,
+            never,
+            &POLICY,
+        );
+        assert!(
+            matches!(waiting_too_long, Verdict::LaunchFailed { ref reason, .. } if reason == "CreateContainerError")
         );
         let plain = pod(json!({"phase": "Pending"}), json!({"nodeName": "n"}));
         assert!(
