@@ -758,11 +758,11 @@ impl Dispatcher {
                 inbound.settle.requeue().await;
                 return "requeued";
             }
+            metrics::dead_lettered(&dead.reason);
+            warn!(reason = %dead.reason, error = %dead.error, "message dead-lettered");
         } else {
             error!(reason = %dead.reason, error = %dead.error, job = dead.job.as_str(), "message refused; no dead-letter queue exists, acknowledging it");
         }
-        metrics::dead_lettered(&dead.reason);
-        warn!(reason = %dead.reason, error = %dead.error, "message dead-lettered");
         if let Some(build) = &dead.fail
             && let Some(status) = &self.status
         {

@@ -45,6 +45,7 @@ async fn the_role_grants_exactly_the_verbs_the_worker_uses() {
     .unwrap();
     let a = sim.cluster("a");
     a.add_script(ScriptRule::new("^sim/invalid", Script::InvalidImageName).unwrap());
+    a.add_script(ScriptRule::new("^sim/forever", Script::RunForever).unwrap());
     // A pod left by an earlier attempt that never recorded it: the worker's create answers
     // 409 and the worker reads the pod (get) to adopt it.
     let leftover =
@@ -55,7 +56,7 @@ async fn the_role_grants_exactly_the_verbs_the_worker_uses() {
     let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
         "metadata": {"name": leftover, "labels": {"sdbuild": "6", "app.kubernetes.io/managed-by": "buildcluster-worker",
             "buildcluster-worker/executor": "a"}},
-        "spec": {"containers": [{"name": "6", "image": "node:22"}], "restartPolicy": "Never"}
+        "spec": {"containers": [{"name": "6", "image": "sim/forever"}], "restartPolicy": "Never"}
     }))
     .unwrap();
     pods_api.create(&Default::default(), &pod).await.unwrap();
@@ -80,41 +81,46 @@ async fn the_role_grants_exactly_the_verbs_the_worker_uses() {
     // launch (create pod + Secret), adopt (AlreadyExists -> get), watch/list (reporter),
     // delete (launch failure, garbage collection), deletecollection (stop), leases.
     for id in 1..=3u64 {
+        let msg = StartMsg::new(id).api(api).json();
         rabbit
-            .publish_json(
-                &names.exchange,
-                &names.queue,
-                &StartMsg::new(id).api(api).json(),
-            )
+            .publish_json(&names.exchange, &names.queue, &msg)
             .await;
     }
+    let duplicate = StartMsg::new(1).api(api).json();
     rabbit
-        .publish_json(
-            &names.exchange,
-            &names.queue,
-            &StartMsg::new(1).api(api).json(),
-        )
+        .publish_json(&names.exchange, &names.queue, &duplicate)
         .await;
+    let broken = StartMsg::new(4).image("sim/invalid:x").api(api).json();
     rabbit
-        .publish_json(
-            &names.exchange,
-            &names.queue,
-            &StartMsg::new(4).image("sim/invalid:x").api(api).json(),
-        )
+        .publish_json(&names.exchange, &names.queue, &broken)
         .await;
+    let verify = StartMsg::new(5).api(api).job("verify").json();
     rabbit
-        .publish_json(
-            &names.exchange,
-            &names.queue,
-            &StartMsg::new(5).api(api).job("verify").json(),
-        )
+        .publish_json(&names.exchange, &names.queue, &verify)
         .await;
-    tap.wait_count("build.succeeded", 4, SOON).await;
+    let adopt = StartMsg::new(6).api(api).json();
+    rabbit
+        .publish_json(&names.exchange, &names.queue, &adopt)
+        .await;
+    tap.wait_count("build.succeeded", 3, SOON).await;
     tap.wait_count("build.launch_failed", 1, SOON).await;
+    let events = tap
+        .wait(SOON, "the leftover pod of build 6 adopted", |evs| {
+            evs.iter()
+                .any(|e| e.ty == "build.launched" && e.build_id() == 6)
+        })
+        .await;
+    let adopted = events
+        .iter()
+        .find(|e| e.ty == "build.launched" && e.build_id() == 6);
+    assert_eq!(adopted.unwrap().data["pod"], leftover.as_str());
     rabbit
         .publish_json(&names.exchange, &names.queue, &stop(2))
         .await;
-    tap.wait_count("build.stopped", 1, SOON).await;
+    rabbit
+        .publish_json(&names.exchange, &names.queue, &stop(6))
+        .await;
+    tap.wait_count("build.stopped", 2, SOON).await;
     eventually(SOON, "garbage collection of finished pods", || async {
         a.pods().is_empty().then_some(())
     })
