@@ -199,10 +199,15 @@ pub async fn run(
     let drain_signal = {
         let readiness = readiness.clone();
         let shutdown = shutdown.clone();
+        let background = background.clone();
         async move {
-            shutdown.cancelled().await;
-            readiness.set_draining();
-            info!("shutdown requested: draining");
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    readiness.set_draining();
+                    info!("shutdown requested: draining");
+                }
+                _ = background.cancelled() => {}
+            }
         }
     };
     tasks.spawn(drain_signal);

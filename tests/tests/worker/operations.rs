@@ -514,3 +514,36 @@ async fn a_broker_connection_loss_is_survived_without_duplicates() {
     rabbit.cleanup(&names).await;
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_declared_with_other_arguments_stops_the_worker_with_a_clear_error() {
+    let sim = two_clusters(running_forever()).await;
+    let (rabbit, names, _tap) = broker("precondition").await;
+    // Someone declared the pool's queue as a classic queue; the worker is configured quorum.
+    let ch = rabbit.channel().await;
+    ch.queue_declare(
+        lapin::types::ShortString::from(names.queue.as_str()),
+        lapin::options::QueueDeclareOptions::durable(),
+        lapin::types::FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let s = bcw_tests::harness::settings(
+        &names,
+        &[ExecutorSpec::new("a", &sim.cluster("runc").url())],
+        &Knobs::default(),
+    );
+    let result = tokio::time::timeout(
+        SOON,
+        buildcluster_worker::app::run(s, None, tokio_util::sync::CancellationToken::new(), None),
+    )
+    .await
+    .expect("the worker gives up instead of retrying forever");
+    let error = format!("{:#}", result.expect_err("a mismatched topology is fatal"));
+    assert!(
+        error.contains(&names.queue) && error.contains("different arguments"),
+        "{error}"
+    );
+    rabbit.cleanup(&names).await;
+    sim.shutdown().await;
+}
