@@ -7,17 +7,11 @@
 //! to one connection only (a second declare answers 405 RESOURCE_LOCKED) and deletes by itself
 //! when its connection dies, so a crashed replica never leaves a lock behind.
 
-use std::time::Duration;
-
-use deadpool::managed::{self, Metrics, Pool, RecycleError, RecycleResult};
 use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{FieldTable, ShortString};
-use lapin::{Channel, Connection, ErrorKind};
+use lapin::{Connection, ErrorKind};
 use tokio::sync::watch;
-
-/// Channels for lock operations per connection.
-const POOL_SIZE: usize = 8;
 
 /// Why a lock was not granted.
 #[derive(Debug, thiserror::Error)]
@@ -30,41 +24,12 @@ pub enum LockError {
     Unavailable(String),
 }
 
-/// Opens plain channels for lock operations on one connection.
-#[derive(Debug)]
-pub struct LockChannels {
-    connection: std::sync::Arc<Connection>,
-}
-
-impl managed::Manager for LockChannels {
-    type Type = Channel;
-    type Error = lapin::Error;
-
-    async fn create(&self) -> Result<Channel, lapin::Error> {
-        self.connection.create_channel().await
-    }
-
-    async fn recycle(&self, channel: &mut Channel, _: &Metrics) -> RecycleResult<lapin::Error> {
-        if channel.status().connected() {
-            Ok(())
-        } else {
-            Err(RecycleError::message("channel is closed"))
-        }
-    }
-}
-
 /// The lock channels of one connection.
-pub type LockPool = Pool<LockChannels>;
+pub type LockPool = super::channels::ChannelPool;
 
 /// Builds the lock channel pool of a connection.
 pub fn lock_pool(connection: std::sync::Arc<Connection>) -> LockPool {
-    Pool::builder(LockChannels { connection })
-        .max_size(POOL_SIZE)
-        .wait_timeout(Some(Duration::from_secs(10)))
-        .create_timeout(Some(Duration::from_secs(10)))
-        .runtime(deadpool::Runtime::Tokio1)
-        .build()
-        .expect("a runtime is set, so the pool builds")
+    super::channels::pool(connection, super::channels::Mode::Plain)
 }
 
 /// Takes build locks over whichever connection is current.

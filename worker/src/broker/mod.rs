@@ -6,6 +6,7 @@
 //! nothing of builds: each delivery goes to a [`Handler`], which settles it through
 //! [`Settle`].
 
+pub mod channels;
 pub mod headers;
 pub mod locks;
 pub mod publisher;

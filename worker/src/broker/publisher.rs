@@ -7,10 +7,9 @@
 
 use std::time::Duration;
 
-use deadpool::managed::{self, Metrics, Pool, RecycleError, RecycleResult};
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::BasicPublishOptions;
 use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use lapin::{BasicProperties, Confirmation, Connection};
 use tokio::sync::watch;
 
 use crate::events::{CONTENT_TYPE, OutgoingEvent};
@@ -18,8 +17,6 @@ use crate::telemetry::metrics;
 
 /// How long a publish waits for a connection before giving up.
 const CONNECT_WAIT: Duration = Duration::from_secs(10);
-/// Channels per connection.
-const POOL_SIZE: usize = 8;
 
 /// Why a publish did not get a positive confirm.
 #[derive(Debug, thiserror::Error)]
@@ -41,45 +38,12 @@ pub enum PublishError {
     Pool(String),
 }
 
-/// Creates confirm-mode channels on one connection.
-#[derive(Debug)]
-pub struct ChannelManager {
-    connection: std::sync::Arc<Connection>,
-}
+/// The confirm-mode channel pool of one connection.
+pub type ChannelPool = super::channels::ChannelPool;
 
-impl managed::Manager for ChannelManager {
-    type Type = Channel;
-    type Error = lapin::Error;
-
-    async fn create(&self) -> Result<Channel, lapin::Error> {
-        let channel = self.connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        Ok(channel)
-    }
-
-    async fn recycle(&self, channel: &mut Channel, _: &Metrics) -> RecycleResult<lapin::Error> {
-        if channel.status().connected() {
-            Ok(())
-        } else {
-            Err(RecycleError::message("channel is closed"))
-        }
-    }
-}
-
-/// The channel pool of one connection.
-pub type ChannelPool = Pool<ChannelManager>;
-
-/// Builds the channel pool of a connection.
+/// Builds the confirm-mode channel pool of a connection.
 pub fn channel_pool(connection: std::sync::Arc<Connection>) -> ChannelPool {
-    Pool::builder(ChannelManager { connection })
-        .max_size(POOL_SIZE)
-        .wait_timeout(Some(Duration::from_secs(10)))
-        .create_timeout(Some(Duration::from_secs(10)))
-        .runtime(deadpool::Runtime::Tokio1)
-        .build()
-        .expect("a runtime is set, so the pool builds")
+    super::channels::pool(connection, super::channels::Mode::Confirm)
 }
 
 /// One message to publish.
