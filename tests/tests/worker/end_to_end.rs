@@ -49,6 +49,12 @@ async fn two_hundred_builds_launch_by_weight_then_stop() {
     // rhel6 builds can only go to runc.
     let non_rhel_on_kata = kata_pods.len();
     let share = non_rhel_on_kata as f64 / 180.0;
+    println!(
+        "split: runc {} pods, kata {} pods ({:.1} % of the 180 builds kata may take)",
+        runc_pods.len(),
+        non_rhel_on_kata,
+        share * 100.0
+    );
     assert!(
         (0.55..=0.85).contains(&share),
         "kata got {non_rhel_on_kata}/180 ({share:.2}), expected about 0.70"
