@@ -18,7 +18,7 @@ use crate::broker::headers::{self, Carried};
 use crate::broker::{Handler, Inbound, LockError, Locks, Outgoing, Publisher, Source, Topology};
 use crate::cache::{self, ClearError, ClearOutcome};
 use crate::config::CacheSettings;
-use crate::events::{BuildEventData, EventType, OutgoingEvent, build_event};
+use crate::events::{BuildEventData, EventType, OutgoingEvent, build_event, build_event_id};
 use crate::intake::{self, BuildId, Job, JobKind, Limits, StartBuild};
 use crate::launch::{LaunchOutcome, Launcher, StartRequest, StopOutcome};
 use crate::status::{StatusUpdater, Update};
@@ -282,6 +282,16 @@ impl Dispatcher {
                 }
             }
         }
+        // While this attempt may launch the build, the reporter waits for its build.launched
+        // instead of announcing the launch itself.
+        let _launching = match &job {
+            Job::Start(build) => Some(self.publisher.launching(&build_event_id(
+                build.build_id,
+                EventType::BuildLaunched,
+                carried.attempt,
+            ))),
+            _ => None,
+        };
         let started = tokio::time::Instant::now();
         loop {
             let decision = self.decide(&job, inbound, &carried, redelivered).await;

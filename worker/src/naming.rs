@@ -15,6 +15,8 @@ pub const EXECUTOR_LABEL: &str = "buildcluster-worker/executor";
 /// Screwdriver's build label: `sdbuild=<prefix><buildId>`.
 pub const BUILD_LABEL: &str = "sdbuild";
 
+/// Prefix of the worker's own annotations.
+pub const ANN_PREFIX: &str = "buildcluster-worker/";
 /// Annotation: the build id (for events and status updates from the watcher).
 pub const ANN_BUILD_ID: &str = "buildcluster-worker/build-id";
 /// Annotation: the Screwdriver job id.

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use bcw_tests::harness::{
-    ExecutorSpec, InProcessWorker, Knobs, StartMsg, WorkerProcess, eventually, settings,
+    Event, ExecutorSpec, InProcessWorker, Knobs, StartMsg, WorkerProcess, eventually, settings,
     settings_json, stop,
 };
 use bcw_tests::kube_sim::{ClusterConfig, KubeSim, Script, ScriptRule, SimConfig, Timeline};
@@ -177,15 +177,30 @@ async fn a_build_is_launched_runs_and_succeeds_once_each_with_three_replicas() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let events = tap.all();
     for id in 1..=30u64 {
+        // Events are at-least-once with stable ids: a consumer deduplicates by id. The reporter
+        // announces the launch itself when the pod runs before the launching replica's event
+        // (same id, same data), so the order holds for every build.
+        let mut seen = BTreeSet::new();
         let seq: Vec<&str> = events
             .iter()
             .filter(|e| e.build_id() == id && e.ty.starts_with("build."))
+            .filter(|e| seen.insert(e.id.clone()))
             .map(|e| e.ty.as_str())
             .collect();
         assert_eq!(
             seq,
             ["build.launched", "build.running", "build.succeeded"],
             "build {id}"
+        );
+        let launched: Vec<&Event> = events
+            .iter()
+            .filter(|e| e.build_id() == id && e.ty == "build.launched")
+            .collect();
+        assert!(
+            launched
+                .iter()
+                .all(|e| e.id == launched[0].id && e.data == launched[0].data),
+            "build {id}: every copy of build.launched is the same event"
         );
     }
     // One reporter: exactly one holder of the executor's Lease.

@@ -9,8 +9,13 @@ use deadpool::managed::{self, Metrics, Pool, RecycleError, RecycleResult};
 use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Connection};
 
-/// Channels per pool.
-const POOL_SIZE: usize = 8;
+/// Confirm-mode channels per connection: a channel is held only while a publish is written
+/// (confirms are awaited without it), so a few suffice.
+const CONFIRM_CHANNELS: usize = 8;
+/// Lock channels per connection: each lock is a synchronous queue declare, so the number of
+/// channels bounds how many launches take their lock at once (64 keeps up with the broker's
+/// queue-metadata rate; fewer channels made them queue behind each other).
+const LOCK_CHANNELS: usize = 64;
 
 /// What the channels of a pool are for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,7 +62,10 @@ pub type ChannelPool = Pool<ChannelManager>;
 /// Builds a pool of channels of `mode` on a connection.
 pub fn pool(connection: Arc<Connection>, mode: Mode) -> ChannelPool {
     Pool::builder(ChannelManager { connection, mode })
-        .max_size(POOL_SIZE)
+        .max_size(match mode {
+            Mode::Confirm => CONFIRM_CHANNELS,
+            Mode::Plain => LOCK_CHANNELS,
+        })
         .wait_timeout(Some(Duration::from_secs(10)))
         .create_timeout(Some(Duration::from_secs(10)))
         .runtime(deadpool::Runtime::Tokio1)

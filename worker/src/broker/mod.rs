@@ -477,7 +477,7 @@ async fn connect(opts: &BrokerOptions) -> lapin::Result<Connection> {
     let props = ConnectionProperties::default()
         .with_connection_name(LongString::from(opts.connection_name.as_str()));
     let mut builder = DefaultConnectionBuilder::new()?
-        .with_uri_str(opts.uri.expose().to_string())
+        .with_uri_str(with_default_frame_max(opts.uri.expose()))
         .with_properties(props);
     if let Some(pem) = &opts.ca_pem {
         builder = builder.with_tls_config(OwnedTLSConfig {
@@ -490,6 +490,25 @@ async fn connect(opts: &BrokerOptions) -> lapin::Result<Connection> {
     tokio::time::timeout(Duration::from_secs(30), builder.connect())
         .await
         .map_err(|_| lapin::Error::from(std::io::Error::from(std::io::ErrorKind::TimedOut)))?
+}
+
+/// Largest AMQP frame we ask for unless the URI says otherwise (`?frame_max=`). lapin keeps a
+/// receive and a send buffer of 32 frames per connection, so RabbitMQ's default of 128 KiB
+/// would cost 8 MiB of resident memory per connection; our messages are a few KiB, and larger
+/// ones simply travel in more frames.
+const DEFAULT_FRAME_MAX: u32 = 32 * 1024;
+
+/// `uri` with `frame_max=DEFAULT_FRAME_MAX` in its query unless it has a `frame_max`.
+fn with_default_frame_max(uri: &str) -> String {
+    let query = uri.split_once('?').map_or("", |(_, q)| q);
+    if query
+        .split('&')
+        .any(|pair| pair.split('=').next() == Some("frame_max"))
+    {
+        return uri.to_string();
+    }
+    let sep = if uri.contains('?') { '&' } else { '?' };
+    format!("{uri}{sep}frame_max={DEFAULT_FRAME_MAX}")
 }
 
 /// Waits for builds in flight until the deadline, then returns the rest to the queue.
@@ -547,4 +566,27 @@ async fn sleep_or_shutdown(d: Duration, shutdown: &CancellationToken) {
 fn jitter(d: Duration) -> Duration {
     use rand::RngExt;
     d.mul_f64(rand::rng().random_range(0.5..1.0))
+}
+
+#[cfg(test)]
+mod frame_max_tests {
+    use super::*;
+
+    #[test]
+    fn a_small_frame_max_is_asked_for_unless_the_uri_sets_one() {
+        assert_eq!(
+            with_default_frame_max("amqp://u:p@h:5672/%2f?heartbeat=20"),
+            "amqp://u:p@h:5672/%2f?heartbeat=20&frame_max=32768"
+        );
+        assert_eq!(
+            with_default_frame_max("amqp://u:p@h:5672/%2f"),
+            "amqp://u:p@h:5672/%2f?frame_max=32768"
+        );
+        let own = "amqp://u:p@h:5672/%2f?frame_max=131072&heartbeat=20";
+        assert_eq!(with_default_frame_max(own), own);
+        let parsed: lapin::uri::AMQPUri = with_default_frame_max("amqp://u:p@h:5672/%2f")
+            .parse()
+            .unwrap();
+        assert_eq!(parsed.query.frame_max, Some(32_768));
+    }
 }

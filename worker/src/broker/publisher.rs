@@ -5,6 +5,8 @@
 //! went back to the pool, so many tasks pipeline their publishes on few channels. A message is
 //! only reported as sent once the broker confirmed it (and, when `mandatory`, routed it).
 
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lapin::options::BasicPublishOptions;
@@ -12,7 +14,7 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Confirmation, Connection};
 use tokio::sync::watch;
 
-use crate::events::{CONTENT_TYPE, OutgoingEvent};
+use crate::events::{CONTENT_TYPE, EventType, OutgoingEvent};
 use crate::telemetry::metrics;
 
 /// How long a publish waits for a connection before giving up.
@@ -66,6 +68,52 @@ pub struct Outgoing<'a> {
 pub struct Publisher {
     current: watch::Receiver<Option<ChannelPool>>,
     events_exchange: Option<String>,
+    launched: Arc<Mutex<Recent>>,
+    launching: Arc<Mutex<HashSet<u128>>>,
+}
+
+/// A launch in progress in this process; dropping it ends it.
+#[derive(Debug)]
+pub struct Launching {
+    set: Arc<Mutex<HashSet<u128>>>,
+    key: Option<u128>,
+}
+
+impl Drop for Launching {
+    fn drop(&mut self) {
+        if let Some(k) = self.key {
+            self.set.lock().expect("launching lock").remove(&k);
+        }
+    }
+}
+
+/// Ids of the `build.launched` events this process had confirmed lately (bounded), so the
+/// reporter can tell whether a pod's launch was already announced before it announces that the
+/// build runs.
+#[derive(Debug, Default)]
+struct Recent {
+    set: HashSet<u128>,
+    order: VecDeque<u128>,
+}
+
+/// How many confirmed launch ids are remembered (16 bytes each, twice).
+const RECENT_LAUNCHES: usize = 32_768;
+
+impl Recent {
+    fn insert(&mut self, id: u128) {
+        if self.set.insert(id) {
+            self.order.push_back(id);
+            if self.order.len() > RECENT_LAUNCHES
+                && let Some(old) = self.order.pop_front()
+            {
+                self.set.remove(&old);
+            }
+        }
+    }
+}
+
+fn uuid_key(id: &str) -> Option<u128> {
+    uuid::Uuid::parse_str(id).ok().map(|u| u.as_u128())
 }
 
 /// The side of the publisher the connection supervisor drives.
@@ -96,6 +144,8 @@ impl Publisher {
             Publisher {
                 current: rx,
                 events_exchange,
+                launched: Arc::default(),
+                launching: Arc::default(),
             },
             PublisherControl { tx },
         )
@@ -164,6 +214,60 @@ impl Publisher {
         })
         .await?;
         metrics::event_published(event.ty.suffix());
+        if event.ty == EventType::BuildLaunched
+            && let Some(key) = uuid_key(&event.id)
+        {
+            self.launched.lock().expect("launch ids lock").insert(key);
+        }
         Ok(())
+    }
+
+    /// Marks the launch whose `build.launched` event has this id as in progress in this process
+    /// until the returned guard is dropped (after that event is confirmed, or the attempt ended).
+    pub fn launching(&self, launched_event_id: &str) -> Launching {
+        let key = uuid_key(launched_event_id);
+        if let Some(k) = key {
+            self.launching.lock().expect("launching lock").insert(k);
+        }
+        Launching {
+            set: self.launching.clone(),
+            key,
+        }
+    }
+
+    /// True while this process is launching the build whose `build.launched` has this id.
+    pub fn is_launching(&self, launched_event_id: &str) -> bool {
+        uuid_key(launched_event_id)
+            .is_some_and(|k| self.launching.lock().expect("launching lock").contains(&k))
+    }
+
+    /// True when this process published (confirmed) the event with this id lately. Only
+    /// `build.launched` events are remembered.
+    pub fn launched_lately(&self, event_id: &str) -> bool {
+        uuid_key(event_id).is_some_and(|k| {
+            self.launched
+                .lock()
+                .expect("launch ids lock")
+                .set
+                .contains(&k)
+        })
+    }
+}
+
+#[cfg(test)]
+mod recent_tests {
+    use super::*;
+
+    #[test]
+    fn recent_launch_ids_are_bounded_and_forget_the_oldest_first() {
+        let mut r = Recent::default();
+        for i in 0..(RECENT_LAUNCHES as u128 + 10) {
+            r.insert(i);
+            r.insert(i);
+        }
+        assert_eq!(r.set.len(), RECENT_LAUNCHES);
+        assert_eq!(r.order.len(), RECENT_LAUNCHES);
+        assert!(!r.set.contains(&9) && r.set.contains(&10));
+        assert!(r.set.contains(&(RECENT_LAUNCHES as u128 + 9)));
     }
 }

@@ -23,13 +23,18 @@ use super::assess::{Policy, Verdict, assess, trouble_key};
 use crate::broker::Publisher;
 use crate::cluster::Cluster;
 use crate::config::ExecutorConfig;
-use crate::events::{BuildEventData, EventType, build_event};
+use crate::events::{BuildEventData, EventType, build_event, build_event_id};
 use crate::intake::BuildId;
 use crate::naming;
 use crate::secret::Secret;
 use crate::status::{StatusUpdater, Update};
 use crate::telemetry::metrics;
 
+/// A pod younger than this whose launch this process did not confirm gets its `build.launched`
+/// from the reporter before any other event (the creating replica may not have published yet).
+const LAUNCH_ANNOUNCE_WITHIN: Duration = Duration::from_secs(30);
+/// Watch events taken at once, and pods evaluated concurrently.
+const EVENT_BATCH: usize = 256;
 /// An unscheduled pod gets Screwdriver's "Waiting for resources" message after this long.
 const WAITING_AFTER: Duration = Duration::from_secs(5);
 /// How long after first seeing a pod its token Secret may still be missing (the launcher
@@ -81,6 +86,8 @@ struct Track {
     terminal_at: Option<Instant>,
     deleted: bool,
     token: Option<Secret>,
+    /// `build.launched` is known to be on the stream.
+    launch_announced: bool,
 }
 
 impl Track {
@@ -98,6 +105,7 @@ impl Track {
             terminal_at: None,
             deleted: false,
             token: None,
+            launch_announced: false,
         }
     }
 }
@@ -139,6 +147,7 @@ impl Reporter {
         let selector = naming::executor_selector(&self.cluster.executor);
         let mut stream = watcher(api, watcher::Config::default().labels(&selector))
             .default_backoff()
+            .ready_chunks(EVENT_BATCH)
             .boxed();
         let mut tracks: HashMap<String, Track> = HashMap::new();
         let mut relisting: Option<HashSet<String>> = None;
@@ -151,35 +160,96 @@ impl Reporter {
                         return;
                     }
                 }
-                event = stream.next() => match event {
-                    Some(Ok(watcher::Event::Init)) => relisting = Some(HashSet::new()),
-                    Some(Ok(watcher::Event::InitApply(pod) | watcher::Event::Apply(pod))) => {
-                        let uid = pod.metadata.uid.clone().unwrap_or_default();
-                        if let Some(seen) = relisting.as_mut() {
-                            seen.insert(uid.clone());
+                events = stream.next() => {
+                    let Some(events) = events else { return };
+                    // Updates of different pods are handled concurrently (each may wait for a
+                    // publish confirm); the updates of one pod, and everything around a
+                    // relist or a deletion, keep their order.
+                    let mut applies = Vec::new();
+                    for event in events {
+                        match event {
+                            Ok(watcher::Event::InitApply(pod) | watcher::Event::Apply(pod)) => {
+                                applies.push(pod);
+                            }
+                            other => {
+                                self.apply(&mut tracks, relisting.as_mut(), std::mem::take(&mut applies))
+                                    .await;
+                                match other {
+                                    Ok(watcher::Event::Init) => relisting = Some(HashSet::new()),
+                                    Ok(watcher::Event::InitDone) => {
+                                        if let Some(seen) = relisting.take() {
+                                            tracks.retain(|uid, _| seen.contains(uid));
+                                        }
+                                    }
+                                    Ok(watcher::Event::Delete(pod)) => {
+                                        tracks.remove(pod.metadata.uid.as_deref().unwrap_or_default());
+                                    }
+                                    Err(e) => warn!(error = %e, "pod watch error; retrying with backoff"),
+                                    Ok(watcher::Event::InitApply(_) | watcher::Event::Apply(_)) => {}
+                                }
+                            }
                         }
-                        let track = tracks.entry(uid).or_insert_with(|| Track::new(pod.clone()));
-                        track.pod = pod;
-                        self.evaluate(track).await;
                     }
-                    Some(Ok(watcher::Event::InitDone)) => {
-                        if let Some(seen) = relisting.take() {
-                            tracks.retain(|uid, _| seen.contains(uid));
-                        }
-                    }
-                    Some(Ok(watcher::Event::Delete(pod))) => {
-                        tracks.remove(pod.metadata.uid.as_deref().unwrap_or_default());
-                    }
-                    Some(Err(e)) => warn!(error = %e, "pod watch error; retrying with backoff"),
-                    None => return,
-                },
+                    self.apply(&mut tracks, relisting.as_mut(), applies).await;
+                }
                 _ = tick.tick() => {
-                    for track in tracks.values_mut() {
-                        self.evaluate(track).await;
-                    }
+                    futures::stream::iter(tracks.values_mut())
+                        .for_each_concurrent(EVENT_BATCH, |track| self.evaluate(track))
+                        .await;
                     tracks.retain(|_, t| !t.deleted);
                 }
             }
+        }
+    }
+
+    /// Takes in pod updates (in watch order) and evaluates each changed pod; pods concurrently,
+    /// the updates of one pod in order.
+    async fn apply(
+        &self,
+        tracks: &mut HashMap<String, Track>,
+        mut relisting: Option<&mut HashSet<String>>,
+        pods: Vec<Pod>,
+    ) {
+        if pods.is_empty() {
+            return;
+        }
+        let mut order: HashMap<String, usize> = HashMap::new();
+        let mut groups: Vec<(String, Vec<Pod>)> = Vec::new();
+        for pod in pods {
+            let uid = pod.metadata.uid.clone().unwrap_or_default();
+            if let Some(seen) = relisting.as_deref_mut() {
+                seen.insert(uid.clone());
+            }
+            match order.get(&uid) {
+                Some(&i) => groups[i].1.push(slim(pod)),
+                None => {
+                    order.insert(uid.clone(), groups.len());
+                    groups.push((uid, vec![slim(pod)]));
+                }
+            }
+        }
+        let work = groups.into_iter().map(|(uid, updates)| {
+            let track = tracks.remove(&uid);
+            async move {
+                let mut updates = updates.into_iter();
+                let first = updates.next().expect("a group has an update");
+                let mut track = match track {
+                    Some(mut t) => {
+                        t.pod = first;
+                        t
+                    }
+                    None => Track::new(first),
+                };
+                self.evaluate(&mut track).await;
+                for pod in updates {
+                    track.pod = pod;
+                    self.evaluate(&mut track).await;
+                }
+                (uid, track)
+            }
+        });
+        for (uid, track) in futures::future::join_all(work).await {
+            tracks.insert(uid, track);
         }
     }
 
@@ -271,6 +341,9 @@ impl Reporter {
                 self.collect_orphan(track, &pod_name, now_unix, false).await;
             }
             Verdict::Running => {
+                if !track.running_sent && !self.announce_launch(track, &base, now_unix).await {
+                    return;
+                }
                 if !track.running_sent && self.publish(EventType::BuildRunning, base).await {
                     track.running_sent = true;
                     if let Some(created) = &track.pod.metadata.creation_timestamp {
@@ -292,6 +365,9 @@ impl Reporter {
                 self.collect_orphan(track, &pod_name, now_unix, false).await;
             }
             Verdict::LaunchFailed { reason, message } => {
+                if !track.terminal_sent && !self.announce_launch(track, &base, now_unix).await {
+                    return;
+                }
                 if !track.terminal_sent {
                     let data = BuildEventData {
                         reason: Some(reason.clone()),
@@ -322,6 +398,9 @@ impl Reporter {
                 }
             }
             Verdict::Succeeded | Verdict::Failed { .. } | Verdict::TimedOut { .. } => {
+                if !track.terminal_sent && !self.announce_launch(track, &base, now_unix).await {
+                    return;
+                }
                 if !track.terminal_sent {
                     let (ty, outcome, data) = match &verdict {
                         Verdict::Succeeded => (EventType::BuildSucceeded, "succeeded", base),
@@ -416,6 +495,52 @@ impl Reporter {
         }
     }
 
+    /// Makes sure `build.launched` is on the stream before the reporter's first event about the
+    /// pod: a pod may start before the replica that created it had its launch confirmed. When
+    /// this process confirmed the launch, nothing is sent; otherwise, for a young pod, the same
+    /// event (same id, same data) is published here first, and consumers that deduplicate by id
+    /// see it once. An older pod's launch was long announced (or its start will be redelivered).
+    async fn announce_launch(
+        &self,
+        track: &mut Track,
+        base: &BuildEventData,
+        now_unix: i64,
+    ) -> bool {
+        if track.launch_announced {
+            return true;
+        }
+        let id = build_event_id(
+            BuildId(base.build_id),
+            EventType::BuildLaunched,
+            base.attempt,
+        );
+        let age = track
+            .pod
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(0, |t| now_unix.saturating_sub(t.0.as_second()));
+        if self.publisher.launched_lately(&id) || age >= LAUNCH_ANNOUNCE_WITHIN.as_secs() as i64 {
+            track.launch_announced = true;
+            return true;
+        }
+        if self.publisher.is_launching(&id) {
+            // This process creates the pod and is about to announce it: look again shortly.
+            return false;
+        }
+        let data = BuildEventData {
+            build_id: base.build_id,
+            job_id: base.job_id,
+            executor: base.executor.clone(),
+            namespace: base.namespace.clone(),
+            pod: base.pod.clone(),
+            attempt: base.attempt,
+            ..Default::default()
+        };
+        track.launch_announced = self.publish(EventType::BuildLaunched, data).await;
+        track.launch_announced
+    }
+
     async fn publish(&self, ty: EventType, data: BuildEventData) -> bool {
         let ev = build_event(&self.source, ty, data);
         match self.publisher.publish_event(&ev).await {
@@ -482,6 +607,51 @@ impl Reporter {
     }
 }
 
+/// The part of a pod the reporter reads (identity, our annotations, the build container's name
+/// and image, the node, the status). A tracked pod lives as long as its pod (until its TTL), so
+/// with thousands of builds the rest of the spec (env, volumes, the launcher's init container)
+/// would dominate the worker's memory.
+fn slim(pod: Pod) -> Pod {
+    let Pod {
+        metadata,
+        spec,
+        status,
+    } = pod;
+    let annotations = metadata.annotations.map(|a| {
+        a.into_iter()
+            .filter(|(k, _)| k.starts_with(naming::ANN_PREFIX))
+            .collect()
+    });
+    let spec = spec.map(|s| k8s_openapi::api::core::v1::PodSpec {
+        containers: s
+            .containers
+            .into_iter()
+            .take(1)
+            .map(|c| k8s_openapi::api::core::v1::Container {
+                name: c.name,
+                image: c.image,
+                ..Default::default()
+            })
+            .collect(),
+        node_name: s.node_name,
+        ..Default::default()
+    });
+    Pod {
+        metadata: kube::api::ObjectMeta {
+            name: metadata.name,
+            namespace: metadata.namespace,
+            uid: metadata.uid,
+            labels: metadata.labels,
+            annotations,
+            creation_timestamp: metadata.creation_timestamp,
+            deletion_timestamp: metadata.deletion_timestamp,
+            ..Default::default()
+        },
+        spec,
+        status,
+    }
+}
+
 /// Waiting reasons of every container of the pod.
 fn waiting_reasons(pod: &Pod) -> impl Iterator<Item = String> + '_ {
     pod.status.iter().flat_map(|s| {
@@ -509,4 +679,109 @@ fn finished_at(pod: &Pod) -> Option<i64> {
         .finished_at
         .as_ref()
         .map(|t| t.0.as_second())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::watch::assess::Policy;
+    use serde_json::json;
+
+    fn full_pod(status: serde_json::Value, node: Option<&str>, deleting: bool) -> Pod {
+        let mut meta = json!({
+            "name": "42-abcde", "namespace": "builds", "uid": "u-1",
+            "creationTimestamp": "2027-01-15T08:00:00Z",
+            "labels": {"sdbuild": "beta-42", "app.kubernetes.io/managed-by": "buildcluster-worker"},
+            "annotations": {"buildcluster-worker/build-id": "42", "buildcluster-worker/attempt": "2",
+                            "buildcluster-worker/token-secret": "42-token", "screwdriver.cd/cpu": "HIGH"},
+        });
+        if deleting {
+            meta["deletionTimestamp"] = json!("2027-01-15T08:05:00Z");
+        }
+        serde_json::from_value(json!({
+            "metadata": meta,
+            "spec": {
+                "nodeName": node,
+                "initContainers": [{"name": "launcher", "image": "screwdrivercd/launcher:v6",
+                                    "command": ["/bin/sh", "-c", "cp -a /opt/sd/* /opt/launcher"]}],
+                "containers": [
+                    {"name": "42", "image": "node:22", "command": ["/opt/sd/launcher_entrypoint.sh"],
+                     "env": [{"name": "SD_BUILD_ID", "value": "42"}],
+                     "volumeMounts": [{"name": "workspace", "mountPath": "/sd/workspace"}]},
+                    {"name": "dind", "image": "docker:dind"}],
+                "volumes": [{"name": "workspace", "emptyDir": {}}],
+            },
+            "status": status,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_slim_pod_is_assessed_exactly_as_the_full_one() {
+        let statuses = [
+            json!({"phase": "Pending"}),
+            json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/3 nodes"}]}),
+            json!({"phase": "Pending", "containerStatuses": [{"name": "42", "ready": false, "restartCount": 0, "image": "x", "imageID": "", "state": {"waiting": {"reason": "InvalidImageName", "message": "bad"}}}]}),
+            json!({"phase": "Pending", "initContainerStatuses": [{"name": "launcher", "ready": false, "restartCount": 0, "image": "x", "imageID": "", "state": {"terminated": {"exitCode": 1, "reason": "Error"}}}]}),
+            json!({"phase": "Running", "containerStatuses": [{"name": "42", "ready": true, "restartCount": 0, "image": "x", "imageID": "", "state": {"running": {"startedAt": "2027-01-15T08:00:05Z"}}}]}),
+            json!({"phase": "Running", "containerStatuses": [
+                {"name": "42", "ready": false, "restartCount": 0, "image": "x", "imageID": "", "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled", "finishedAt": "2027-01-15T08:03:00Z"}}},
+                {"name": "dind", "ready": true, "restartCount": 0, "image": "x", "imageID": "", "state": {"running": {}}}]}),
+            json!({"phase": "Succeeded", "containerStatuses": [{"name": "42", "ready": false, "restartCount": 0, "image": "x", "imageID": "", "state": {"terminated": {"exitCode": 0, "reason": "Completed", "finishedAt": "2027-01-15T08:04:00Z"}}}]}),
+            json!({"phase": "Failed", "reason": "DeadlineExceeded", "message": "too long"}),
+        ];
+        let policy = Policy {
+            grace: Duration::from_secs(30),
+            pending_timeout: Duration::from_secs(600),
+        };
+        let created = "2027-01-15T08:00:00Z"
+            .parse::<jiff::Timestamp>()
+            .unwrap()
+            .as_second();
+        for status in statuses {
+            for node in [None, Some("node-1")] {
+                for deleting in [false, true] {
+                    let full = full_pod(status.clone(), node, deleting);
+                    let small = slim(full.clone());
+                    for now in [created + 1, created + 601, created + 100_000] {
+                        for age in [Duration::ZERO, Duration::from_secs(31)] {
+                            assert_eq!(
+                                assess(&small, now, |_| age, &policy),
+                                assess(&full, now, |_| age, &policy),
+                                "{status} node={node:?}"
+                            );
+                        }
+                    }
+                    assert_eq!(finished_at(&small), finished_at(&full));
+                    assert_eq!(
+                        waiting_reasons(&small).collect::<Vec<_>>(),
+                        waiting_reasons(&full).collect::<Vec<_>>()
+                    );
+                    assert_eq!(
+                        small.metadata.deletion_timestamp,
+                        full.metadata.deletion_timestamp
+                    );
+                    assert_eq!(
+                        small.spec.as_ref().unwrap().node_name,
+                        full.spec.as_ref().unwrap().node_name
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_slim_pod_keeps_the_worker_annotations_only() {
+        let small = slim(full_pod(json!({"phase": "Pending"}), None, false));
+        let ann = small.metadata.annotations.unwrap();
+        assert_eq!(ann.len(), 3);
+        assert_eq!(ann["buildcluster-worker/build-id"], "42");
+        assert!(!ann.contains_key("screwdriver.cd/cpu"));
+        assert_eq!(small.metadata.uid.as_deref(), Some("u-1"));
+        assert_eq!(small.metadata.labels.unwrap()["sdbuild"], "beta-42");
+        let spec = small.spec.unwrap();
+        assert!(spec.init_containers.is_none() && spec.volumes.is_none());
+        assert_eq!(spec.containers.len(), 1);
+        assert!(spec.containers[0].env.is_none());
+    }
 }
