@@ -152,6 +152,19 @@ pub fn standard(scale: f64) -> Vec<Scenario> {
                 Load::Burst { builds: burst },
             )
         },
+        Scenario {
+            worker_extra: Some(r#"{"rabbitmq": {"buildLocks": false}}"#),
+            ..Scenario::new(
+                "burst-launch-only",
+                "Worker, burst, the baseline's work only: build locks and lifecycle reporter off",
+                Target::Worker {
+                    replicas: 1,
+                    token_secret: true,
+                    lifecycle: false,
+                },
+                Load::Burst { builds: burst },
+            )
+        },
         Scenario::new(
             "burst-baseline-pod-only",
             "Baseline: pod POST only, confirmed publish, ack",

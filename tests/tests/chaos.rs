@@ -114,6 +114,8 @@ async fn chaos_nothing_lost_nothing_launched_twice() {
         WorkerProcess::spawn(&doc, &[]).await,
         WorkerProcess::spawn(&doc, &[]).await,
     ];
+    // Panics seen in the replicas' logs (a killed replica's log is read before it restarts).
+    let mut panics = 0usize;
 
     // Plan the traffic: valid builds, some twice, some stopped, poison in between.
     let mut stopped = BTreeSet::new();
@@ -170,6 +172,7 @@ async fn chaos_nothing_lost_nothing_launched_twice() {
                     let victim = rng.random_range(0..replicas.len());
                     replicas[victim].signal(Signal::SIGKILL);
                     let _ = replicas[victim].wait(Duration::from_secs(10)).await;
+                    panics += panics_in(&replicas[victim].log_text());
                     replicas[victim] = WorkerProcess::spawn(&doc, &[]).await;
                     figures.kills += 1;
                 }
@@ -198,6 +201,7 @@ async fn chaos_nothing_lost_nothing_launched_twice() {
         let victim = figures.kills as usize % replicas.len();
         replicas[victim].signal(Signal::SIGKILL);
         let _ = replicas[victim].wait(Duration::from_secs(10)).await;
+        panics += panics_in(&replicas[victim].log_text());
         replicas[victim] = WorkerProcess::spawn(&doc, &[]).await;
         figures.kills += 1;
     }
@@ -346,7 +350,11 @@ async fn chaos_nothing_lost_nothing_launched_twice() {
         "  pods left that should not be {}",
         leftovers.len() + orphans
     );
+    for r in &replicas {
+        panics += panics_in(&r.log_text());
+    }
     println!("  (build, type, attempt) with two ids {id_conflicts}");
+    println!("  panics in the workers' logs  {panics}");
     println!(
         "  dead letters                 {} (poison published: {}, distinct message ids: {})",
         dead.len(),
@@ -384,6 +392,7 @@ async fn chaos_nothing_lost_nothing_launched_twice() {
             );
         }
     }
+    assert_eq!(panics, 0, "a worker panicked (see its log)");
     assert!(twice.is_empty(), "builds launched twice: {twice:?}");
     assert!(lost.is_empty(), "builds lost: {lost:?}");
     assert!(never.is_empty(), "builds never launched: {never:?}");
@@ -428,4 +437,9 @@ fn live_builds(c: &ClusterHandle) -> Vec<u64> {
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .filter_map(sdbuild)
         .collect()
+}
+
+/// Panics a worker's log shows (the Rust runtime writes them to stderr, which is the log).
+fn panics_in(log: &str) -> usize {
+    log.matches("panicked at").count()
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod, PodCondition, PodStatus};
 use kube::Api;
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::watch;
@@ -88,6 +88,9 @@ struct Track {
     token: Option<Secret>,
     /// `build.launched` is known to be on the stream.
     launch_announced: bool,
+    /// A finished pod needs nothing until its TTL: the resync skips it until then (a watch
+    /// update still evaluates it at once).
+    idle_until: Option<Instant>,
 }
 
 impl Track {
@@ -106,6 +109,7 @@ impl Track {
             deleted: false,
             token: None,
             launch_announced: false,
+            idle_until: None,
         }
     }
 }
@@ -193,9 +197,14 @@ impl Reporter {
                     self.apply(&mut tracks, relisting.as_mut(), applies).await;
                 }
                 _ = tick.tick() => {
-                    futures::stream::iter(tracks.values_mut())
-                        .for_each_concurrent(EVENT_BATCH, |track| self.evaluate(track))
-                        .await;
+                    let now = Instant::now();
+                    futures::stream::iter(
+                        tracks
+                            .values_mut()
+                            .filter(|t| t.idle_until.is_none_or(|until| until <= now)),
+                    )
+                    .for_each_concurrent(EVENT_BATCH, |track| self.evaluate(track))
+                    .await;
                     tracks.retain(|_, t| !t.deleted);
                 }
             }
@@ -325,142 +334,152 @@ impl Reporter {
             ..Default::default()
         };
         let span = info_span!("build", buildId = info.build.0, executor = %self.cluster.executor, attempt = info.attempt);
-        let _enter = span.enter();
-        match &verdict {
-            Verdict::Pending { scheduled } => {
-                if *scheduled && !track.scheduled_sent {
-                    track.scheduled_at.get_or_insert_with(jiff::Timestamp::now);
-                    self.scheduled_update(track, &info).await;
-                } else if !*scheduled
-                    && !track.waiting_sent
-                    && track.first_seen.elapsed() >= WAITING_AFTER
-                {
-                    track.waiting_sent =
-                        self.status_update(track, &info, Update::Waiting).await == Reported::Done;
-                }
-                self.collect_orphan(track, &pod_name, now_unix, false).await;
-            }
-            Verdict::Running => {
-                if !track.running_sent && !self.announce_launch(track, &base, now_unix).await {
-                    return;
-                }
-                if !track.running_sent && self.publish(EventType::BuildRunning, base).await {
-                    track.running_sent = true;
-                    if let Some(created) = &track.pod.metadata.creation_timestamp {
-                        let age = now_unix.saturating_sub(created.0.as_second()).max(0) as u64;
-                        metrics::pod_started(&self.cluster.executor, Duration::from_secs(age));
-                    }
-                    info!(pod = %pod_name, "build running");
-                }
-                if !track.scheduled_sent {
-                    if track.scheduled_at.is_some() {
-                        // Scheduled earlier, but the token was not readable yet: still owed.
+        // Instrumented, not entered: evaluations of different pods run concurrently on one task.
+        async move {
+            match &verdict {
+                Verdict::Pending { scheduled } => {
+                    if *scheduled && !track.scheduled_sent {
+                        track.scheduled_at.get_or_insert_with(jiff::Timestamp::now);
                         self.scheduled_update(track, &info).await;
-                    } else {
-                        // First seen running (a reporter that took over): another reporter
-                        // told the API when the pod was scheduled.
-                        track.scheduled_sent = true;
-                    }
-                }
-                self.collect_orphan(track, &pod_name, now_unix, false).await;
-            }
-            Verdict::LaunchFailed { reason, message } => {
-                if !track.terminal_sent && !self.announce_launch(track, &base, now_unix).await {
-                    return;
-                }
-                if !track.terminal_sent {
-                    let data = BuildEventData {
-                        reason: Some(reason.clone()),
-                        message: Some(message.clone()),
-                        ..base
-                    };
-                    if !self.publish(EventType::BuildLaunchFailed, data).await {
-                        return;
-                    }
-                    track.terminal_sent = true;
-                    metrics::launch_failed(&self.cluster.executor, reason);
-                    warn!(pod = %pod_name, %reason, "build failed to start");
-                }
-                if !track.failure_sent {
-                    // The pod (and its token Secret) stays until the user has been told.
-                    if self
-                        .status_update(track, &info, Update::Failure(message.clone()))
-                        .await
-                        == Reported::NotYet
+                    } else if !*scheduled
+                        && !track.waiting_sent
+                        && track.first_seen.elapsed() >= WAITING_AFTER
                     {
+                        track.waiting_sent =
+                            self.status_update(track, &info, Update::Waiting).await
+                                == Reported::Done;
+                    }
+                    self.collect_orphan(track, &pod_name, now_unix, false).await;
+                }
+                Verdict::Running => {
+                    if !track.running_sent && !self.announce_launch(track, &base, now_unix).await {
                         return;
                     }
-                    track.failure_sent = true;
+                    if !track.running_sent && self.publish(EventType::BuildRunning, base).await {
+                        track.running_sent = true;
+                        if let Some(created) = &track.pod.metadata.creation_timestamp {
+                            let age = now_unix.saturating_sub(created.0.as_second()).max(0) as u64;
+                            metrics::pod_started(&self.cluster.executor, Duration::from_secs(age));
+                        }
+                        info!(pod = %pod_name, "build running");
+                    }
+                    if !track.scheduled_sent {
+                        if track.scheduled_at.is_some() {
+                            // Scheduled earlier, but the token was not readable yet: still owed.
+                            self.scheduled_update(track, &info).await;
+                        } else {
+                            // First seen running (a reporter that took over): another reporter
+                            // told the API when the pod was scheduled.
+                            track.scheduled_sent = true;
+                        }
+                    }
+                    self.collect_orphan(track, &pod_name, now_unix, false).await;
                 }
-                // A pod that cannot start is removed, so nothing hangs and nothing is retried.
-                if self.cluster.delete_pod(&pod_name, Some(0)).await.is_ok() {
-                    track.deleted = true;
-                }
-            }
-            Verdict::Succeeded | Verdict::Failed { .. } | Verdict::TimedOut { .. } => {
-                if !track.terminal_sent && !self.announce_launch(track, &base, now_unix).await {
-                    return;
-                }
-                if !track.terminal_sent {
-                    let (ty, outcome, data) = match &verdict {
-                        Verdict::Succeeded => (EventType::BuildSucceeded, "succeeded", base),
-                        Verdict::Failed {
-                            exit_code,
-                            reason,
-                            message,
-                        } => (
-                            EventType::BuildFailed,
-                            "failed",
-                            BuildEventData {
-                                exit_code: Some(*exit_code),
-                                reason: Some(reason.clone()),
-                                message: Some(message.clone()),
-                                ..base
-                            },
-                        ),
-                        Verdict::TimedOut { message } => (
-                            EventType::BuildTimedOut,
-                            "timed_out",
-                            BuildEventData {
-                                reason: Some("DeadlineExceeded".into()),
-                                message: Some(message.clone()),
-                                ..base
-                            },
-                        ),
-                        _ => unreachable!("matched above"),
-                    };
-                    if !self.publish(ty, data).await {
+                Verdict::LaunchFailed { reason, message } => {
+                    if !track.terminal_sent && !self.announce_launch(track, &base, now_unix).await {
                         return;
                     }
-                    track.terminal_sent = true;
-                    track.terminal_at = Some(Instant::now());
-                    metrics::build_completed(&self.cluster.executor, outcome);
-                    info!(pod = %pod_name, outcome, "build finished");
-                    // The launcher reports its own result; only deaths it cannot report are told.
-                    if let Verdict::Failed {
-                        reason, message, ..
-                    } = &verdict
-                        && matches!(reason.as_str(), "OOMKilled" | "Evicted" | "Failed")
+                    if !track.terminal_sent {
+                        let data = BuildEventData {
+                            reason: Some(reason.clone()),
+                            message: Some(message.clone()),
+                            ..base
+                        };
+                        if !self.publish(EventType::BuildLaunchFailed, data).await {
+                            return;
+                        }
+                        track.terminal_sent = true;
+                        metrics::launch_failed(&self.cluster.executor, reason);
+                        warn!(pod = %pod_name, %reason, "build failed to start");
+                    }
+                    if !track.failure_sent {
+                        // The pod (and its token Secret) stays until the user has been told.
+                        if self
+                            .status_update(track, &info, Update::Failure(message.clone()))
+                            .await
+                            == Reported::NotYet
+                        {
+                            return;
+                        }
+                        track.failure_sent = true;
+                    }
+                    // A pod that cannot start is removed, so nothing hangs and nothing is retried.
+                    if self.cluster.delete_pod(&pod_name, Some(0)).await.is_ok() {
+                        track.deleted = true;
+                    }
+                }
+                Verdict::Succeeded | Verdict::Failed { .. } | Verdict::TimedOut { .. } => {
+                    if !track.terminal_sent && !self.announce_launch(track, &base, now_unix).await {
+                        return;
+                    }
+                    if !track.terminal_sent {
+                        let (ty, outcome, data) = match &verdict {
+                            Verdict::Succeeded => (EventType::BuildSucceeded, "succeeded", base),
+                            Verdict::Failed {
+                                exit_code,
+                                reason,
+                                message,
+                            } => (
+                                EventType::BuildFailed,
+                                "failed",
+                                BuildEventData {
+                                    exit_code: Some(*exit_code),
+                                    reason: Some(reason.clone()),
+                                    message: Some(message.clone()),
+                                    ..base
+                                },
+                            ),
+                            Verdict::TimedOut { message } => (
+                                EventType::BuildTimedOut,
+                                "timed_out",
+                                BuildEventData {
+                                    reason: Some("DeadlineExceeded".into()),
+                                    message: Some(message.clone()),
+                                    ..base
+                                },
+                            ),
+                            _ => unreachable!("matched above"),
+                        };
+                        if !self.publish(ty, data).await {
+                            return;
+                        }
+                        track.terminal_sent = true;
+                        track.terminal_at = Some(Instant::now());
+                        metrics::build_completed(&self.cluster.executor, outcome);
+                        info!(pod = %pod_name, outcome, "build finished");
+                        // The launcher reports its own result; only deaths it cannot report are told.
+                        if let Verdict::Failed {
+                            reason, message, ..
+                        } = &verdict
+                            && matches!(reason.as_str(), "OOMKilled" | "Evicted" | "Failed")
+                        {
+                            self.status_update(track, &info, Update::Failure(message.clone()))
+                                .await;
+                        }
+                        if let Verdict::TimedOut { message } = &verdict {
+                            self.status_update(track, &info, Update::Failure(message.clone()))
+                                .await;
+                        }
+                    }
+                    let ttl = self.config.options.kubernetes.pod_ttl;
+                    let finished_for = finished_at(&track.pod)
+                        .map(|t| Duration::from_secs(now_unix.saturating_sub(t).max(0) as u64))
+                        .unwrap_or_else(|| {
+                            track.terminal_at.map(|t| t.elapsed()).unwrap_or_default()
+                        });
+                    if finished_for >= ttl && self.cluster.delete_pod(&pod_name, None).await.is_ok()
                     {
-                        self.status_update(track, &info, Update::Failure(message.clone()))
-                            .await;
+                        metrics::gc_deleted(&self.cluster.executor, "finished");
+                        debug!(pod = %pod_name, "finished pod collected");
+                        track.deleted = true;
+                    } else if finished_for < ttl {
+                        track.idle_until = Some(Instant::now() + (ttl - finished_for));
                     }
-                    if let Verdict::TimedOut { message } = &verdict {
-                        self.status_update(track, &info, Update::Failure(message.clone()))
-                            .await;
-                    }
-                }
-                let ttl = self.config.options.kubernetes.pod_ttl;
-                let finished_for = finished_at(&track.pod)
-                    .map(|t| Duration::from_secs(now_unix.saturating_sub(t).max(0) as u64))
-                    .unwrap_or_else(|| track.terminal_at.map(|t| t.elapsed()).unwrap_or_default());
-                if finished_for >= ttl && self.cluster.delete_pod(&pod_name, None).await.is_ok() {
-                    metrics::gc_deleted(&self.cluster.executor, "finished");
-                    debug!(pod = %pod_name, "finished pod collected");
-                    track.deleted = true;
                 }
             }
         }
+        .instrument(span)
+        .await;
     }
 
     /// Deletes a pod that no build can still need: one without a build past the pending
@@ -635,6 +654,42 @@ fn slim(pod: Pod) -> Pod {
             .collect(),
         node_name: s.node_name,
         ..Default::default()
+    });
+    let status = status.map(|st| {
+        let containers = |list: Option<Vec<ContainerStatus>>| {
+            list.map(|l| {
+                l.into_iter()
+                    .map(|c| ContainerStatus {
+                        name: c.name,
+                        state: c.state,
+                        last_state: c.last_state,
+                        ready: c.ready,
+                        restart_count: c.restart_count,
+                        started: c.started,
+                        ..Default::default()
+                    })
+                    .collect()
+            })
+        };
+        PodStatus {
+            phase: st.phase,
+            reason: st.reason,
+            message: st.message,
+            conditions: st.conditions.map(|cs| {
+                cs.into_iter()
+                    .map(|c| PodCondition {
+                        type_: c.type_,
+                        status: c.status,
+                        reason: c.reason,
+                        message: c.message,
+                        ..Default::default()
+                    })
+                    .collect()
+            }),
+            container_statuses: containers(st.container_statuses),
+            init_container_statuses: containers(st.init_container_statuses),
+            ..Default::default()
+        }
     });
     Pod {
         metadata: kube::api::ObjectMeta {
