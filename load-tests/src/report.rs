@@ -48,6 +48,30 @@ pub fn verdicts(all: &[Outcome]) -> Vec<Verdict> {
             met: None,
         }),
     }
+    for (name, what) in [
+        (
+            "burst-no-locks",
+            "same, with the cross-replica build locks off",
+        ),
+        (
+            "burst-launch-only",
+            "same, like for like: build locks and lifecycle reporter off (the baseline's work)",
+        ),
+    ] {
+        if let (Some(w), Some(b)) = (find(all, name), find(all, "burst-baseline"))
+            && b.throughput_per_s > 0.0
+        {
+            let ratio = w.throughput_per_s / b.throughput_per_s;
+            v.push(Verdict {
+                target: what.into(),
+                figure: format!(
+                    "{:.0} builds/s = {ratio:.2} x baseline {:.0} builds/s",
+                    w.throughput_per_s, b.throughput_per_s
+                ),
+                met: Some(ratio >= 0.8 && w.throughput_per_s >= 1000.0),
+            });
+        }
+    }
     if let (Some(w), Some(b)) = (
         find(all, "burst-args"),
         find(all, "burst-baseline-pod-only"),
