@@ -100,7 +100,7 @@ async fn chaos_nothing_lost_nothing_launched_twice() {
         extra: json!({
             // The stop re-checks must outlast a start that waits for an executor (the default 3
             // re-checks span minutes with the default delays; these delays are seconds).
-            "rabbitmq": {"stopRechecks": 12},
+            "rabbitmq": {"stopRechecks": 30},
             "executor": {
                 "a": {"options": {"kubernetes": {"podTTL": 120}}},
                 "b": {"options": {"kubernetes": {"podTTL": 120}}},

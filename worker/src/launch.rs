@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::breaker::State;
 use crate::cluster::{CallError, Cluster};
@@ -23,6 +23,9 @@ use crate::routing::{Plan, Router};
 use crate::telemetry::metrics;
 use crate::tombstones::Tombstones;
 use crate::watch::assess::{Policy, Verdict, assess};
+
+/// Added to the call timeout when waiting for an earlier holder's create to land.
+const IN_FLIGHT_MARGIN: Duration = Duration::from_secs(1);
 
 /// How long a build waits before looking again when it cannot proceed and nothing says
 /// otherwise.
@@ -264,6 +267,54 @@ impl Launcher {
                 retry_in,
                 reason: "unconfirmed",
             };
+        }
+        // 1b. A redelivered build's earlier holder may have lost its broker connection (and its
+        //     lock) with a create still on the wire: that request can land after the look
+        //     above. Before creating anywhere but where such a create would collide with ours
+        //     (same executor, same pod name), wait until it must have landed or been cut off
+        //     (the call timeout of the executor it went to), and look there again.
+        if req.redelivered && !check.is_empty() {
+            let target = candidates.iter().find(|n| {
+                self.executors
+                    .get(*n)
+                    .is_some_and(|ex| ex.cluster.breaker_state() != State::Open)
+            });
+            let others: Vec<&String> = check.iter().filter(|n| Some(*n) != target).collect();
+            let settle = others
+                .iter()
+                .map(|n| self.executors[*n].config.options.fusebox.breaker.timeout)
+                .max();
+            if let Some(settle) = settle {
+                debug!(
+                    ?settle,
+                    "redelivered build: letting an earlier holder's create land"
+                );
+                tokio::time::sleep(settle + IN_FLIGHT_MARGIN).await;
+                for name in others {
+                    let ex = &self.executors[name];
+                    match ex
+                        .cluster
+                        .list_pods(&ex.build_selector(build.build_id))
+                        .await
+                    {
+                        Ok(pods) => {
+                            if let Some(pod) = pods.into_iter().find(is_ours) {
+                                return self.adopt(name, ex, pod, req).await;
+                            }
+                        }
+                        Err(e) => {
+                            warn!(executor = %name, error = %e, "cannot confirm whether the executor holds the build's pod");
+                            let mut touched = req.touched.clone();
+                            touched.insert(name.clone());
+                            return LaunchOutcome::Wait {
+                                touched,
+                                retry_in: DEFAULT_WAIT,
+                                reason: "unconfirmed",
+                            };
+                        }
+                    }
+                }
+            }
         }
 
         // 2. Create on the first candidate whose breaker admits calls.

@@ -81,11 +81,21 @@ async fn metrics_carry_every_contract_name_and_label_set_and_move() {
 
     let metrics = eventually(
         SOON,
-        "queue gauges and the dead letter in the metrics",
+        "queue gauges, the dead letter and 30 launches in the metrics",
         || async {
             let (_, body) = worker.get("/metrics").await?;
             let m = parse_metrics(&body);
-            (m.contains_key("bcw_queue_messages") && m.contains_key("bcw_dead_letters_total"))
+            // A build's event is confirmed before its message is settled and counted.
+            let launched: f64 = m
+                .get("bcw_messages_total")
+                .into_iter()
+                .flatten()
+                .filter(|s| s["job"] == "start" && s["outcome"] == "launched")
+                .map(|s| s["__value"].parse::<f64>().unwrap_or_default())
+                .sum();
+            (m.contains_key("bcw_queue_messages")
+                && m.contains_key("bcw_dead_letters_total")
+                && launched >= 30.0)
                 .then_some((m, body))
         },
     )
