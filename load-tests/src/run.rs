@@ -636,7 +636,7 @@ fn jwt_sized_token(id: u64) -> String {
     };
     format!(
         "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9.{}.{}",
-        part(520),
+        part(760),
         part(342)
     )
 }
