@@ -61,6 +61,8 @@ async fn reset_returns_to_the_configured_state() {
     a.reset().await;
     assert!(a.pods().is_empty() && a.create_log().is_empty() && a.request_log().is_empty());
     assert_eq!(a.timeline(), Timeline::fast());
+    // A new client: the old one's pooled connection was cut with the listener.
+    let pods: Api<Pod> = Api::namespaced(client(&a), NS);
     assert!(
         pods.list(&ListParams::default())
             .await
