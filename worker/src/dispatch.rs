@@ -383,6 +383,15 @@ impl Dispatcher {
             attempt: carried.attempt,
             ..Default::default()
         };
+        // An earlier holder of a redelivered build may have a create on the wire to any
+        // candidate: a look that found nothing now proves nothing later, so the copy that comes
+        // back keeps looking at every candidate.
+        let widen = |mut touched: std::collections::BTreeSet<String>| {
+            if redelivered {
+                touched.extend(self.launcher.candidates(build));
+            }
+            touched
+        };
         match outcome {
             LaunchOutcome::Launched {
                 executor,
@@ -419,7 +428,7 @@ impl Dispatcher {
                 reason,
             } => Decision::Later(Later {
                 next: Carried {
-                    executors: touched,
+                    executors: widen(touched),
                     ..carried.clone()
                 },
                 consume: false,
@@ -438,7 +447,7 @@ impl Dispatcher {
                 executor,
             } => Decision::Later(Later {
                 next: Carried {
-                    executors: touched,
+                    executors: widen(touched),
                     ..carried.clone()
                 },
                 consume: true,
