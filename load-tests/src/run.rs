@@ -9,15 +9,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use bcw_tests::harness::{ExecutorSpec, Knobs, Names, StartMsg, free_port, settings_json};
+use bcw_tests::harness::rabbit::AMQP_URL;
+use bcw_tests::harness::{
+    ExecutorSpec, Knobs, Names, Rabbit, StartMsg, free_port, merge_json, settings_json,
+};
 use bcw_tests::kube_sim::{ClusterConfig, Fault, KubeSim, SimConfig, Timeline};
 use futures::StreamExt;
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Channel};
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
@@ -25,9 +28,6 @@ use tokio::time::Instant;
 
 use crate::procstat;
 use crate::scenario::{Load, Scenario, Target, Trouble};
-
-/// The broker the benchmark uses.
-pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=30";
 
 /// Clusters every scenario runs against (the first one takes the faults).
 pub const CLUSTERS: [&str; 2] = ["east", "west"];
@@ -126,7 +126,7 @@ pub struct Outcome {
 /// Shared state of a benchmark run.
 pub struct Bench {
     sim: KubeSim,
-    conn: Connection,
+    rabbit: Rabbit,
     publish: Channel,
     bin_dir: PathBuf,
     templates: tempfile::TempDir,
@@ -154,10 +154,8 @@ impl Bench {
             ..SimConfig::default()
         })
         .await?;
-        let conn = Connection::connect(AMQP_URL, ConnectionProperties::default())
-            .await
-            .context("RabbitMQ must run on 127.0.0.1:5672 (guest/guest)")?;
-        let publish = conn.create_channel().await?;
+        let rabbit = Rabbit::connect().await;
+        let publish = rabbit.channel().await;
         publish
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
@@ -167,7 +165,7 @@ impl Bench {
             .context("binary directory")?;
         Ok(Bench {
             sim,
-            conn,
+            rabbit,
             publish,
             bin_dir,
             templates: tempfile::tempdir()?,
@@ -183,7 +181,6 @@ impl Bench {
 
     /// Stops everything.
     pub async fn shutdown(self) {
-        let _ = self.conn.close(200, "done".into()).await;
         self.sim.shutdown().await;
     }
 
@@ -284,12 +281,14 @@ impl Bench {
         // Production lifecycle timings, not the tests' fast ones.
         doc["lifecycle"] = json!({"enabled": lifecycle});
         if let Some(extra) = sc.worker_extra {
-            merge(
+            merge_json(
                 &mut doc,
                 &serde_json::from_str(extra).expect("scenario JSON is valid"),
             );
         }
-        merge(&mut doc, &self.worker_extra);
+        if !self.worker_extra.is_null() {
+            merge_json(&mut doc, &self.worker_extra);
+        }
         doc
     }
 
@@ -297,7 +296,7 @@ impl Bench {
     pub async fn run(&mut self, sc: &Scenario, verbose: bool) -> anyhow::Result<Outcome> {
         let wall = Instant::now();
         let names = Names::unique(&format!("load-{}", sc.name));
-        self.declare_exchanges(&names).await?;
+        self.rabbit.declare_exchanges(&names).await;
         // Every scenario starts on empty clusters (the previous one's pods are left until now
         // so the warm-up can copy them).
         self.reset().await;
@@ -308,7 +307,7 @@ impl Bench {
             t.run_for = sc.pod_runs_ms.map(Duration::from_millis);
             cluster.set_timeline(t);
         }
-        let collector = Collector::start(&self.conn, &names, self.epoch).await?;
+        let collector = Collector::start(self.rabbit.channel().await, &names, self.epoch).await?;
         let first = self.next_build;
         let count = sc.load.builds();
         self.next_build += count as u64 + 1_000;
@@ -421,7 +420,7 @@ impl Bench {
             in_flight_rss_mib: in_flight_rss,
         });
         collector.stop().await;
-        self.cleanup(&names).await;
+        self.rabbit.cleanup(&names).await;
         Ok(outcome)
     }
 
@@ -455,27 +454,9 @@ impl Bench {
         })
     }
 
-    async fn declare_exchanges(&self, names: &Names) -> anyhow::Result<()> {
-        let ch = self.conn.create_channel().await?;
-        for ex in [&names.exchange, &names.events] {
-            ch.exchange_declare(
-                ShortString::from(ex.as_str()),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        }
-        let _ = ch.close(200, "ok".into()).await;
-        Ok(())
-    }
-
     /// The baseline's queue: durable quorum queue, as the worker's.
     async fn declare_plain_queue(&self, names: &Names) -> anyhow::Result<()> {
-        let ch = self.conn.create_channel().await?;
+        let ch = self.rabbit.channel().await;
         let mut args = FieldTable::default();
         args.insert(
             ShortString::from("x-queue-type"),
@@ -500,28 +481,6 @@ impl Bench {
         .await?;
         let _ = ch.close(200, "ok".into()).await;
         Ok(())
-    }
-
-    async fn cleanup(&self, names: &Names) {
-        let Ok(ch) = self.conn.create_channel().await else {
-            return;
-        };
-        let mut queues = vec![names.queue.clone(), names.dead()];
-        queues.extend((1..=10).map(|n| format!("{}.retry.{n}", names.queue)));
-        for q in queues {
-            let _ = ch
-                .queue_delete(ShortString::from(q.as_str()), QueueDeleteOptions::default())
-                .await;
-        }
-        for ex in [&names.exchange, &names.events] {
-            let _ = ch
-                .exchange_delete(
-                    ShortString::from(ex.as_str()),
-                    ExchangeDeleteOptions::default(),
-                )
-                .await;
-        }
-        let _ = ch.close(200, "ok".into()).await;
     }
 
     /// Publishes every build at once; confirms are awaited in windows so the broker is kept
@@ -641,18 +600,6 @@ fn jwt_sized_token(id: u64) -> String {
     )
 }
 
-fn merge(into: &mut Value, from: &Value) {
-    match (into, from) {
-        (_, Value::Null) => {}
-        (Value::Object(a), Value::Object(b)) => {
-            for (k, v) in b {
-                merge(a.entry(k.clone()).or_insert(Value::Null), v);
-            }
-        }
-        (slot, v) => *slot = v.clone(),
-    }
-}
-
 fn strip_server_fields(obj: &mut Value) {
     if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
         for k in [
@@ -691,8 +638,7 @@ struct Times {
 }
 
 impl Collector {
-    async fn start(conn: &Connection, names: &Names, epoch: Instant) -> anyhow::Result<Collector> {
-        let ch = conn.create_channel().await?;
+    async fn start(ch: Channel, names: &Names, epoch: Instant) -> anyhow::Result<Collector> {
         let q = ch
             .queue_declare(
                 ShortString::from(""),

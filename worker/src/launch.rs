@@ -240,18 +240,10 @@ impl Launcher {
         let mut retry_in = DEFAULT_WAIT;
         for name in &check {
             let ex = &self.executors[name];
-            match ex
-                .cluster
-                .list_pods(&ex.build_selector(build.build_id))
-                .await
-            {
-                Ok(pods) => {
-                    if let Some(pod) = pods.into_iter().find(is_ours) {
-                        return self.adopt(name, ex, pod, req).await;
-                    }
-                }
+            match self.pod_on(name, ex, build.build_id).await {
+                Ok(Some(pod)) => return self.adopt(name, ex, pod, req).await,
+                Ok(None) => {}
                 Err(e) => {
-                    warn!(executor = %name, error = %e, "cannot confirm whether the executor holds the build's pod");
                     if let CallError::BreakerOpen { retry_in: r, .. } = e {
                         retry_in = retry_in.min(r.max(Duration::from_secs(1)));
                     }
@@ -292,18 +284,10 @@ impl Launcher {
                 tokio::time::sleep(settle + IN_FLIGHT_MARGIN).await;
                 for name in others {
                     let ex = &self.executors[name];
-                    match ex
-                        .cluster
-                        .list_pods(&ex.build_selector(build.build_id))
-                        .await
-                    {
-                        Ok(pods) => {
-                            if let Some(pod) = pods.into_iter().find(is_ours) {
-                                return self.adopt(name, ex, pod, req).await;
-                            }
-                        }
-                        Err(e) => {
-                            warn!(executor = %name, error = %e, "cannot confirm whether the executor holds the build's pod");
+                    match self.pod_on(name, ex, build.build_id).await {
+                        Ok(Some(pod)) => return self.adopt(name, ex, pod, req).await,
+                        Ok(None) => {}
+                        Err(_) => {
                             let mut touched = req.touched.clone();
                             touched.insert(name.clone());
                             return LaunchOutcome::Wait {
@@ -498,6 +482,24 @@ impl Launcher {
                 "no_executor"
             },
         }
+    }
+
+    /// The build's pod on one executor, if it holds one (a failure to answer is logged).
+    async fn pod_on(
+        &self,
+        name: &str,
+        ex: &Executor,
+        build: BuildId,
+    ) -> Result<Option<Pod>, CallError> {
+        let found = ex
+            .cluster
+            .list_pods(&ex.build_selector(build))
+            .await
+            .map(|pods| pods.into_iter().find(is_ours));
+        if let Err(e) = &found {
+            warn!(executor = %name, error = %e, "cannot confirm whether the executor holds the build's pod");
+        }
+        found
     }
 
     async fn adopt(

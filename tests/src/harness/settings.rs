@@ -152,7 +152,7 @@ pub fn settings_json(names: &Names, executors: &[ExecutorSpec], knobs: &Knobs) -
         "lifecycle": {"enabled": knobs.lifecycle, "leaseDuration": 3, "leaseRenewInterval": 1, "resyncInterval": 1},
         "shutdown": {"drainTimeout": 10},
     });
-    merge(&mut doc, &knobs.extra);
+    merge_json(&mut doc, &knobs.extra);
     doc
 }
 
@@ -172,11 +172,12 @@ pub fn settings(names: &Names, executors: &[ExecutorSpec], knobs: &Knobs) -> Set
     }
 }
 
-fn merge(into: &mut Value, from: &Value) {
+/// Merges `from` into `into` (objects key by key, anything else replaced).
+pub fn merge_json(into: &mut Value, from: &Value) {
     match (into, from) {
         (Value::Object(a), Value::Object(b)) => {
             for (k, v) in b {
-                merge(a.entry(k.clone()).or_insert(Value::Null), v);
+                merge_json(a.entry(k.clone()).or_insert(Value::Null), v);
             }
         }
         (slot, v) => *slot = v.clone(),
