@@ -188,6 +188,7 @@ pub async fn run(
         topology,
         prefetch: settings.rabbitmq.prefetch_count,
         drain_timeout: settings.shutdown.drain_timeout,
+        launch_feed: settings.lifecycle.enabled && settings.events.enabled,
     };
     if let Some(tx) = started {
         let _ = tx.send(Started {

@@ -249,7 +249,9 @@ impl Dispatcher {
                 match locks.acquire(build.build_id.0).await {
                     Ok(lock) => _lock = Some(lock),
                     Err(LockError::Held) => {
-                        info!("another replica is launching this build; looking again later");
+                        info!(
+                            "another replica is launching this build (or one sharing its lock); looking again later"
+                        );
                         let decision = Decision::Later(Later {
                             next: Carried {
                                 executors: carried
@@ -398,6 +400,7 @@ impl Dispatcher {
                 namespace,
                 pod,
                 adopted,
+                attempt,
             } => {
                 tracing::Span::current().record("executor", executor.as_str());
                 metrics::launched(&executor, inbound.received.elapsed());
@@ -409,6 +412,7 @@ impl Dispatcher {
                             executor: Some(executor),
                             namespace: Some(namespace),
                             pod: Some(pod),
+                            attempt,
                             ..base
                         },
                     )],

@@ -76,6 +76,9 @@ pub enum LaunchOutcome {
         pod: String,
         /// It existed already.
         adopted: bool,
+        /// The attempt that created the pod (an adopted pod keeps the attempt of its creator,
+        /// so its `build.launched` has the id the reporter derives from the pod).
+        attempt: u32,
     },
     /// The build was stopped before it launched: nothing to do.
     Stopped,
@@ -542,11 +545,20 @@ impl Launcher {
             let _ = ex.cluster.delete_pod(&pod_name, None).await;
             return LaunchOutcome::Stopped;
         }
+        let attempt = pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(crate::naming::ANN_ATTEMPT))
+            .and_then(|v| v.parse::<u32>().ok())
+            .filter(|a| *a >= 1)
+            .unwrap_or(req.attempt);
         LaunchOutcome::Launched {
             executor: name.to_string(),
             namespace: ex.cluster.namespace.clone(),
             pod: pod_name,
             adopted,
+            attempt,
         }
     }
 

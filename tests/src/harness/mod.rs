@@ -16,7 +16,7 @@ pub use admin::AdminTopology;
 pub use fake_api::{ApiCall, FakeApi, Reply};
 pub use messages::{StartMsg, TOKEN, stop};
 pub use proxy::TcpProxy;
-pub use rabbit::{Event, EventTap, Names, Rabbit};
+pub use rabbit::{AMQP_URL, Event, EventTap, Names, Rabbit};
 pub use settings::{ExecutorSpec, Knobs, merge_json, settings, settings_json};
 pub use worker::{InProcessWorker, WorkerProcess, free_port, worker_binary};
 

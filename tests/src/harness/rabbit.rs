@@ -173,6 +173,18 @@ impl Rabbit {
                 .queue_delete(ShortString::from(q.as_str()), QueueDeleteOptions::default())
                 .await;
         }
+        // The build-lock queues the worker declared on first use (pipelined: most never existed).
+        for k in 0..buildcluster_worker::broker::locks::SHARDS {
+            let _ = ch
+                .queue_delete(
+                    ShortString::from(format!("{}.locks.{k}", names.queue)),
+                    QueueDeleteOptions {
+                        nowait: true,
+                        ..Default::default()
+                    },
+                )
+                .await;
+        }
         for ex in [&names.exchange, &names.events] {
             let _ = ch
                 .exchange_delete(

@@ -4,6 +4,7 @@
 mod compat;
 mod end_to_end;
 mod lifecycle;
+mod locks;
 mod operations;
 mod rbac;
 mod resilience;

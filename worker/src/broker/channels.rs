@@ -12,10 +12,6 @@ use lapin::{Channel, Connection};
 /// Confirm-mode channels per connection: a channel is held only while a publish is written
 /// (confirms are awaited without it), so a few suffice.
 const CONFIRM_CHANNELS: usize = 8;
-/// Lock channels per connection: each lock is a synchronous queue declare, so the number of
-/// channels bounds how many launches take their lock at once (64 keeps up with the broker's
-/// queue-metadata rate; fewer channels made them queue behind each other).
-const LOCK_CHANNELS: usize = 64;
 
 /// What the channels of a pool are for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,13 +55,15 @@ impl managed::Manager for ChannelManager {
 /// A pool of channels.
 pub type ChannelPool = Pool<ChannelManager>;
 
-/// Builds a pool of channels of `mode` on a connection.
-pub fn pool(connection: Arc<Connection>, mode: Mode) -> ChannelPool {
+/// Builds the pool of confirm-mode channels of a connection.
+pub fn confirm_pool(connection: Arc<Connection>) -> ChannelPool {
+    pool_of(connection, Mode::Confirm, CONFIRM_CHANNELS)
+}
+
+/// Builds a pool of at most `size` channels of `mode` on a connection.
+pub fn pool_of(connection: Arc<Connection>, mode: Mode, size: usize) -> ChannelPool {
     Pool::builder(ChannelManager { connection, mode })
-        .max_size(match mode {
-            Mode::Confirm => CONFIRM_CHANNELS,
-            Mode::Plain => LOCK_CHANNELS,
-        })
+        .max_size(size)
         .wait_timeout(Some(Duration::from_secs(10)))
         .create_timeout(Some(Duration::from_secs(10)))
         .runtime(deadpool::Runtime::Tokio1)

@@ -34,6 +34,7 @@ pub use locks::{BuildLock, LockError, Locks, LocksControl};
 pub use publisher::{Outgoing, PublishError, Publisher, PublisherControl};
 pub use topology::{Topology, TopologyError, TopologyReport};
 
+use crate::events::EventType;
 use crate::health::Readiness;
 use crate::secret::Secret;
 use crate::telemetry::metrics;
@@ -158,6 +159,9 @@ pub struct BrokerOptions {
     pub prefetch: u16,
     /// Longest wait for builds in flight after shutdown starts.
     pub drain_timeout: Duration,
+    /// Also follow every replica's `build.launched` on the events exchange (for the lifecycle
+    /// reporter, which announces nothing about a pod before its launch is on the stream).
+    pub launch_feed: bool,
 }
 
 /// Why the supervisor stopped for good.
@@ -226,7 +230,7 @@ pub async fn run<H: Handler>(
             );
         }
         control.connected(publisher::channel_pool(connection.clone()));
-        locks.connected(locks::lock_pool(connection.clone()));
+        locks.connected(locks::lock_pool(connection.clone(), opts.prefetch));
         if !first {
             metrics::broker_reconnected();
         }
@@ -247,6 +251,7 @@ pub async fn run<H: Handler>(
             lost: &lost,
             readiness: &readiness,
             shutdown: &shutdown,
+            control: &control,
         };
         let ended = session.consume().await;
         readiness.set_consuming(false);
@@ -296,6 +301,7 @@ struct Session<'a, H> {
     lost: &'a CancellationToken,
     readiness: &'a Readiness,
     shutdown: &'a CancellationToken,
+    control: &'a PublisherControl,
 }
 
 impl<H: Handler> Session<'_, H> {
@@ -348,7 +354,7 @@ impl<H: Handler> Session<'_, H> {
             None => None,
         };
         // The channel is kept alive beside its consumer for the whole session.
-        let (_feed_channel, mut tombstones) = match self.stopped_feed().await {
+        let (_feed_channel, mut feed) = match self.event_feed().await {
             Some((ch, c)) => (Some(ch), Some(c)),
             None => (None, None),
         };
@@ -389,11 +395,15 @@ impl<H: Handler> Session<'_, H> {
                     Some(Err(e)) => return SessionEnd::Lost(e.to_string()),
                     None => return SessionEnd::Lost("verify consumer cancelled".into()),
                 },
-                next = next_opt(&mut tombstones) => {
-                    if let Some(Ok(d)) = next
-                        && let Some(id) = stopped_build_id(&d.data)
-                    {
-                        self.handler.stopped_elsewhere(id);
+                next = next_opt(&mut feed) => {
+                    if let Some(Ok(d)) = next {
+                        if d.routing_key.as_str() == EventType::BuildLaunched.suffix() {
+                            if let Some(id) = d.properties.message_id() {
+                                self.control.launched_seen(id.as_str());
+                            }
+                        } else if let Some(id) = stopped_build_id(&d.data) {
+                            self.handler.stopped_elsewhere(id);
+                        }
                     }
                 }
             }
@@ -423,8 +433,9 @@ impl<H: Handler> Session<'_, H> {
     }
 
     /// An exclusive, server-named queue bound to `build.stopped` on the events exchange, so
-    /// every replica learns of every stop (a `start` consumed later is not launched).
-    async fn stopped_feed(&self) -> Option<(lapin::Channel, lapin::Consumer)> {
+    /// every replica learns of every stop (a `start` consumed later is not launched), and, for
+    /// the reporter, to `build.launched`.
+    async fn event_feed(&self) -> Option<(lapin::Channel, lapin::Consumer)> {
         let exchange = self.opts.topology.events_exchange.as_deref()?;
         let channel = self.connection.create_channel().await.ok()?;
         let queue = channel
@@ -435,16 +446,22 @@ impl<H: Handler> Session<'_, H> {
             )
             .await
             .ok()?;
-        channel
-            .queue_bind(
-                queue.name().clone(),
-                ShortString::from(exchange),
-                ShortString::from(crate::events::EventType::BuildStopped.suffix()),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .ok()?;
+        let mut keys = vec![EventType::BuildStopped];
+        if self.opts.launch_feed {
+            keys.push(EventType::BuildLaunched);
+        }
+        for key in keys {
+            channel
+                .queue_bind(
+                    queue.name().clone(),
+                    ShortString::from(exchange),
+                    ShortString::from(key.suffix()),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .ok()?;
+        }
         let consumer = channel
             .basic_consume(
                 queue.name().clone(),
@@ -457,6 +474,9 @@ impl<H: Handler> Session<'_, H> {
             )
             .await
             .ok()?;
+        if self.opts.launch_feed {
+            self.control.launch_feed(Some(jiff::Timestamp::now()));
+        }
         Some((channel, consumer))
     }
 }
@@ -563,7 +583,7 @@ async fn sleep_or_shutdown(d: Duration, shutdown: &CancellationToken) {
     }
 }
 
-fn jitter(d: Duration) -> Duration {
+pub(crate) fn jitter(d: Duration) -> Duration {
     use rand::RngExt;
     d.mul_f64(rand::rng().random_range(0.5..1.0))
 }

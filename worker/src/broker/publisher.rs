@@ -45,7 +45,7 @@ pub type ChannelPool = super::channels::ChannelPool;
 
 /// Builds the confirm-mode channel pool of a connection.
 pub fn channel_pool(connection: std::sync::Arc<Connection>) -> ChannelPool {
-    super::channels::pool(connection, super::channels::Mode::Confirm)
+    super::channels::confirm_pool(connection)
 }
 
 /// One message to publish.
@@ -70,6 +70,7 @@ pub struct Publisher {
     events_exchange: Option<String>,
     launched: Arc<Mutex<Recent>>,
     launching: Arc<Mutex<HashSet<u128>>>,
+    feed_since: Arc<Mutex<Option<jiff::Timestamp>>>,
 }
 
 /// A launch in progress in this process; dropping it ends it.
@@ -87,9 +88,9 @@ impl Drop for Launching {
     }
 }
 
-/// Ids of the `build.launched` events this process had confirmed lately (bounded), so the
-/// reporter can tell whether a pod's launch was already announced before it announces that the
-/// build runs.
+/// Ids of the `build.launched` events this process had confirmed, or saw on the events
+/// exchange, lately (bounded), so the reporter can tell whether a pod's launch is on the stream
+/// before it announces that the build runs.
 #[derive(Debug, Default)]
 struct Recent {
     set: HashSet<u128>,
@@ -97,7 +98,7 @@ struct Recent {
 }
 
 /// How many confirmed launch ids are remembered (16 bytes each, twice).
-const RECENT_LAUNCHES: usize = 32_768;
+const RECENT_LAUNCHES: usize = 131_072;
 
 impl Recent {
     fn insert(&mut self, id: u128) {
@@ -120,9 +121,24 @@ fn uuid_key(id: &str) -> Option<u128> {
 #[derive(Debug)]
 pub struct PublisherControl {
     tx: watch::Sender<Option<ChannelPool>>,
+    launched: Arc<Mutex<Recent>>,
+    feed_since: Arc<Mutex<Option<jiff::Timestamp>>>,
 }
 
 impl PublisherControl {
+    /// The launch feed (every replica's `build.launched`, from the events exchange) is bound
+    /// since `since`, or is not (`None`: no connection, or events off).
+    pub fn launch_feed(&self, since: Option<jiff::Timestamp>) {
+        *self.feed_since.lock().expect("feed lock") = since;
+    }
+
+    /// A `build.launched` event with this id went through the events exchange.
+    pub fn launched_seen(&self, event_id: &str) {
+        if let Some(key) = uuid_key(event_id) {
+            self.launched.lock().expect("launch ids lock").insert(key);
+        }
+    }
+
     /// A new connection is up: publish through it.
     pub fn connected(&self, pool: ChannelPool) {
         let _ = self.tx.send(Some(pool));
@@ -130,6 +146,7 @@ impl PublisherControl {
 
     /// The connection is gone.
     pub fn disconnected(&self) {
+        self.launch_feed(None);
         if let Some(pool) = self.tx.send_replace(None) {
             pool.close();
         }
@@ -140,14 +157,21 @@ impl Publisher {
     /// A publisher and its control. `events_exchange` is `None` when events are disabled.
     pub fn new(events_exchange: Option<String>) -> (Publisher, PublisherControl) {
         let (tx, rx) = watch::channel(None);
+        let launched = Arc::<Mutex<Recent>>::default();
+        let feed_since = Arc::<Mutex<Option<jiff::Timestamp>>>::default();
         (
             Publisher {
                 current: rx,
                 events_exchange,
-                launched: Arc::default(),
+                launched: launched.clone(),
                 launching: Arc::default(),
+                feed_since: feed_since.clone(),
             },
-            PublisherControl { tx },
+            PublisherControl {
+                tx,
+                launched,
+                feed_since,
+            },
         )
     }
 
@@ -241,8 +265,14 @@ impl Publisher {
             .is_some_and(|k| self.launching.lock().expect("launching lock").contains(&k))
     }
 
-    /// True when this process published (confirmed) the event with this id lately. Only
-    /// `build.launched` events are remembered.
+    /// Since when every replica's `build.launched` events reach this process (`None` while the
+    /// feed is down).
+    pub fn launch_feed_since(&self) -> Option<jiff::Timestamp> {
+        *self.feed_since.lock().expect("feed lock")
+    }
+
+    /// True when this process published (confirmed) the event with this id lately, or saw it
+    /// on the launch feed. Only `build.launched` events are remembered.
     pub fn launched_lately(&self, event_id: &str) -> bool {
         uuid_key(event_id).is_some_and(|k| {
             self.launched

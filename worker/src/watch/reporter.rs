@@ -41,6 +41,38 @@ const WAITING_AFTER: Duration = Duration::from_secs(5);
 /// creates it right after the pod); past this, updates that need the token are skipped.
 const TOKEN_WAIT: Duration = Duration::from_secs(30);
 
+/// What the reporter can tell about a pod's `build.launched` it has not seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Knowledge {
+    /// Published long ago (or its start will be handled again): nothing to do.
+    Announced,
+    /// The launch feed will show it: look again at the next evaluation.
+    WaitForFeed,
+    /// Cannot know: publish the identical event.
+    Unknown,
+}
+
+/// Seconds before the launch feed started in which a pod's launch may have gone by unseen.
+const FEED_MARGIN_SECS: i64 = 2;
+
+/// Pure decision of [`Reporter::announce_launch`] for a launch not seen: `created` is the pod's
+/// creation second, `young` whether it is younger than [`LAUNCH_ANNOUNCE_WITHIN`], `feed_since`
+/// since when the launch feed runs.
+fn launch_knowledge(created: i64, young: bool, feed_since: Option<jiff::Timestamp>) -> Knowledge {
+    match feed_since {
+        // Created well before the feed started: announced then, unseen by this process.
+        Some(since) if created < since.as_second() - FEED_MARGIN_SECS => Knowledge::Announced,
+        // Created while the feed ran (or just before it started): its launch shows on the feed;
+        // wait for it while the pod is young. Past that its launcher died and the build's
+        // redelivery is late, or (just before the feed started) it went by unseen: announce it.
+        Some(_) if young => Knowledge::WaitForFeed,
+        Some(_) => Knowledge::Unknown,
+        // No feed: a young pod gets the identical event, an old one was announced long ago.
+        None if young => Knowledge::Unknown,
+        None => Knowledge::Announced,
+    }
+}
+
 /// Whether a status update is done with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Reported {
@@ -75,6 +107,8 @@ struct Track {
     troubles: HashMap<&'static str, Instant>,
     first_seen: Instant,
     running_sent: bool,
+    /// The build container was seen running (its event may still wait for the launch's).
+    saw_running: bool,
     terminal_sent: bool,
     /// When the pod was first seen scheduled while still pending: the image pull starts then,
     /// and its stats update is owed.
@@ -100,6 +134,7 @@ impl Track {
             troubles: HashMap::new(),
             first_seen: Instant::now(),
             running_sent: false,
+            saw_running: false,
             terminal_sent: false,
             scheduled_at: None,
             scheduled_sent: false,
@@ -352,6 +387,7 @@ impl Reporter {
                     self.collect_orphan(track, &pod_name, now_unix, false).await;
                 }
                 Verdict::Running => {
+                    track.saw_running = true;
                     if !track.running_sent && !self.announce_launch(track, &base, now_unix).await {
                         return;
                     }
@@ -411,6 +447,17 @@ impl Reporter {
                 Verdict::Succeeded | Verdict::Failed { .. } | Verdict::TimedOut { .. } => {
                     if !track.terminal_sent && !self.announce_launch(track, &base, now_unix).await {
                         return;
+                    }
+                    // A build that ran and finished between two looks (or while its launch was
+                    // not on the stream yet) still reports that it ran, before its outcome.
+                    if !track.terminal_sent
+                        && !track.running_sent
+                        && (track.saw_running || build_container_ran(&track.pod))
+                    {
+                        if !self.publish(EventType::BuildRunning, base.clone()).await {
+                            return;
+                        }
+                        track.running_sent = true;
                     }
                     if !track.terminal_sent {
                         let (ty, outcome, data) = match &verdict {
@@ -515,10 +562,15 @@ impl Reporter {
     }
 
     /// Makes sure `build.launched` is on the stream before the reporter's first event about the
-    /// pod: a pod may start before the replica that created it had its launch confirmed. When
-    /// this process confirmed the launch, nothing is sent; otherwise, for a young pod, the same
-    /// event (same id, same data) is published here first, and consumers that deduplicate by id
-    /// see it once. An older pod's launch was long announced (or its start will be redelivered).
+    /// pod: a pod may start before the replica that created it had its launch confirmed.
+    ///
+    /// Every replica's `build.launched` reaches this process through the launch feed (a queue
+    /// bound to the events exchange), so the reporter waits until it has seen the pod's launch
+    /// and publishes nothing twice. Only when it cannot know does it publish the very same event
+    /// (same id, same data), which consumers that deduplicate by id see once: the feed is down
+    /// and the pod is young, or the launch of a pod created while the feed ran has not shown
+    /// within [`LAUNCH_ANNOUNCE_WITHIN`] of its creation (its launcher died and the build's
+    /// redelivery is late, or it went by in the seconds before the feed started).
     async fn announce_launch(
         &self,
         track: &mut Track,
@@ -533,19 +585,28 @@ impl Reporter {
             EventType::BuildLaunched,
             base.attempt,
         );
-        let age = track
-            .pod
-            .metadata
-            .creation_timestamp
-            .as_ref()
-            .map_or(0, |t| now_unix.saturating_sub(t.0.as_second()));
-        if self.publisher.launched_lately(&id) || age >= LAUNCH_ANNOUNCE_WITHIN.as_secs() as i64 {
+        if self.publisher.launched_lately(&id) {
             track.launch_announced = true;
             return true;
         }
         if self.publisher.is_launching(&id) {
             // This process creates the pod and is about to announce it: look again shortly.
             return false;
+        }
+        let created = track
+            .pod
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(now_unix, |t| t.0.as_second());
+        let young = now_unix.saturating_sub(created) < LAUNCH_ANNOUNCE_WITHIN.as_secs() as i64;
+        match launch_knowledge(created, young, self.publisher.launch_feed_since()) {
+            Knowledge::Announced => {
+                track.launch_announced = true;
+                return true;
+            }
+            Knowledge::WaitForFeed => return false,
+            Knowledge::Unknown => {}
         }
         let data = BuildEventData {
             build_id: base.build_id,
@@ -630,6 +691,32 @@ impl Reporter {
 /// and image, the node, the status). A tracked pod lives as long as its pod (until its TTL), so
 /// with thousands of builds the rest of the spec (env, volumes, the launcher's init container)
 /// would dominate the worker's memory.
+/// True when the build container (the pod's first) started: it runs, or it ended after a start.
+fn build_container_ran(pod: &Pod) -> bool {
+    let Some(name) = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .map(|c| c.name.as_str())
+    else {
+        return false;
+    };
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|c| c.name == name)
+        .filter_map(|c| c.state.as_ref())
+        .any(|st| {
+            st.running.is_some()
+                || st
+                    .terminated
+                    .as_ref()
+                    .is_some_and(|t| t.started_at.is_some())
+        })
+}
+
 fn slim(pod: Pod) -> Pod {
     let Pod {
         metadata,
@@ -838,5 +925,55 @@ mod tests {
         assert!(spec.init_containers.is_none() && spec.volumes.is_none());
         assert_eq!(spec.containers.len(), 1);
         assert!(spec.containers[0].env.is_none());
+    }
+
+    #[test]
+    fn a_launch_not_seen_is_awaited_from_the_feed_assumed_or_announced_by_when_the_pod_came() {
+        let since = jiff::Timestamp::from_second(1_000).unwrap();
+        let feed = Some(since);
+        // Created after the feed started, or in the seconds before: the feed shows its launch;
+        // wait for it while young, announce it once old (its launcher died and the redelivery
+        // is late, or it went by just before the feed started).
+        for created in [1_001, 1_000, 999, 998] {
+            assert_eq!(
+                launch_knowledge(created, true, feed),
+                Knowledge::WaitForFeed,
+                "{created}"
+            );
+            assert_eq!(
+                launch_knowledge(created, false, feed),
+                Knowledge::Unknown,
+                "{created}"
+            );
+        }
+        // Created well before the feed: announced then.
+        assert_eq!(launch_knowledge(997, true, feed), Knowledge::Announced);
+        assert_eq!(launch_knowledge(997, false, feed), Knowledge::Announced);
+        // No feed: young pods get the identical event, old ones are assumed announced.
+        assert_eq!(launch_knowledge(1_001, true, None), Knowledge::Unknown);
+        assert_eq!(launch_knowledge(1_001, false, None), Knowledge::Announced);
+    }
+
+    #[test]
+    fn the_build_container_ran_when_it_runs_or_ended_after_a_start() {
+        let with = |dind: serde_json::Value, build: serde_json::Value| {
+            slim(full_pod(
+                json!({"phase": "Succeeded", "containerStatuses": [
+                    {"name": "dind", "ready": false, "restartCount": 0, "image": "d", "imageID": "", "state": dind},
+                    {"name": "42", "ready": false, "restartCount": 0, "image": "n", "imageID": "", "state": build}]}),
+                Some("node-1"),
+                false,
+            ))
+        };
+        let ended = json!({"terminated": {"exitCode": 0, "startedAt": "2027-01-15T08:00:05Z",
+                                          "finishedAt": "2027-01-15T08:00:09Z"}});
+        let never = json!({"terminated": {"exitCode": 128, "reason": "ContainerCannotRun"}});
+        let running = json!({"running": {"startedAt": "2027-01-15T08:00:05Z"}});
+        let waiting = json!({"waiting": {"reason": "ContainerCreating"}});
+        assert!(build_container_ran(&with(waiting.clone(), ended)));
+        assert!(build_container_ran(&with(waiting.clone(), running.clone())));
+        assert!(!build_container_ran(&with(running.clone(), never)));
+        // Another container running says nothing about the build container.
+        assert!(!build_container_ran(&with(running, waiting)));
     }
 }
