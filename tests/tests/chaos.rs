@@ -116,10 +116,13 @@ async fn chaos_nothing_lost_nothing_launched_twice() {
     ];
     // Panics seen in the replicas' logs (a killed replica's log is read before it restarts).
     let mut panics = 0usize;
+    // Every replica's log, killed ones included: a double launch is explained from them.
+    let mut logs = String::new();
 
     // Plan the traffic: valid builds, some twice, some stopped, poison in between.
     let mut stopped = BTreeSet::new();
     let mut duplicated = 0u64;
+    let mut duplicated_ids = BTreeSet::new();
     let mut poisons: Vec<&'static str> = Vec::new();
     let mut figures = Figures {
         kills: 0,
@@ -138,6 +141,7 @@ async fn chaos_nothing_lost_nothing_launched_twice() {
                 .publish_json(&names.exchange, &names.queue, &StartMsg::new(id).json())
                 .await;
             duplicated += 1;
+            duplicated_ids.insert(id);
         }
         if rng.random_range(0..100) < 5 {
             rabbit
@@ -172,7 +176,9 @@ async fn chaos_nothing_lost_nothing_launched_twice() {
                     let victim = rng.random_range(0..replicas.len());
                     replicas[victim].signal(Signal::SIGKILL);
                     let _ = replicas[victim].wait(Duration::from_secs(10)).await;
-                    panics += panics_in(&replicas[victim].log_text());
+                    let log = replicas[victim].log_text();
+                    panics += panics_in(&log);
+                    logs.push_str(&log);
                     replicas[victim] = WorkerProcess::spawn(&doc, &[]).await;
                     figures.kills += 1;
                 }
@@ -201,7 +207,9 @@ async fn chaos_nothing_lost_nothing_launched_twice() {
         let victim = figures.kills as usize % replicas.len();
         replicas[victim].signal(Signal::SIGKILL);
         let _ = replicas[victim].wait(Duration::from_secs(10)).await;
-        panics += panics_in(&replicas[victim].log_text());
+        let log = replicas[victim].log_text();
+        panics += panics_in(&log);
+        logs.push_str(&log);
         replicas[victim] = WorkerProcess::spawn(&doc, &[]).await;
         figures.kills += 1;
     }
@@ -351,7 +359,9 @@ async fn chaos_nothing_lost_nothing_launched_twice() {
         leftovers.len() + orphans
     );
     for r in &replicas {
-        panics += panics_in(&r.log_text());
+        let log = r.log_text();
+        panics += panics_in(&log);
+        logs.push_str(&log);
     }
     println!("  (build, type, attempt) with two ids {id_conflicts}");
     println!("  panics in the workers' logs  {panics}");
@@ -364,9 +374,14 @@ async fn chaos_nothing_lost_nothing_launched_twice() {
 
     for id in &twice {
         println!(
-            "  build {id}: duplicated start? stopped? {}",
+            "  build {id}: start published twice {}, stopped {}",
+            duplicated_ids.contains(id),
             stopped.contains(id)
         );
+        let tags = [format!("\"buildId\":{id},"), format!("\"buildId\":{id}}}")];
+        for line in logs.lines().filter(|l| tags.iter().any(|t| l.contains(t))) {
+            println!("    log {line}");
+        }
         for (name, c) in [("a", &a), ("b", &b)] {
             for r in c
                 .create_log()

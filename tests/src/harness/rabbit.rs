@@ -166,7 +166,11 @@ impl Rabbit {
     /// Deletes everything a test's worker may have declared.
     pub async fn cleanup(&self, names: &Names) {
         let ch = self.conn.create_channel().await.expect("channel");
-        let mut queues = vec![names.queue.clone(), names.dead()];
+        let mut queues = vec![
+            names.queue.clone(),
+            names.dead(),
+            format!("{}.stops", names.queue),
+        ];
         queues.extend((1..=10).map(|n| format!("{}.retry.{n}", names.queue)));
         for q in queues {
             let _ = ch

@@ -13,7 +13,7 @@ use bcw_tests::kube_sim::{
 };
 use serde_json::json;
 
-use crate::support::{SOON, broker, live_pods};
+use crate::support::{SOON, broker, live_pods, running_forever};
 
 /// One cluster `a` with this timeline.
 async fn one_cluster(timeline: Timeline) -> KubeSim {
@@ -288,6 +288,52 @@ async fn killing_the_reporter_hands_over_within_the_lease_duration_and_loses_no_
             assert!(r.wait(Duration::from_secs(30)).await.success());
         }
     }
+    rabbit.cleanup(&names).await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_started_after_a_stop_does_not_launch_a_late_start_of_that_build() {
+    let sim = one_cluster(running_forever()).await;
+    let a = sim.cluster("a");
+    let (rabbit, names, tap) = broker("stoplate").await;
+    // No re-checks: only the knowledge of the stop can keep the late start from launching.
+    let knobs = Knobs {
+        extra: json!({"rabbitmq": {"stopRechecks": 0}}),
+        ..Knobs::default()
+    };
+    let s = settings(&names, &[ExecutorSpec::new("a", &a.url())], &knobs);
+    let first = InProcessWorker::start(s.clone()).await;
+    for id in [77u64, 78] {
+        rabbit
+            .publish_json(&names.exchange, &names.queue, &stop(id))
+            .await;
+    }
+    tap.wait_count("build.stopped", 2, SOON).await;
+    first.stop().await.expect("clean shutdown");
+
+    // A replica that was not running when the builds were stopped takes their late starts.
+    let second = InProcessWorker::start(s).await;
+    for id in [77u64, 78, 79] {
+        rabbit
+            .publish_json(&names.exchange, &names.queue, &StartMsg::new(id).json())
+            .await;
+    }
+    tap.wait_count("build.launched", 1, SOON).await;
+    eventually(SOON, "the queue to drain", || async {
+        (rabbit.depth(&names.queue).await == Some(0)).then_some(())
+    })
+    .await;
+    let created: Vec<String> = a.create_log().into_iter().map(|r| r.name).collect();
+    assert_eq!(created.len(), 1, "only build 79 launched: {created:?}");
+    assert!(created[0].starts_with("79-"), "{created:?}");
+    let launched: Vec<u64> = tap
+        .of("build.launched")
+        .iter()
+        .map(|e| e.build_id())
+        .collect();
+    assert_eq!(launched, [79]);
+    second.stop().await.expect("clean shutdown");
     rabbit.cleanup(&names).await;
     sim.shutdown().await;
 }

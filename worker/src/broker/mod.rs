@@ -19,8 +19,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-    QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueBindOptions,
+    QueueDeclareOptions,
 };
 use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{FieldTable, LongString, ShortString};
@@ -316,6 +317,8 @@ impl<H: Handler> Session<'_, H> {
         {
             return SessionEnd::Lost(format!("basic.qos failed: {e}"));
         }
+        // Stops made before this replica connected, before any start is taken.
+        self.catch_up_stops().await;
         let tag = format!(
             "{}-{}",
             self.opts.connection_name,
@@ -432,6 +435,96 @@ impl<H: Handler> Session<'_, H> {
         });
     }
 
+    /// Reads the stops stream up to a marker of its own (bounded by [`STOPS_CATCH_UP`]): every
+    /// `build.stopped` of the retention period becomes a tombstone, so a replica that started
+    /// after a stop still refuses a late `start` of that build.
+    async fn catch_up_stops(&self) {
+        let Some(stream) = self.opts.topology.stops_stream.as_deref() else {
+            return;
+        };
+        let started = Instant::now();
+        match tokio::time::timeout(STOPS_CATCH_UP, self.read_stops(stream)).await {
+            Ok(Ok(stops)) => info!(
+                stream,
+                stops,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "read the stops made before this connection"
+            ),
+            Ok(Err(e)) => {
+                warn!(stream, error = %e, "cannot read the stops stream; continuing with the stops seen live")
+            }
+            Err(_) => warn!(
+                stream,
+                "the stops stream was not read to its end in time; continuing with what was read"
+            ),
+        }
+    }
+
+    async fn read_stops(&self, stream: &str) -> lapin::Result<usize> {
+        let channel = self.connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        channel
+            .basic_qos(STOPS_PREFETCH, BasicQosOptions::default())
+            .await?;
+        // The end of what to read: a marker appended now (other readers skip it, it has no build).
+        let marker = format!("bcw-sync-{}", uuid::Uuid::new_v4().simple());
+        channel
+            .basic_publish(
+                ShortString::from(""),
+                ShortString::from(stream),
+                BasicPublishOptions::default(),
+                b"",
+                BasicProperties::default().with_message_id(ShortString::from(marker.as_str())),
+            )
+            .await?
+            .await?;
+        let from = jiff::Timestamp::now().as_second() - topology::STOPS_RETENTION.as_secs() as i64;
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-stream-offset".into(),
+            lapin::types::AMQPValue::Timestamp(from.max(0) as u64),
+        );
+        let mut consumer = channel
+            .basic_consume(
+                ShortString::from(stream),
+                ShortString::from(""),
+                BasicConsumeOptions::default(),
+                args,
+            )
+            .await?;
+        let mut stops = 0;
+        let mut unacked = 0u16;
+        while let Some(delivery) = consumer.next().await {
+            let delivery = delivery?;
+            unacked += 1;
+            let end = delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|m| m.as_str())
+                == Some(marker.as_str());
+            if end || unacked >= STOPS_PREFETCH / 2 {
+                // A stream consumer needs acks for credit; they acknowledge nothing else.
+                delivery
+                    .acker
+                    .ack(BasicAckOptions { multiple: true })
+                    .await?;
+                unacked = 0;
+            }
+            if end {
+                break;
+            }
+            if let Some(id) = stopped_build_id(&delivery.data) {
+                self.handler.stopped_elsewhere(id);
+                stops += 1;
+            }
+        }
+        let _ = channel.close(200, "caught up with the stops".into()).await;
+        Ok(stops)
+    }
+
     /// An exclusive, server-named queue bound to `build.stopped` on the events exchange, so
     /// every replica learns of every stop (a `start` consumed later is not launched), and, for
     /// the reporter, to `build.launched`.
@@ -511,6 +604,11 @@ async fn connect(opts: &BrokerOptions) -> lapin::Result<Connection> {
         .await
         .map_err(|_| lapin::Error::from(std::io::Error::from(std::io::ErrorKind::TimedOut)))?
 }
+
+/// Longest a connecting replica reads the stops stream before it consumes anyway.
+const STOPS_CATCH_UP: Duration = Duration::from_secs(15);
+/// Stops delivered at once while catching up.
+const STOPS_PREFETCH: u16 = 500;
 
 /// Largest AMQP frame we ask for unless the URI says otherwise (`?frame_max=`). lapin keeps a
 /// receive and a send buffer of 32 frames per connection, so RabbitMQ's default of 128 KiB

@@ -34,7 +34,14 @@ pub struct Topology {
     pub declare: bool,
     /// Screwdriver's verify queue, consumed when enabled (admin-provisioned).
     pub verify_queue: Option<String>,
+    /// `<queue>.stops`: a stream of every replica's `build.stopped` events of the last
+    /// [`STOPS_RETENTION`], read by a replica when it connects so that it knows the stops made
+    /// before it started. Declared only with the topology and events on.
+    pub stops_stream: Option<String>,
 }
+
+/// How long the stops stream keeps a stop (as long as a replica remembers one).
+pub const STOPS_RETENTION: Duration = Duration::from_secs(6 * 3600);
 
 /// What the start-up check found, for the admin-provisioned mode.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -106,6 +113,8 @@ impl Topology {
             declare: r.declare_topology,
             verify_queue: (r.retry_queue_enabled && !r.retry_queue.is_empty())
                 .then(|| r.retry_queue.clone()),
+            stops_stream: (r.declare_topology && s.events.enabled)
+                .then(|| format!("{}.stops", r.queue)),
         }
     }
 
@@ -188,6 +197,33 @@ impl Topology {
         }
         if let Some(events) = &self.events_exchange {
             declare_exchange(connection, events).await?;
+            if let Some(stops) = &self.stops_stream {
+                let mut args = FieldTable::default();
+                args.insert(
+                    "x-queue-type".into(),
+                    AMQPValue::LongString(LongString::from("stream")),
+                );
+                args.insert(
+                    "x-max-age".into(),
+                    AMQPValue::LongString(LongString::from(format!(
+                        "{}s",
+                        STOPS_RETENTION.as_secs()
+                    ))),
+                );
+                // Small segments, so retention can drop old stops (it drops whole segments).
+                args.insert(
+                    "x-stream-max-segment-size-bytes".into(),
+                    AMQPValue::LongLongInt(8 * 1024 * 1024),
+                );
+                declare_queue(connection, stops, args).await?;
+                bind(
+                    connection,
+                    stops,
+                    events,
+                    crate::events::EventType::BuildStopped.suffix(),
+                )
+                .await?;
+            }
         }
         Ok(())
     }
@@ -366,6 +402,18 @@ mod tests {
         assert_eq!(t.retry_queue_for(4).unwrap().0, "q.retry.3");
         assert_eq!(t.retry_queue_for(9).unwrap().0, "q.retry.3");
         assert_eq!(t.dead_queue, "q.dead");
+    }
+
+    #[test]
+    fn the_stops_stream_exists_only_with_a_declared_topology_and_events() {
+        assert_eq!(topo(&[5]).stops_stream.as_deref(), Some("q.stops"));
+        let mut s = Settings::default();
+        s.rabbitmq.queue = "q".into();
+        s.rabbitmq.declare_topology = false;
+        assert_eq!(Topology::from_settings(&s).stops_stream, None);
+        s.rabbitmq.declare_topology = true;
+        s.events.enabled = false;
+        assert_eq!(Topology::from_settings(&s).stops_stream, None);
     }
 
     #[test]

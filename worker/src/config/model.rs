@@ -105,7 +105,7 @@ pub struct RabbitSettings {
     /// How many times a `stop` that found no pod is re-checked through the delay queues.
     #[serde(deserialize_with = "de::number")]
     pub stop_rechecks: u32,
-    /// Take a per-build lock on the broker (an exclusive queue) around each launch, so two
+    /// Take a per-build lock on the broker (an exclusive consumer on a lock queue) around each launch, so two
     /// deliveries of one build handled at once by two replicas cannot launch it on two
     /// executors. Only builds with more than one candidate executor need it.
     #[serde(deserialize_with = "de::boolean")]
