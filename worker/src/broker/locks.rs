@@ -16,10 +16,11 @@
 //! Builds that share a shard exclude each other too: within a replica they queue on an
 //! in-process gate per shard (so a replica never refuses itself), across replicas a refused
 //! consumer is tried again a few times over about half a second before the build is reported as
-//! [`LockError::Held`]. The lock queues are declared on first use, carry no messages
-//! (`x-max-length` 0) and expire after an hour unused.
+//! [`LockError::Held`]. The lock queues are declared on first use over each connection, carry
+//! no messages (`x-max-length` 0) and expire after an hour unused.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
@@ -69,10 +70,17 @@ pub fn shard(build: u64) -> u64 {
     (z ^ (z >> 31)) % SHARDS
 }
 
+/// The lock channels of one connection, and which lock queues were declared over it.
+#[derive(Debug, Clone)]
+pub struct Connected {
+    pool: LockPool,
+    declared: Arc<Vec<AtomicBool>>,
+}
+
 /// Takes build locks over whichever connection is current.
 #[derive(Debug, Clone)]
 pub struct Locks {
-    current: watch::Receiver<Option<LockPool>>,
+    current: watch::Receiver<Option<Connected>>,
     prefix: String,
     gates: Arc<Vec<Arc<Mutex<()>>>>,
 }
@@ -80,19 +88,20 @@ pub struct Locks {
 /// The side of [`Locks`] the connection supervisor drives.
 #[derive(Debug)]
 pub struct LocksControl {
-    tx: watch::Sender<Option<LockPool>>,
+    tx: watch::Sender<Option<Connected>>,
 }
 
 impl LocksControl {
     /// A new connection is up.
     pub fn connected(&self, pool: LockPool) {
-        let _ = self.tx.send(Some(pool));
+        let declared = Arc::new((0..SHARDS).map(|_| AtomicBool::new(false)).collect());
+        let _ = self.tx.send(Some(Connected { pool, declared }));
     }
 
     /// The connection is gone (its locks went with it).
     pub fn disconnected(&self) {
-        if let Some(pool) = self.tx.send_replace(None) {
-            pool.close();
+        if let Some(c) = self.tx.send_replace(None) {
+            c.pool.close();
         }
     }
 }
@@ -124,7 +133,7 @@ impl Locks {
 
     /// Takes the lock of a build, or says that another replica has it.
     pub async fn acquire(&self, build: u64) -> Result<BuildLock, LockError> {
-        let pool = self
+        let Connected { pool, declared } = self
             .current
             .borrow()
             .clone()
@@ -133,9 +142,16 @@ impl Locks {
         // Builds of one shard take turns within this replica instead of refusing each other.
         let gate = self.gates[k as usize].clone().lock_owned().await;
         let name = format!("{}{k}", self.prefix);
+        // Declared once per connection before its first use (a consume on a missing queue
+        // would cost the channel); a queue that expired since is declared again on NOT_FOUND.
+        let mut declared_now = false;
+        if !declared[k as usize].load(Ordering::Relaxed) {
+            declare(&pool, &name).await?;
+            declared[k as usize].store(true, Ordering::Relaxed);
+            declared_now = true;
+        }
         let mut delay = REFUSED_DELAY;
         let mut refused = 0;
-        let mut declared = false;
         loop {
             let channel = pool
                 .get()
@@ -149,8 +165,8 @@ impl Locks {
                         _gate: gate,
                     });
                 }
-                Attempt::Missing if !declared => {
-                    declared = true;
+                Attempt::Missing if !declared_now => {
+                    declared_now = true;
                     declare(&pool, &name).await?;
                 }
                 Attempt::Missing => {
