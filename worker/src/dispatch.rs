@@ -247,7 +247,13 @@ impl Dispatcher {
             let candidates = self.launcher.candidates(build);
             if candidates.len() > 1 {
                 match locks.acquire(build.build_id.0).await {
-                    Ok(lock) => _lock = Some(lock),
+                    Ok(lock) => {
+                        if lock.contended() {
+                            // The holder before us may have launched this build anywhere.
+                            carried.executors.extend(candidates);
+                        }
+                        _lock = Some(lock);
+                    }
                     Err(LockError::Held) => {
                         info!(
                             "another replica is launching this build (or one sharing its lock); looking again later"
@@ -307,11 +313,15 @@ impl Dispatcher {
                 tokio::time::sleep(l.retry_in.clamp(Duration::from_secs(1), IN_PROCESS_WAIT)).await;
                 continue;
             }
-            let outcome = self.settle(inbound, &carried, decision).await;
-            metrics::message_handled(kind.as_str(), outcome);
+            // The pod exists (or the attempt ended) once the decision is made: a delivery of
+            // the same build that waited for the lock finds it from here on. Settling (events,
+            // retry copies, the ack) needs no lock, and a shorter hold means fewer builds of the
+            // same lock queue waiting on each other.
             if let Some(lock) = _lock.take() {
                 lock.release().await;
             }
+            let outcome = self.settle(inbound, &carried, decision).await;
+            metrics::message_handled(kind.as_str(), outcome);
             return;
         }
     }

@@ -33,6 +33,7 @@ async fn a_build_lock_has_one_holder_across_replicas_until_released_dropped_or_d
     // Released: B gets it, and A is refused while B holds it.
     held.release().await;
     let by_b = b.acquire(7).await.expect("B takes the released lock");
+    assert!(!by_b.contended(), "nobody held it when B asked");
     assert!(matches!(a.acquire(7).await, Err(LockError::Held)));
     // Dropped without release (a cancelled task): released in the background.
     drop(by_b);
@@ -47,6 +48,18 @@ async fn a_build_lock_has_one_holder_across_replicas_until_released_dropped_or_d
     })
     .await
     .expect("a dropped lock is released");
+    // B asks while A holds it and gets it once A releases: B knows it waited for another
+    // replica (which may have launched the build meanwhile).
+    let waiting = tokio::spawn({
+        let b = b.clone();
+        async move { b.acquire(7).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    again.release().await;
+    let after_wait = waiting.await.unwrap().expect("granted after A released");
+    assert!(after_wait.contended(), "B was refused first");
+    after_wait.release().await;
+    let again = a.acquire(7).await.expect("A again");
     // The holder's connection dies (a crashed replica): the broker frees the lock.
     let _ = a_conn.close(200, "replica gone".into()).await;
     drop(again);

@@ -15,7 +15,7 @@
 //!
 //! Builds that share a shard exclude each other too: within a replica they queue on an
 //! in-process gate per shard (so a replica never refuses itself), across replicas a refused
-//! consumer is tried again a few times over about half a second before the build is reported as
+//! consumer is tried again over one to two and a half seconds before the build is reported as
 //! [`LockError::Held`]. The lock queues are declared on first use over each connection, carry
 //! no messages (`x-max-length` 0) and expire after an hour unused.
 
@@ -35,8 +35,10 @@ use super::channels::{ChannelPool, Mode};
 /// in-flight / SHARDS; each idle classic queue costs the broker about 27 KiB.
 pub const SHARDS: u64 = 1024;
 /// How often a lock refused by another replica is asked for again before giving up.
-const REFUSED_TRIES: u32 = 5;
-/// First wait after a refusal; doubles per try (20, 40, 80, 160 ms, jittered).
+const REFUSED_TRIES: u32 = 7;
+/// How often a lock channel that fails to open is asked for again.
+const CHANNEL_TRIES: u32 = 5;
+/// First wait after a refusal; doubles per try (20, 40, ..., 640 ms, jittered to 50-100 %).
 const REFUSED_DELAY: Duration = Duration::from_millis(20);
 /// Unused lock queues are deleted by the broker after this long.
 const LOCK_QUEUE_EXPIRES_MS: i64 = 3_600_000;
@@ -110,6 +112,8 @@ enum Attempt {
     Granted(Consumer),
     Refused,
     Missing,
+    /// The channel failed for another reason: try another one.
+    Broken(String),
 }
 
 impl Locks {
@@ -152,16 +156,27 @@ impl Locks {
         }
         let mut delay = REFUSED_DELAY;
         let mut refused = 0;
+        let mut broken = 0;
         loop {
-            let channel = pool
-                .get()
-                .await
-                .map_err(|e| LockError::Unavailable(e.to_string()))?;
-            match consume(&channel, &name).await? {
+            // A channel the broker just closed (a refusal) can make the next channel's opening
+            // fail with that closure's error: a fresh channel is asked for again.
+            let channel = match pool.get().await {
+                Ok(channel) => channel,
+                Err(e) => {
+                    broken += 1;
+                    if broken >= CHANNEL_TRIES {
+                        return Err(LockError::Unavailable(e.to_string()));
+                    }
+                    tokio::time::sleep(super::jitter(REFUSED_DELAY)).await;
+                    continue;
+                }
+            };
+            match consume(&channel, &name).await {
                 Attempt::Granted(consumer) => {
                     return Ok(BuildLock {
                         consumer: Some(consumer),
                         channel: Some(channel),
+                        contended: refused > 0,
                         _gate: gate,
                     });
                 }
@@ -173,6 +188,13 @@ impl Locks {
                     return Err(LockError::Unavailable(format!(
                         "lock queue {name} vanished right after it was declared"
                     )));
+                }
+                Attempt::Broken(e) => {
+                    broken += 1;
+                    if broken >= CHANNEL_TRIES {
+                        return Err(LockError::Unavailable(e));
+                    }
+                    tokio::time::sleep(super::jitter(REFUSED_DELAY)).await;
                 }
                 Attempt::Refused => {
                     refused += 1;
@@ -189,7 +211,7 @@ impl Locks {
 
 /// Asks for the exclusive consumer; a refusal or a missing queue closes the channel (the pool
 /// replaces it at the next checkout).
-async fn consume(channel: &lapin::Channel, queue: &str) -> Result<Attempt, LockError> {
+async fn consume(channel: &lapin::Channel, queue: &str) -> Attempt {
     let tag = format!("lock-{}", uuid::Uuid::new_v4().simple());
     let consumed = channel
         .basic_consume(
@@ -204,14 +226,22 @@ async fn consume(channel: &lapin::Channel, queue: &str) -> Result<Attempt, LockE
         )
         .await;
     match consumed {
-        Ok(consumer) => Ok(Attempt::Granted(consumer)),
+        Ok(consumer) => Attempt::Granted(consumer),
         Err(e) => match e.kind() {
-            ErrorKind::ProtocolError(amqp) => match amqp.kind() {
-                AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED) => Ok(Attempt::Refused),
-                AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND) => Ok(Attempt::Missing),
-                _ => Err(LockError::Unavailable(e.to_string())),
-            },
-            _ => Err(LockError::Unavailable(e.to_string())),
+            ErrorKind::ProtocolError(amqp)
+                if matches!(
+                    amqp.kind(),
+                    AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)
+                ) =>
+            {
+                Attempt::Refused
+            }
+            ErrorKind::ProtocolError(amqp)
+                if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)) =>
+            {
+                Attempt::Missing
+            }
+            _ => Attempt::Broken(e.to_string()),
         },
     }
 }
@@ -247,11 +277,19 @@ async fn declare(pool: &LockPool, queue: &str) -> Result<(), LockError> {
 #[derive(Debug)]
 pub struct BuildLock {
     consumer: Option<Consumer>,
+    contended: bool,
     channel: Option<deadpool::managed::Object<super::channels::ChannelManager>>,
     _gate: OwnedMutexGuard<()>,
 }
 
 impl BuildLock {
+    /// Another replica held the lock first: it may have launched this very build meanwhile (or
+    /// a build sharing the lock queue), so the launch must look at every candidate executor
+    /// before it creates anything.
+    pub fn contended(&self) -> bool {
+        self.contended
+    }
+
     /// Cancels the exclusive consumer and waits for the broker's answer, so the next holder is
     /// granted at once. (If this fails the channel is discarded and the lock dies with it.)
     pub async fn release(mut self) {

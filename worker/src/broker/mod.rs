@@ -16,7 +16,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
@@ -427,8 +427,17 @@ impl<H: Handler> Session<'_, H> {
         let abort = self.abort.clone();
         let lost = self.lost.clone();
         self.tracker.spawn(async move {
+            // A panic in a handler must not leave its message unsettled until the connection
+            // closes (nor be redelivered into the same panic forever): it is rejected, which
+            // dead-letters it (`<queue>.dead` through the main queue's dead-letter arguments,
+            // or the administrator's loop without a topology of ours).
+            let handled = std::panic::AssertUnwindSafe(handler.handle(inbound)).catch_unwind();
             tokio::select! {
-                _ = handler.handle(inbound) => {}
+                result = handled => if result.is_err() {
+                    error!("a message handler panicked; rejecting its message");
+                    metrics::message_handled("unknown", "panicked");
+                    settle.reject().await;
+                },
                 _ = abort.cancelled() => settle.requeue().await,
                 _ = lost.cancelled() => {}
             }
