@@ -77,6 +77,8 @@ pub fn shard(build: u64) -> u64 {
 pub struct Connected {
     pool: LockPool,
     declared: Arc<Vec<AtomicBool>>,
+    /// Cancelled when this connection can open no more lock channels.
+    exhausted: tokio_util::sync::CancellationToken,
 }
 
 /// Takes build locks over whichever connection is current.
@@ -94,10 +96,18 @@ pub struct LocksControl {
 }
 
 impl LocksControl {
-    /// A new connection is up.
-    pub fn connected(&self, pool: LockPool) {
+    /// A new connection is up. The returned token is cancelled when the connection can open no
+    /// more lock channels: lapin 4.12 keeps the slot of every channel the broker closed with an
+    /// error (a refused lock), so a connection that saw about 2,000 refusals must be replaced.
+    pub fn connected(&self, pool: LockPool) -> tokio_util::sync::CancellationToken {
         let declared = Arc::new((0..SHARDS).map(|_| AtomicBool::new(false)).collect());
-        let _ = self.tx.send(Some(Connected { pool, declared }));
+        let exhausted = tokio_util::sync::CancellationToken::new();
+        let _ = self.tx.send(Some(Connected {
+            pool,
+            declared,
+            exhausted: exhausted.clone(),
+        }));
+        exhausted
     }
 
     /// The connection is gone (its locks went with it).
@@ -137,7 +147,11 @@ impl Locks {
 
     /// Takes the lock of a build, or says that another replica has it.
     pub async fn acquire(&self, build: u64) -> Result<BuildLock, LockError> {
-        let Connected { pool, declared } = self
+        let Connected {
+            pool,
+            declared,
+            exhausted,
+        } = self
             .current
             .borrow()
             .clone()
@@ -164,6 +178,10 @@ impl Locks {
                 Ok(channel) => channel,
                 Err(e) => {
                     broken += 1;
+                    if e.to_string().contains("maximum number of channels") {
+                        exhausted.cancel();
+                        return Err(LockError::Unavailable(e.to_string()));
+                    }
                     if broken >= CHANNEL_TRIES {
                         return Err(LockError::Unavailable(e.to_string()));
                     }
@@ -171,7 +189,14 @@ impl Locks {
                     continue;
                 }
             };
-            match consume(&channel, &name).await {
+            // Held by another replica right now? A passive look does not cost the channel;
+            // a refused consume does (see `connected`), so it is only tried on a free queue.
+            let attempt = match holders(&channel, &name).await {
+                Ok(0) => consume(&channel, &name).await,
+                Ok(_) => Attempt::Refused,
+                Err(attempt) => attempt,
+            };
+            match attempt {
                 Attempt::Granted(consumer) => {
                     return Ok(BuildLock {
                         consumer: Some(consumer),
@@ -243,6 +268,31 @@ async fn consume(channel: &lapin::Channel, queue: &str) -> Attempt {
             }
             _ => Attempt::Broken(e.to_string()),
         },
+    }
+}
+
+/// How many consumers (holders) a lock queue has, by a passive declare.
+async fn holders(channel: &lapin::Channel, queue: &str) -> Result<u32, Attempt> {
+    match channel
+        .queue_declare(
+            ShortString::from(queue),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+    {
+        Ok(q) => Ok(q.consumer_count()),
+        Err(e) => Err(match e.kind() {
+            ErrorKind::ProtocolError(amqp)
+                if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)) =>
+            {
+                Attempt::Missing
+            }
+            _ => Attempt::Broken(e.to_string()),
+        }),
     }
 }
 

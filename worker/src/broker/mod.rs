@@ -231,7 +231,7 @@ pub async fn run<H: Handler>(
             );
         }
         control.connected(publisher::channel_pool(connection.clone()));
-        locks.connected(locks::lock_pool(connection.clone(), opts.prefetch));
+        let locks_exhausted = locks.connected(locks::lock_pool(connection.clone(), opts.prefetch));
         if !first {
             metrics::broker_reconnected();
         }
@@ -253,6 +253,7 @@ pub async fn run<H: Handler>(
             readiness: &readiness,
             shutdown: &shutdown,
             control: &control,
+            locks_exhausted: &locks_exhausted,
         };
         let ended = session.consume().await;
         readiness.set_consuming(false);
@@ -303,6 +304,7 @@ struct Session<'a, H> {
     readiness: &'a Readiness,
     shutdown: &'a CancellationToken,
     control: &'a PublisherControl,
+    locks_exhausted: &'a CancellationToken,
 }
 
 impl<H: Handler> Session<'_, H> {
@@ -387,6 +389,11 @@ impl<H: Handler> Session<'_, H> {
                         let _ = d.acker.nack(BasicNackOptions { requeue: true, multiple: false }).await;
                     }
                     return SessionEnd::Shutdown(channel);
+                }
+                _ = self.locks_exhausted.cancelled() => {
+                    return SessionEnd::Lost(
+                        "this connection can open no more lock channels (lapin keeps every channel the broker refused); replacing it".into(),
+                    );
                 }
                 next = main.next() => match next {
                     Some(Ok(d)) => self.dispatch(d, Source::Main),
