@@ -245,6 +245,10 @@ impl Dispatcher {
         let mut _lock = None;
         if let (Job::Start(build), Some(locks)) = (&job, &self.locks) {
             let candidates = self.launcher.candidates(build);
+            if candidates.len() > 1 && self.publisher.build_launched_lately(build.build_id.0) {
+                // A late duplicate of a launched build: the launch may be anywhere.
+                carried.executors.extend(candidates.iter().cloned());
+            }
             if candidates.len() > 1 {
                 match locks.acquire(build.build_id.0).await {
                     Ok(lock) => {
@@ -313,15 +317,14 @@ impl Dispatcher {
                 tokio::time::sleep(l.retry_in.clamp(Duration::from_secs(1), IN_PROCESS_WAIT)).await;
                 continue;
             }
-            // The pod exists (or the attempt ended) once the decision is made: a delivery of
-            // the same build that waited for the lock finds it from here on. Settling (events,
-            // retry copies, the ack) needs no lock, and a shorter hold means fewer builds of the
-            // same lock queue waiting on each other.
+            let outcome = self.settle(inbound, &carried, decision).await;
+            metrics::message_handled(kind.as_str(), outcome);
+            // Held until the message is settled: a duplicate of the build handled meanwhile by
+            // another replica waits, then looks at every candidate (the chaos suite found
+            // duplicates that came just after an earlier release launching elsewhere).
             if let Some(lock) = _lock.take() {
                 lock.release().await;
             }
-            let outcome = self.settle(inbound, &carried, decision).await;
-            metrics::message_handled(kind.as_str(), outcome);
             return;
         }
     }

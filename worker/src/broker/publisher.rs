@@ -71,6 +71,7 @@ pub struct Publisher {
     launched: Arc<Mutex<Recent>>,
     launching: Arc<Mutex<HashSet<u128>>>,
     feed_since: Arc<Mutex<Option<jiff::Timestamp>>>,
+    launched_builds: Arc<Mutex<Recent>>,
 }
 
 /// A launch in progress in this process; dropping it ends it.
@@ -123,6 +124,7 @@ pub struct PublisherControl {
     tx: watch::Sender<Option<ChannelPool>>,
     launched: Arc<Mutex<Recent>>,
     feed_since: Arc<Mutex<Option<jiff::Timestamp>>>,
+    launched_builds: Arc<Mutex<Recent>>,
 }
 
 impl PublisherControl {
@@ -132,10 +134,16 @@ impl PublisherControl {
         *self.feed_since.lock().expect("feed lock") = since;
     }
 
-    /// A `build.launched` event with this id went through the events exchange.
-    pub fn launched_seen(&self, event_id: &str) {
+    /// A `build.launched` event with this id, of this build, went through the events exchange.
+    pub fn launched_seen(&self, event_id: &str, build: Option<u64>) {
         if let Some(key) = uuid_key(event_id) {
             self.launched.lock().expect("launch ids lock").insert(key);
+        }
+        if let Some(b) = build {
+            self.launched_builds
+                .lock()
+                .expect("launched builds lock")
+                .insert(u128::from(b));
         }
     }
 
@@ -159,6 +167,7 @@ impl Publisher {
         let (tx, rx) = watch::channel(None);
         let launched = Arc::<Mutex<Recent>>::default();
         let feed_since = Arc::<Mutex<Option<jiff::Timestamp>>>::default();
+        let launched_builds = Arc::<Mutex<Recent>>::default();
         (
             Publisher {
                 current: rx,
@@ -166,11 +175,13 @@ impl Publisher {
                 launched: launched.clone(),
                 launching: Arc::default(),
                 feed_since: feed_since.clone(),
+                launched_builds: launched_builds.clone(),
             },
             PublisherControl {
                 tx,
                 launched,
                 feed_since,
+                launched_builds,
             },
         )
     }
@@ -263,6 +274,17 @@ impl Publisher {
     pub fn is_launching(&self, launched_event_id: &str) -> bool {
         uuid_key(launched_event_id)
             .is_some_and(|k| self.launching.lock().expect("launching lock").contains(&k))
+    }
+
+    /// True when a `build.launched` of this build (any attempt, any replica) was seen lately: a
+    /// `start` of it now is a late duplicate, and must look for the pod on every candidate
+    /// before creating one (another replica may have launched it where this one would not).
+    pub fn build_launched_lately(&self, build: u64) -> bool {
+        self.launched_builds
+            .lock()
+            .expect("launched builds lock")
+            .set
+            .contains(&u128::from(build))
     }
 
     /// Since when every replica's `build.launched` events reach this process (`None` while the
