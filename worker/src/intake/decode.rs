@@ -463,7 +463,9 @@ fn as_id(v: &Value) -> Result<Option<u64>, &'static str> {
 /// non-ASCII bytes through in the path and query, including C1 controls and non-breaking
 /// spaces, which would then travel unencoded in request lines and annotations.
 fn is_http_uri(s: &str) -> bool {
-    if !s.is_ascii() {
+    // Printable ASCII only, as the schema says: `http::Uri` skips a fragment, and would take a
+    // control character hidden there.
+    if !s.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
         return false;
     }
     match s.parse::<http::Uri>() {
@@ -652,6 +654,11 @@ mod code_tests {
         assert_eq!(code(b), "wrong_type_token");
         let mut b = base;
         b["buildConfig"]["apiUri"] = json!("ftp://x");
+        assert_eq!(code(b.clone()), "invalid_api_uri");
+        // Found by the schema agreement property: a control character in the fragment.
+        b["buildConfig"]["apiUri"] = json!("https://a#pi.screwdriver.cd\u{0}");
+        assert_eq!(code(b.clone()), "invalid_api_uri");
+        b["buildConfig"]["apiUri"] = json!("https://a/b c");
         assert_eq!(code(b), "invalid_api_uri");
         assert_eq!(code(json!({"job": "nope"})), "unknown_job");
     }
