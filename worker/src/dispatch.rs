@@ -245,15 +245,14 @@ impl Dispatcher {
         let mut _lock = None;
         if let (Job::Start(build), Some(locks)) = (&job, &self.locks) {
             let candidates = self.launcher.candidates(build);
-            if candidates.len() > 1 && self.publisher.build_launched_lately(build.build_id.0) {
-                // A late duplicate of a launched build: the launch may be anywhere.
-                carried.executors.extend(candidates.iter().cloned());
-            }
             if candidates.len() > 1 {
                 match locks.acquire(build.build_id.0).await {
                     Ok(lock) => {
-                        if lock.contended() {
-                            // The holder before us may have launched this build anywhere.
+                        // The holder before us, or the replica whose launch we saw (this is a
+                        // late duplicate), may have launched this build anywhere.
+                        if lock.contended()
+                            || self.publisher.build_launched_lately(build.build_id.0)
+                        {
                             carried.executors.extend(candidates);
                         }
                         _lock = Some(lock);

@@ -404,16 +404,9 @@ impl Launcher {
                 Err(e) => {
                     // Transient: the cluster may have created the pod anyway.
                     if e.is_ambiguous() {
-                        match ex
-                            .cluster
-                            .list_pods(&ex.build_selector(build.build_id))
-                            .await
-                        {
-                            Ok(pods) => {
-                                if let Some(pod) = pods.into_iter().find(is_ours) {
-                                    return self.adopt(name, ex, pod, req).await;
-                                }
-                            }
+                        match self.pod_on(name, ex, build.build_id).await {
+                            Ok(Some(pod)) => return self.adopt(name, ex, pod, req).await,
+                            Ok(None) => {}
                             Err(_) => {
                                 touched.insert(name.clone());
                                 let mut all = req.touched.clone();
@@ -545,14 +538,7 @@ impl Launcher {
             let _ = ex.cluster.delete_pod(&pod_name, None).await;
             return LaunchOutcome::Stopped;
         }
-        let attempt = pod
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(crate::naming::ANN_ATTEMPT))
-            .and_then(|v| v.parse::<u32>().ok())
-            .filter(|a| *a >= 1)
-            .unwrap_or(req.attempt);
+        let attempt = crate::naming::pod_attempt(&pod.metadata).unwrap_or(req.attempt);
         LaunchOutcome::Launched {
             executor: name.to_string(),
             namespace: ex.cluster.namespace.clone(),

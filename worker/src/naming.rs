@@ -23,6 +23,17 @@ pub const ANN_BUILD_ID: &str = "buildcluster-worker/build-id";
 pub const ANN_JOB_ID: &str = "buildcluster-worker/job-id";
 /// Annotation: the attempt of the message that created the pod (event ids derive from it).
 pub const ANN_ATTEMPT: &str = "buildcluster-worker/attempt";
+/// The attempt recorded in a pod's [`ANN_ATTEMPT`] annotation (a positive number), if any.
+pub fn pod_attempt(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Option<u32> {
+    meta.annotations
+        .as_ref()?
+        .get(ANN_ATTEMPT)?
+        .parse()
+        .ok()
+        .filter(|a| *a >= 1)
+}
 /// Annotation: the Screwdriver API of the build (status updates from the watcher).
 pub const ANN_API_URI: &str = "buildcluster-worker/api-uri";
 /// Annotation: the Secret holding the build token, when the token travels in a Secret.

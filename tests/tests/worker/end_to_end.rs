@@ -6,7 +6,7 @@ use bcw_tests::harness::{InProcessWorker, Knobs, StartMsg, eventually, settings,
 use serde_json::json;
 
 use crate::support::{
-    SOON, broker, build_of, live_pods, running_forever, two_clusters, weighted_pair,
+    SOON, broker, build_of, live_pods, queue_drained, running_forever, two_clusters, weighted_pair,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,10 +91,7 @@ async fn two_hundred_builds_launch_by_weight_then_stop() {
         let executor = e.data["executor"].as_str().unwrap();
         assert!(executor == "runc" || executor == "kata");
     }
-    eventually(SOON, "the queue to be empty", || async {
-        (rabbit.depth(&names.queue).await == Some(0)).then_some(())
-    })
-    .await;
+    queue_drained(&rabbit, &names).await;
 
     // 200 stops remove every pod.
     for id in 1..=200u64 {

@@ -13,7 +13,7 @@ use bcw_tests::kube_sim::{
 };
 use serde_json::json;
 
-use crate::support::{SOON, broker, live_pods, running_forever};
+use crate::support::{SOON, broker, live_pods, queue_drained, running_forever};
 
 /// One cluster `a` with this timeline.
 async fn one_cluster(timeline: Timeline) -> KubeSim {
@@ -320,10 +320,7 @@ async fn a_replica_started_after_a_stop_does_not_launch_a_late_start_of_that_bui
             .await;
     }
     tap.wait_count("build.launched", 1, SOON).await;
-    eventually(SOON, "the queue to drain", || async {
-        (rabbit.depth(&names.queue).await == Some(0)).then_some(())
-    })
-    .await;
+    queue_drained(&rabbit, &names).await;
     let created: Vec<String> = a.create_log().into_iter().map(|r| r.name).collect();
     assert_eq!(created.len(), 1, "only build 79 launched: {created:?}");
     assert!(created[0].starts_with("79-"), "{created:?}");
@@ -368,10 +365,7 @@ async fn a_stop_that_overtakes_its_start_leaves_no_pod() {
             .await;
     }
     tap.wait_count("build.stopped", 10, SOON).await;
-    eventually(SOON, "the queue to drain", || async {
-        (rabbit.depth(&names.queue).await == Some(0)).then_some(())
-    })
-    .await;
+    queue_drained(&rabbit, &names).await;
     assert!(
         a.create_log().is_empty(),
         "a start for a stopped build launched"

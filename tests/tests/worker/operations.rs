@@ -10,7 +10,7 @@ use bcw_tests::kube_sim::{Fault, Verb};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
-use crate::support::{SOON, broker, live_pods, running_forever, two_clusters};
+use crate::support::{SOON, broker, live_pods, queue_drained, running_forever, two_clusters};
 
 /// Parses Prometheus text: name -> list of label maps (with the value under `__value`).
 fn parse_metrics(text: &str) -> BTreeMap<String, Vec<BTreeMap<String, String>>> {
@@ -492,10 +492,7 @@ async fn a_broker_connection_loss_is_survived_without_duplicates() {
             == 100
     })
     .await;
-    eventually(SOON, "the queue to be empty", || async {
-        (rabbit.depth(&names.queue).await == Some(0)).then_some(())
-    })
-    .await;
+    queue_drained(&rabbit, &names).await;
     let mut per_build: BTreeMap<u64, usize> = BTreeMap::new();
     for r in a.create_log() {
         *per_build

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use bcw_tests::harness::{ExecutorSpec, Names, Rabbit};
+use bcw_tests::harness::{ExecutorSpec, Names, Rabbit, eventually};
 use bcw_tests::kube_sim::{ClusterConfig, ClusterHandle, KubeSim, SimConfig, Timeline};
 use k8s_openapi::api::core::v1::Pod;
 
@@ -50,6 +50,14 @@ pub async fn broker(tag: &str) -> (Rabbit, Names, bcw_tests::harness::EventTap) 
     rabbit.declare_exchanges(&names).await;
     let tap = rabbit.tap(&names).await;
     (rabbit, names, tap)
+}
+
+/// Waits until the test's queue holds no message: every delivery was settled.
+pub async fn queue_drained(rabbit: &Rabbit, names: &Names) {
+    eventually(SOON, "the queue to drain", || async {
+        (rabbit.depth(&names.queue).await == Some(0)).then_some(())
+    })
+    .await;
 }
 
 /// The `sdbuild` label of a pod.

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use deadpool::managed::PoolError;
 use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
@@ -119,12 +120,19 @@ impl LocksControl {
 }
 
 enum Attempt {
-    Granted(Consumer),
+    Granted(Consumer, Box<LockChannel>),
+    /// Held by another replica.
     Refused,
+    /// The lock queue does not exist (expired since it was declared).
     Missing,
+    /// The connection can open no more channels.
+    Exhausted(String),
     /// The channel failed for another reason: try another one.
     Broken(String),
 }
+
+/// A lock channel checked out of its pool.
+type LockChannel = deadpool::managed::Object<super::channels::ChannelManager>;
 
 impl Locks {
     /// Locks on the queues `<queue>.locks.<k>`.
@@ -172,35 +180,11 @@ impl Locks {
         let mut refused = 0;
         let mut broken = 0;
         loop {
-            // A channel the broker just closed (a refusal) can make the next channel's opening
-            // fail with that closure's error: a fresh channel is asked for again.
-            let channel = match pool.get().await {
-                Ok(channel) => channel,
-                Err(e) => {
-                    broken += 1;
-                    if e.to_string().contains("maximum number of channels") {
-                        exhausted.cancel();
-                        return Err(LockError::Unavailable(e.to_string()));
-                    }
-                    if broken >= CHANNEL_TRIES {
-                        return Err(LockError::Unavailable(e.to_string()));
-                    }
-                    tokio::time::sleep(super::jitter(REFUSED_DELAY)).await;
-                    continue;
-                }
-            };
-            // Held by another replica right now? A passive look does not cost the channel;
-            // a refused consume does (see `connected`), so it is only tried on a free queue.
-            let attempt = match holders(&channel, &name).await {
-                Ok(0) => consume(&channel, &name).await,
-                Ok(_) => Attempt::Refused,
-                Err(attempt) => attempt,
-            };
-            match attempt {
-                Attempt::Granted(consumer) => {
+            match try_once(&pool, &name).await {
+                Attempt::Granted(consumer, channel) => {
                     return Ok(BuildLock {
                         consumer: Some(consumer),
-                        channel: Some(channel),
+                        channel: Some(*channel),
                         contended: refused > 0,
                         _gate: gate,
                     });
@@ -213,6 +197,10 @@ impl Locks {
                     return Err(LockError::Unavailable(format!(
                         "lock queue {name} vanished right after it was declared"
                     )));
+                }
+                Attempt::Exhausted(e) => {
+                    exhausted.cancel();
+                    return Err(LockError::Unavailable(e));
                 }
                 Attempt::Broken(e) => {
                     broken += 1;
@@ -234,11 +222,33 @@ impl Locks {
     }
 }
 
+/// One try on a fresh channel: a passive look at the lock queue's holders (which does not cost
+/// the channel), then, if it is free, the exclusive consumer (a refusal does: see
+/// [`LocksControl::connected`]). A channel the broker just closed can make the next channel's
+/// opening fail with that closure's error: that is [`Attempt::Broken`], and tried again.
+async fn try_once(pool: &LockPool, queue: &str) -> Attempt {
+    let channel = match pool.get().await {
+        Ok(channel) => channel,
+        Err(PoolError::Backend(e)) if matches!(e.kind(), ErrorKind::ChannelsLimitReached) => {
+            return Attempt::Exhausted(e.to_string());
+        }
+        Err(e) => return Attempt::Broken(e.to_string()),
+    };
+    match holders(&channel, queue).await {
+        Ok(0) => match consume(&channel, queue).await {
+            Ok(consumer) => Attempt::Granted(consumer, Box::new(channel)),
+            Err(attempt) => attempt,
+        },
+        Ok(_) => Attempt::Refused,
+        Err(attempt) => attempt,
+    }
+}
+
 /// Asks for the exclusive consumer; a refusal or a missing queue closes the channel (the pool
 /// replaces it at the next checkout).
-async fn consume(channel: &lapin::Channel, queue: &str) -> Attempt {
+async fn consume(channel: &lapin::Channel, queue: &str) -> Result<Consumer, Attempt> {
     let tag = format!("lock-{}", uuid::Uuid::new_v4().simple());
-    let consumed = channel
+    channel
         .basic_consume(
             ShortString::from(queue),
             ShortString::from(tag.as_str()),
@@ -249,10 +259,8 @@ async fn consume(channel: &lapin::Channel, queue: &str) -> Attempt {
             },
             FieldTable::default(),
         )
-        .await;
-    match consumed {
-        Ok(consumer) => Attempt::Granted(consumer),
-        Err(e) => match e.kind() {
+        .await
+        .map_err(|e| match e.kind() {
             ErrorKind::ProtocolError(amqp)
                 if matches!(
                     amqp.kind(),
@@ -261,13 +269,19 @@ async fn consume(channel: &lapin::Channel, queue: &str) -> Attempt {
             {
                 Attempt::Refused
             }
-            ErrorKind::ProtocolError(amqp)
-                if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)) =>
-            {
-                Attempt::Missing
-            }
-            _ => Attempt::Broken(e.to_string()),
-        },
+            _ => missing_or_broken(&e),
+        })
+}
+
+/// A missing queue, or a broken channel.
+fn missing_or_broken(e: &lapin::Error) -> Attempt {
+    match e.kind() {
+        ErrorKind::ProtocolError(amqp)
+            if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)) =>
+        {
+            Attempt::Missing
+        }
+        _ => Attempt::Broken(e.to_string()),
     }
 }
 
@@ -285,14 +299,7 @@ async fn holders(channel: &lapin::Channel, queue: &str) -> Result<u32, Attempt> 
         .await
     {
         Ok(q) => Ok(q.consumer_count()),
-        Err(e) => Err(match e.kind() {
-            ErrorKind::ProtocolError(amqp)
-                if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)) =>
-            {
-                Attempt::Missing
-            }
-            _ => Attempt::Broken(e.to_string()),
-        }),
+        Err(e) => Err(missing_or_broken(&e)),
     }
 }
 
@@ -328,7 +335,7 @@ async fn declare(pool: &LockPool, queue: &str) -> Result<(), LockError> {
 pub struct BuildLock {
     consumer: Option<Consumer>,
     contended: bool,
-    channel: Option<deadpool::managed::Object<super::channels::ChannelManager>>,
+    channel: Option<LockChannel>,
     _gate: OwnedMutexGuard<()>,
 }
 

@@ -409,9 +409,9 @@ impl<H: Handler> Session<'_, H> {
                     if let Some(Ok(d)) = next {
                         if d.routing_key.as_str() == EventType::BuildLaunched.suffix() {
                             if let Some(id) = d.properties.message_id() {
-                                self.control.launched_seen(id.as_str(), stopped_build_id(&d.data));
+                                self.control.launched_seen(id.as_str(), event_build_id(&d.data));
                             }
-                        } else if let Some(id) = stopped_build_id(&d.data) {
+                        } else if let Some(id) = event_build_id(&d.data) {
                             self.handler.stopped_elsewhere(id);
                         }
                     }
@@ -532,7 +532,7 @@ impl<H: Handler> Session<'_, H> {
             if end {
                 break;
             }
-            if let Some(id) = stopped_build_id(&delivery.data) {
+            if let Some(id) = event_build_id(&delivery.data) {
                 self.handler.stopped_elsewhere(id);
                 stops += 1;
             }
@@ -598,7 +598,7 @@ async fn next_opt(c: &mut Option<lapin::Consumer>) -> Option<lapin::Result<Deliv
 }
 
 /// `data.buildId` of a `build.*` event.
-fn stopped_build_id(body: &[u8]) -> Option<u64> {
+fn event_build_id(body: &[u8]) -> Option<u64> {
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
     v.get("data")?.get("buildId")?.as_u64()
 }

@@ -319,10 +319,7 @@ impl Reporter {
         Some(BuildInfo {
             build: BuildId(build),
             job_id: get(naming::ANN_JOB_ID).and_then(|v| v.parse().ok()),
-            attempt: get(naming::ANN_ATTEMPT)
-                .and_then(|v| v.parse().ok())
-                .filter(|a| *a >= 1)
-                .unwrap_or(1),
+            attempt: naming::pod_attempt(&pod.metadata).unwrap_or(1),
             api_uri: get(naming::ANN_API_URI).filter(|u| !u.is_empty()),
             token_secret: get(naming::ANN_TOKEN_SECRET).filter(|s| !s.is_empty()),
         })

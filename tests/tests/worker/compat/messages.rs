@@ -13,7 +13,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use serde_json::json;
 
 use super::{assert_put_with_token, failures, header, knobs_with};
-use crate::support::{SOON, broker, live_pods, running_forever};
+use crate::support::{SOON, broker, live_pods, queue_drained, running_forever};
 
 /// Clusters `a` and `b`, pods running until deleted; `sim/invalid-image` never starts.
 async fn clusters() -> KubeSim {
@@ -330,10 +330,7 @@ async fn clear_removes_exactly_the_named_directory_and_dead_letters_a_traversal(
         (rabbit.depth(&names.dead()).await == Some(2)).then_some(())
     })
     .await;
-    eventually(SOON, "the queue to drain", || async {
-        (rabbit.depth(&names.queue).await == Some(0)).then_some(())
-    })
-    .await;
+    queue_drained(&rabbit, &names).await;
     assert!(!root.join("jobs/1234/4321").exists());
     assert!(!root.join("beta-/jobs/1234/4321").exists());
     assert!(!root.join("pipelines/1234").exists());
