@@ -152,6 +152,83 @@ async fn every_failure_to_start_is_reported_once_with_its_reason_and_the_pod_rem
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_builds_report_their_outcome_once_with_exit_code_and_reason() {
+    // activeDeadlineSeconds (3,600 s for the messages' 60 min timeout) scaled to about 2 s.
+    let sim = one_cluster(Timeline {
+        deadline_scale: 0.0006,
+        ..Timeline::fast()
+    })
+    .await;
+    let a = sim.cluster("a");
+    let cases: Vec<(&str, Script)> = vec![
+        (
+            "sim/oom",
+            Script::Exit {
+                code: 137,
+                reason: "OOMKilled".into(),
+            },
+        ),
+        (
+            "sim/error",
+            Script::Exit {
+                code: 2,
+                reason: "Error".into(),
+            },
+        ),
+        ("sim/forever", Script::RunForever),
+    ];
+    for (image, script) in &cases {
+        a.add_script(ScriptRule::new(&format!("^{image}"), script.clone()).unwrap());
+    }
+    let (rabbit, names, tap) = broker("outcomes").await;
+    let worker = InProcessWorker::start(settings(
+        &names,
+        &[ExecutorSpec::new("a", &a.url())],
+        &reporting(json!({})),
+    ))
+    .await;
+    for (id, image) in [
+        (301u64, "sim/oom"),
+        (302, "sim/error"),
+        (303, "sim/forever"),
+        (304, "node:22"),
+    ] {
+        rabbit
+            .publish_json(
+                &names.exchange,
+                &names.queue,
+                &StartMsg::new(id).image(image).json(),
+            )
+            .await;
+    }
+    tap.wait_count("build.failed", 2, SOON).await;
+    tap.wait_count("build.timed_out", 1, SOON).await;
+    tap.wait_count("build.succeeded", 1, SOON).await;
+    // Room for a duplicate to show (the reporter re-evaluates every second).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let outcome = |ty: &str| -> BTreeMap<u64, serde_json::Value> {
+        let evs = tap.of(ty);
+        let map: BTreeMap<u64, serde_json::Value> =
+            evs.iter().map(|e| (e.build_id(), e.data.clone())).collect();
+        assert_eq!(map.len(), evs.len(), "{ty} published once per build");
+        map
+    };
+    let failed = outcome("build.failed");
+    assert_eq!(failed.keys().copied().collect::<Vec<_>>(), [301, 302]);
+    assert_eq!(failed[&301]["exitCode"], 137);
+    assert_eq!(failed[&301]["reason"], "OOMKilled");
+    assert_eq!(failed[&302]["exitCode"], 2);
+    assert_eq!(failed[&302]["reason"], "Error");
+    let timed_out = outcome("build.timed_out");
+    assert_eq!(timed_out.keys().copied().collect::<Vec<_>>(), [303]);
+    let succeeded = outcome("build.succeeded");
+    assert_eq!(succeeded.keys().copied().collect::<Vec<_>>(), [304]);
+    worker.stop().await.expect("clean shutdown");
+    rabbit.cleanup(&names).await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_build_is_launched_runs_and_succeeds_once_each_with_three_replicas() {
     let sim = one_cluster(Timeline {
         run_for: Some(Duration::from_millis(800)),

@@ -89,6 +89,12 @@ pub fn trouble_key(reason: &str) -> &'static str {
     }
 }
 
+fn timed_out() -> Verdict {
+    Verdict::TimedOut {
+        message: "The build ran past its timeout and was stopped by Kubernetes.".into(),
+    }
+}
+
 /// Assesses one pod. `now_unix` is the wall clock (seconds since the epoch, for the pod's
 /// timestamps); `trouble_age(key)` says how long the caller has been seeing that trouble.
 pub fn assess(
@@ -115,6 +121,11 @@ pub fn assess(
         .and_then(|c| c.image.clone())
         .unwrap_or_default();
 
+    // Kubernetes killed the pod at its activeDeadlineSeconds: its containers end with a kill
+    // code too, but the build timed out, it did not fail.
+    if phase == "Failed" && status.and_then(|s| s.reason.as_deref()) == Some("DeadlineExceeded") {
+        return timed_out();
+    }
     // The build container's own end decides, even while a sidecar keeps the pod Running.
     if let Some(t) = build
         .and_then(|c| c.state.as_ref())
@@ -136,11 +147,6 @@ pub fn assess(
         "Succeeded" => return Verdict::Succeeded,
         "Failed" => {
             let reason = status.and_then(|s| s.reason.clone()).unwrap_or_default();
-            if reason == "DeadlineExceeded" {
-                return Verdict::TimedOut {
-                    message: "The build ran past its timeout and was stopped by Kubernetes.".into(),
-                };
-            }
             if let Some((code, why)) = failed_init(pod) {
                 return init_failed(code, &why);
             }
@@ -516,6 +522,17 @@ mod tests {
         );
         assert!(matches!(
             assess(&deadline, NOW, never, &POLICY),
+            Verdict::TimedOut { .. }
+        ));
+        // The kubelet kills the containers too: the pod's reason still decides.
+        let killed = pod(
+            json!({"phase": "Failed", "reason": "DeadlineExceeded", "containerStatuses": [
+                {"name": "42", "ready": false, "restartCount": 0, "image": "node:22", "imageID": "",
+                 "state": {"terminated": {"exitCode": 137, "reason": "Error"}}}]}),
+            json!({}),
+        );
+        assert!(matches!(
+            assess(&killed, NOW, never, &POLICY),
             Verdict::TimedOut { .. }
         ));
         let running = pod(
