@@ -25,6 +25,7 @@ use crate::events::{ClusterEventData, EventType, cluster_event};
 use crate::health::Readiness;
 use crate::intake::Limits;
 use crate::launch::{Executor, Launcher};
+use crate::launches::LaunchLog;
 use crate::routing::Router;
 use crate::status::StatusUpdater;
 use crate::telemetry::metrics;
@@ -150,6 +151,13 @@ pub async fn run(
         settings.ecosystem.clone(),
         settings.intake.pod_annotation_allow_list.clone(),
         tombstones.clone(),
+        Arc::new(LaunchLog::new(
+            topology.launches_window,
+            topology
+                .launches_stream
+                .clone()
+                .map(|stream| (publisher.clone(), stream)),
+        )),
     );
     let dispatcher = Arc::new(Dispatcher::new(
         launcher,

@@ -243,6 +243,7 @@ impl Dispatcher {
         span.record("job", kind.as_str());
         // Across replicas, a build with several candidate executors is launched under its lock.
         let mut _lock = None;
+        let mut recorded = std::collections::BTreeMap::new();
         if let (Job::Start(build), Some(locks)) = (&job, &self.locks) {
             let candidates = self.launcher.candidates(build);
             if candidates.len() > 1 {
@@ -255,6 +256,11 @@ impl Dispatcher {
                         {
                             carried.executors.extend(candidates);
                         }
+                        // Where a create of this build was sent, as the launches stream tells
+                        // (a replica that lost its lock with the create on the wire, or one
+                        // whose launch this replica did not see happen).
+                        recorded = self.launcher.launches().noted(build.build_id);
+                        carried.executors.extend(recorded.keys().cloned());
                         _lock = Some(lock);
                     }
                     Err(LockError::Held) => {
@@ -305,7 +311,9 @@ impl Dispatcher {
         };
         let started = tokio::time::Instant::now();
         loop {
-            let decision = self.decide(&job, inbound, &carried, redelivered).await;
+            let decision = self
+                .decide(&job, inbound, &carried, redelivered, &recorded)
+                .await;
             // Without delay queues of our own, waiting for an executor happens in process.
             if self.admin()
                 && let Decision::Later(l) = &decision
@@ -334,9 +342,13 @@ impl Dispatcher {
         inbound: &Inbound,
         carried: &Carried,
         redelivered: bool,
+        recorded: &std::collections::BTreeMap<String, tokio::time::Instant>,
     ) -> Decision {
         match job {
-            Job::Start(build) => self.start(build, inbound, carried, redelivered).await,
+            Job::Start(build) => {
+                self.start(build, inbound, carried, redelivered, recorded)
+                    .await
+            }
             Job::Stop(stop) => self.stop(stop.build_id, stop.job_id, carried).await,
             Job::Verify(build) => self.verify(build, carried).await,
             Job::Clear(c) => match cache::clear(&self.policy.cache, c).await {
@@ -381,6 +393,7 @@ impl Dispatcher {
         inbound: &Inbound,
         carried: &Carried,
         redelivered: bool,
+        recorded: &std::collections::BTreeMap<String, tokio::time::Instant>,
     ) -> Decision {
         let outcome = self
             .launcher
@@ -389,6 +402,7 @@ impl Dispatcher {
                 attempt: carried.attempt,
                 touched: &carried.executors,
                 redelivered,
+                recorded,
             })
             .await;
         let base = BuildEventData {
@@ -883,6 +897,10 @@ impl Handler for Dispatcher {
 
     fn stopped_elsewhere(&self, build_id: u64) {
         self.tombstones.insert(BuildId(build_id));
+    }
+
+    fn launch_recorded(&self, body: &[u8]) -> bool {
+        self.launcher.launches().note_encoded(body)
     }
 
     fn topology_checked(&self, report: &crate::broker::TopologyReport) {

@@ -17,6 +17,7 @@ use crate::breaker::State;
 use crate::cluster::{CallError, Cluster};
 use crate::config::{EcosystemSettings, ExecutorConfig, TokenDelivery};
 use crate::intake::{BuildId, StartBuild};
+use crate::launches::LaunchLog;
 use crate::naming;
 use crate::podspec::{PodInputs, build_pod, token_secret};
 use crate::routing::{Plan, Router};
@@ -88,7 +89,7 @@ pub enum LaunchOutcome {
         touched: BTreeSet<String>,
         /// When to look again.
         retry_in: Duration,
-        /// Why (bounded: `no_executor`, `unconfirmed`).
+        /// Why (bounded: `no_executor`, `unconfirmed`, `unrecorded`, `quota_exceeded`).
         reason: &'static str,
     },
     /// A transient failure: try again through the delay queue, using up an attempt.
@@ -155,6 +156,7 @@ pub struct Launcher {
     ecosystem: EcosystemSettings,
     allow_list: Vec<String>,
     tombstones: Arc<Tombstones>,
+    launches: Arc<LaunchLog>,
 }
 
 /// A `start` to carry out.
@@ -169,6 +171,10 @@ pub struct StartRequest<'a> {
     /// The broker redelivered this message (an earlier holder may have created the pod
     /// anywhere among the candidates).
     pub redelivered: bool,
+    /// Executors a create of this build was recorded for (by any replica, in the launches
+    /// stream), with when: such a create may still be on the wire until its call timeout has
+    /// passed. The dispatcher adds them to `touched` as well.
+    pub recorded: &'a BTreeMap<String, tokio::time::Instant>,
 }
 
 impl Launcher {
@@ -179,6 +185,7 @@ impl Launcher {
         ecosystem: EcosystemSettings,
         allow_list: Vec<String>,
         tombstones: Arc<Tombstones>,
+        launches: Arc<LaunchLog>,
     ) -> Self {
         Self {
             router,
@@ -186,7 +193,13 @@ impl Launcher {
             ecosystem,
             allow_list,
             tombstones,
+            launches,
         }
+    }
+
+    /// The launch records.
+    pub fn launches(&self) -> &Arc<LaunchLog> {
+        &self.launches
     }
 
     /// The executors.
@@ -263,12 +276,13 @@ impl Launcher {
                 reason: "unconfirmed",
             };
         }
-        // 1b. A redelivered build's earlier holder may have lost its broker connection (and its
-        //     lock) with a create still on the wire: that request can land after the look
-        //     above. Before creating anywhere but where such a create would collide with ours
-        //     (same executor, same pod name), wait until it must have landed or been cut off
-        //     (the call timeout of the executor it went to), and look there again.
-        if req.redelivered && !check.is_empty() {
+        // 1b. A redelivered build's earlier holder, or the replica that began an earlier launch
+        //     of it, may have lost its broker connection (and its lock) with a create still on
+        //     the wire: that request can land after the look above. Before creating anywhere
+        //     but where such a create would collide with ours (same executor, same pod name),
+        //     wait until it must have landed or been cut off (the call timeout of the executor
+        //     it went to), and look there again.
+        if (req.redelivered || !req.recorded.is_empty()) && !check.is_empty() {
             let target = candidates.iter().find(|n| {
                 self.executors
                     .get(*n)
@@ -279,12 +293,28 @@ impl Launcher {
                 .iter()
                 .map(|n| self.executors[*n].config.options.fusebox.breaker.timeout)
                 .max();
-            if let Some(settle) = settle {
+            // A redelivery says nothing of when its earlier holder began; a launch record
+            // tells when its create was sent, and where.
+            let now = tokio::time::Instant::now();
+            let until = if req.redelivered {
+                settle.map(|settle| now + settle + IN_FLIGHT_MARGIN)
+            } else {
+                others
+                    .iter()
+                    .filter_map(|n| {
+                        let sent = req.recorded.get(*n)?;
+                        let timeout = self.executors[*n].config.options.fusebox.breaker.timeout;
+                        Some(*sent + timeout + IN_FLIGHT_MARGIN)
+                    })
+                    .max()
+                    .filter(|u| *u > now)
+            };
+            if let Some(until) = until {
                 debug!(
-                    ?settle,
-                    "redelivered build: letting an earlier holder's create land"
+                    wait = ?until.saturating_duration_since(tokio::time::Instant::now()),
+                    "letting an earlier launch's create land"
                 );
-                tokio::time::sleep(settle + IN_FLIGHT_MARGIN).await;
+                tokio::time::sleep_until(until).await;
                 for name in others {
                     let ex = &self.executors[name];
                     match self.pod_on(name, ex, build.build_id).await {
@@ -332,6 +362,20 @@ impl Launcher {
                 pod_annotation_allow_list: &self.allow_list,
             });
             let pod_name = pod.metadata.name.clone().unwrap_or_default();
+            // On record before it is sent: a later copy of the build then looks here first,
+            // even if this replica loses its lock with the create on the wire.
+            if candidates.len() > 1
+                && let Err(e) = self.launches.record(build.build_id, name).await
+            {
+                warn!(executor = %name, error = %e, "cannot record the launch; trying again later");
+                let mut all = req.touched.clone();
+                all.extend(touched);
+                return LaunchOutcome::Wait {
+                    touched: all,
+                    retry_in: Duration::from_secs(1),
+                    reason: "unrecorded",
+                };
+            }
             match ex.cluster.create_pod(&pod).await {
                 Ok(created) => return self.after_create(name, ex, created, req, false).await,
                 Err(CallError::AlreadyExists) => match ex.cluster.get_pod(&pod_name).await {

@@ -24,6 +24,7 @@
 //! - [`cluster`]: an executor's Kubernetes API as typed calls, each through breaker, budget,
 //!   deadline and retry.
 //! - [`launch`]: `start`, `stop` and `verify` against the clusters, exactly once.
+//! - [`launches`]: launch records (where a create was about to be sent), shared by every replica.
 //! - [`dispatch`]: one delivery from bytes to ack: decode, carry out, make durable, settle.
 //! - [`events`]: lifecycle CloudEvents and their deterministic ids.
 //! - [`broker`]: connection supervisor, topology, consuming, confirmed publishing.
@@ -50,6 +51,7 @@ pub mod health;
 pub mod http;
 pub mod intake;
 pub mod launch;
+pub mod launches;
 pub mod naming;
 pub mod podspec;
 pub mod routing;

@@ -170,6 +170,7 @@ impl Rabbit {
             names.queue.clone(),
             names.dead(),
             format!("{}.stops", names.queue),
+            format!("{}.launches", names.queue),
         ];
         queues.extend((1..=10).map(|n| format!("{}.retry.{n}", names.queue)));
         for q in queues {

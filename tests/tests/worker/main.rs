@@ -3,6 +3,7 @@
 
 mod compat;
 mod end_to_end;
+mod launches;
 mod lifecycle;
 mod locks;
 mod operations;

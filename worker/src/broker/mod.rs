@@ -139,6 +139,13 @@ pub trait Handler: Send + Sync + 'static {
     /// A `build.stopped` event was seen on the events exchange (from any replica).
     fn stopped_elsewhere(&self, build_id: u64);
 
+    /// A message was read from the launches stream (a record of a create about to be sent, by
+    /// any replica, this one included); `true` when it was a record.
+    fn launch_recorded(&self, body: &[u8]) -> bool {
+        let _ = body;
+        false
+    }
+
     /// The topology was declared or checked (after every connect).
     fn topology_checked(&self, report: &TopologyReport) {
         let _ = report;
@@ -319,8 +326,10 @@ impl<H: Handler> Session<'_, H> {
         {
             return SessionEnd::Lost(format!("basic.qos failed: {e}"));
         }
-        // Stops made before this replica connected, before any start is taken.
+        // Stops made and launches begun before this replica connected, before any start is
+        // taken; launches keep coming in for the rest of the session.
         self.catch_up_stops().await;
+        let mut launches = self.launches_feed().await;
         let tag = format!(
             "{}-{}",
             self.opts.connection_name,
@@ -405,6 +414,13 @@ impl<H: Handler> Session<'_, H> {
                     Some(Err(e)) => return SessionEnd::Lost(e.to_string()),
                     None => return SessionEnd::Lost("verify consumer cancelled".into()),
                 },
+                next = next_record(&mut launches) => match next {
+                    Some(Ok(d)) => {
+                        self.handler.launch_recorded(&d.data);
+                    }
+                    Some(Err(e)) => return SessionEnd::Lost(format!("launches stream: {e}")),
+                    None => return SessionEnd::Lost("launches stream consumer cancelled".into()),
+                },
                 next = next_opt(&mut feed) => {
                     if let Some(Ok(d)) = next {
                         if d.routing_key.as_str() == EventType::BuildLaunched.suffix() {
@@ -477,59 +493,12 @@ impl<H: Handler> Session<'_, H> {
     }
 
     async fn read_stops(&self, stream: &str) -> lapin::Result<usize> {
-        let channel = self.connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        channel
-            .basic_qos(STOPS_PREFETCH, BasicQosOptions::default())
-            .await?;
-        // The end of what to read: a marker appended now (other readers skip it, it has no build).
-        let marker = format!("bcw-sync-{}", uuid::Uuid::new_v4().simple());
-        channel
-            .basic_publish(
-                ShortString::from(""),
-                ShortString::from(stream),
-                BasicPublishOptions::default(),
-                b"",
-                BasicProperties::default().with_message_id(ShortString::from(marker.as_str())),
-            )
-            .await?
-            .await?;
         let from = jiff::Timestamp::now().as_second() - topology::STOPS_RETENTION.as_secs() as i64;
-        let mut args = FieldTable::default();
-        args.insert(
-            "x-stream-offset".into(),
-            lapin::types::AMQPValue::Timestamp(from.max(0) as u64),
-        );
-        let mut consumer = channel
-            .basic_consume(
-                ShortString::from(stream),
-                ShortString::from(""),
-                BasicConsumeOptions::default(),
-                args,
-            )
-            .await?;
+        let (mut reader, marker) = StreamReader::open(self.connection, stream, from).await?;
         let mut stops = 0;
-        let mut unacked = 0u16;
-        while let Some(delivery) = consumer.next().await {
+        while let Some(delivery) = reader.next().await {
             let delivery = delivery?;
-            unacked += 1;
-            let end = delivery
-                .properties
-                .message_id()
-                .as_ref()
-                .map(|m| m.as_str())
-                == Some(marker.as_str());
-            if end || unacked >= STOPS_PREFETCH / 2 {
-                // A stream consumer needs acks for credit; they acknowledge nothing else.
-                delivery
-                    .acker
-                    .ack(BasicAckOptions { multiple: true })
-                    .await?;
-                unacked = 0;
-            }
-            if end {
+            if is_marker(&delivery, &marker) {
                 break;
             }
             if let Some(id) = event_build_id(&delivery.data) {
@@ -537,8 +506,63 @@ impl<H: Handler> Session<'_, H> {
                 stops += 1;
             }
         }
-        let _ = channel.close(200, "caught up with the stops".into()).await;
+        let _ = reader
+            .channel
+            .close(200, "caught up with the stops".into())
+            .await;
         Ok(stops)
+    }
+
+    /// The launches stream from the start of the window: read up to a marker of this
+    /// connection's own (bounded by [`STOPS_CATCH_UP`]) before any start is taken, then
+    /// followed live for the rest of the session. `None` without the stream, or when it cannot
+    /// be read (the replica then knows only the launches it begins itself).
+    async fn launches_feed(&self) -> Option<StreamReader> {
+        let stream = self.opts.topology.launches_stream.as_deref()?;
+        let from = jiff::Timestamp::now().as_second()
+            - self.opts.topology.launches_window.as_secs() as i64;
+        let started = Instant::now();
+        let (mut reader, marker) = match StreamReader::open(self.connection, stream, from).await {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(stream, error = %e, "cannot read the launches stream; continuing without it");
+                return None;
+            }
+        };
+        let mut records = 0usize;
+        let caught_up = tokio::time::timeout(STOPS_CATCH_UP, async {
+            while let Some(delivery) = reader.next().await {
+                let delivery = delivery?;
+                if is_marker(&delivery, &marker) {
+                    return Ok(());
+                }
+                if self.handler.launch_recorded(&delivery.data) {
+                    records += 1;
+                }
+            }
+            Err(lapin::Error::from(std::io::Error::from(
+                std::io::ErrorKind::UnexpectedEof,
+            )))
+        })
+        .await;
+        match caught_up {
+            Ok(Ok(())) => info!(
+                stream,
+                records,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "read the launches begun before this connection"
+            ),
+            Ok(Err(e)) => {
+                warn!(stream, error = %e, "cannot read the launches stream; continuing without it");
+                return None;
+            }
+            Err(_) => warn!(
+                stream,
+                records,
+                "the launches stream was not read to its end in time; reading the rest while consuming"
+            ),
+        }
+        Some(reader)
     }
 
     /// An exclusive, server-named queue bound to `build.stopped` on the events exchange, so
@@ -587,6 +611,95 @@ impl<H: Handler> Session<'_, H> {
             self.control.launch_feed(Some(jiff::Timestamp::now()));
         }
         Some((channel, consumer))
+    }
+}
+
+/// A consumer of a stream with its channel, acknowledging as it goes (a stream consumer needs
+/// acks for credit; they acknowledge nothing else).
+struct StreamReader {
+    channel: lapin::Channel,
+    consumer: lapin::Consumer,
+    unacked: u16,
+}
+
+impl StreamReader {
+    /// Appends a marker to `stream` (the end of what exists now; readers skip it, it names no
+    /// build) and consumes the stream from `from` (seconds since the epoch).
+    async fn open(
+        connection: &Connection,
+        stream: &str,
+        from: i64,
+    ) -> lapin::Result<(StreamReader, String)> {
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        channel
+            .basic_qos(STOPS_PREFETCH, BasicQosOptions::default())
+            .await?;
+        let marker = format!("bcw-sync-{}", uuid::Uuid::new_v4().simple());
+        channel
+            .basic_publish(
+                ShortString::from(""),
+                ShortString::from(stream),
+                BasicPublishOptions::default(),
+                b"",
+                BasicProperties::default().with_message_id(ShortString::from(marker.as_str())),
+            )
+            .await?
+            .await?;
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-stream-offset".into(),
+            lapin::types::AMQPValue::Timestamp(from.max(0) as u64),
+        );
+        let consumer = channel
+            .basic_consume(
+                ShortString::from(stream),
+                ShortString::from(""),
+                BasicConsumeOptions::default(),
+                args,
+            )
+            .await?;
+        Ok((
+            StreamReader {
+                channel,
+                consumer,
+                unacked: 0,
+            },
+            marker,
+        ))
+    }
+
+    async fn next(&mut self) -> Option<lapin::Result<Delivery>> {
+        let delivery = match self.consumer.next().await? {
+            Ok(d) => d,
+            Err(e) => return Some(Err(e)),
+        };
+        self.unacked += 1;
+        if self.unacked >= STOPS_PREFETCH / 2 {
+            if let Err(e) = delivery.acker.ack(BasicAckOptions { multiple: true }).await {
+                return Some(Err(e));
+            }
+            self.unacked = 0;
+        }
+        Some(Ok(delivery))
+    }
+}
+
+fn is_marker(delivery: &Delivery, marker: &str) -> bool {
+    delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|m| m.as_str())
+        == Some(marker)
+}
+
+async fn next_record(r: &mut Option<StreamReader>) -> Option<lapin::Result<Delivery>> {
+    match r {
+        Some(r) => r.next().await,
+        None => std::future::pending().await,
     }
 }
 

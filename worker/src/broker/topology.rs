@@ -38,10 +38,24 @@ pub struct Topology {
     /// [`STOPS_RETENTION`], read by a replica when it connects so that it knows the stops made
     /// before it started. Declared only with the topology and events on.
     pub stops_stream: Option<String>,
+    /// `<queue>.launches`: a stream with one record per launch begun (written, confirmed,
+    /// before any create), read by every replica, live and on connect, so that a later copy of
+    /// a build knows an earlier one may have created its pod anywhere (even when that replica
+    /// lost its lock with the create on the wire, or this replica started after it). Declared
+    /// only with the topology and build locks on.
+    pub launches_stream: Option<String>,
+    /// How far back a replica reads the launches stream, and remembers a launch: the longest
+    /// a build may wait for an executor (`maxWait`) plus a margin, within the stream's
+    /// retention.
+    pub launches_window: Duration,
 }
 
 /// How long the stops stream keeps a stop (as long as a replica remembers one).
 pub const STOPS_RETENTION: Duration = Duration::from_secs(6 * 3600);
+
+/// How long the launches stream keeps a record (a constant, so that replicas configured
+/// differently agree on the stream's arguments).
+pub const LAUNCHES_RETENTION: Duration = Duration::from_secs(6 * 3600);
 
 /// What the start-up check found, for the admin-provisioned mode.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -115,6 +129,9 @@ impl Topology {
                 .then(|| r.retry_queue.clone()),
             stops_stream: (r.declare_topology && s.events.enabled)
                 .then(|| format!("{}.stops", r.queue)),
+            launches_stream: (r.declare_topology && r.build_locks)
+                .then(|| format!("{}.launches", r.queue)),
+            launches_window: (r.max_wait + Duration::from_secs(600)).min(LAUNCHES_RETENTION),
         }
     }
 
@@ -195,27 +212,13 @@ impl Topology {
             );
             declare_queue(connection, name, args).await?;
         }
+        if let Some(launches) = &self.launches_stream {
+            declare_queue(connection, launches, stream_args(LAUNCHES_RETENTION)).await?;
+        }
         if let Some(events) = &self.events_exchange {
             declare_exchange(connection, events).await?;
             if let Some(stops) = &self.stops_stream {
-                let mut args = FieldTable::default();
-                args.insert(
-                    "x-queue-type".into(),
-                    AMQPValue::LongString(LongString::from("stream")),
-                );
-                args.insert(
-                    "x-max-age".into(),
-                    AMQPValue::LongString(LongString::from(format!(
-                        "{}s",
-                        STOPS_RETENTION.as_secs()
-                    ))),
-                );
-                // Small segments, so retention can drop old stops (it drops whole segments).
-                args.insert(
-                    "x-stream-max-segment-size-bytes".into(),
-                    AMQPValue::LongLongInt(8 * 1024 * 1024),
-                );
-                declare_queue(connection, stops, args).await?;
+                declare_queue(connection, stops, stream_args(STOPS_RETENTION)).await?;
                 bind(
                     connection,
                     stops,
@@ -291,6 +294,25 @@ async fn check_exchange(connection: &Connection, name: &str) -> Result<(), Topol
         )
         .await;
     finish(channel, result.map(|_| ()), object).await
+}
+
+/// Arguments of a stream keeping records for `retention`.
+fn stream_args(retention: Duration) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from("stream")),
+    );
+    args.insert(
+        "x-max-age".into(),
+        AMQPValue::LongString(LongString::from(format!("{}s", retention.as_secs()))),
+    );
+    // Small segments, so retention can drop old records (it drops whole segments).
+    args.insert(
+        "x-stream-max-segment-size-bytes".into(),
+        AMQPValue::LongLongInt(8 * 1024 * 1024),
+    );
+    args
 }
 
 async fn declare_queue(
@@ -414,6 +436,29 @@ mod tests {
         s.rabbitmq.declare_topology = true;
         s.events.enabled = false;
         assert_eq!(Topology::from_settings(&s).stops_stream, None);
+    }
+
+    #[test]
+    fn the_launches_stream_exists_only_with_a_declared_topology_and_build_locks() {
+        let mut s = Settings::default();
+        s.rabbitmq.queue = "q".into();
+        let t = Topology::from_settings(&s);
+        assert_eq!(t.launches_stream.as_deref(), Some("q.launches"));
+        // maxWait (one hour by default) plus ten minutes, within the stream's retention.
+        assert_eq!(
+            t.launches_window,
+            s.rabbitmq.max_wait + Duration::from_secs(600)
+        );
+        s.rabbitmq.max_wait = Duration::from_secs(24 * 3600);
+        assert_eq!(
+            Topology::from_settings(&s).launches_window,
+            LAUNCHES_RETENTION
+        );
+        s.rabbitmq.build_locks = false;
+        assert_eq!(Topology::from_settings(&s).launches_stream, None);
+        s.rabbitmq.build_locks = true;
+        s.rabbitmq.declare_topology = false;
+        assert_eq!(Topology::from_settings(&s).launches_stream, None);
     }
 
     #[test]
