@@ -218,22 +218,54 @@ async fn chaos_nothing_lost_nothing_launched_twice() {
     // Wait until every build reached its end and the queues are quiet.
     let valid: BTreeSet<u64> = (1..=builds).collect();
     let settle = Duration::from_secs(60 + builds / 20);
-    eventually(settle, "every build to reach its end", || async {
+    let deadline = Instant::now() + settle;
+    loop {
         let events = tap.all();
         let launched: BTreeSet<u64> = events
             .iter()
             .filter(|e| e.ty == "build.launched")
             .map(|e| e.build_id())
             .collect();
-        let ended = valid
+        let pending: Vec<u64> = valid
             .iter()
-            .all(|id| launched.contains(id) || stopped.contains(id));
-        let quiet = rabbit.depth(&names.queue).await == Some(0)
-            && rabbit.depth(&format!("{}.retry.1", names.queue)).await == Some(0)
-            && rabbit.depth(&format!("{}.retry.2", names.queue)).await == Some(0);
-        (ended && quiet).then_some(())
-    })
-    .await;
+            .filter(|id| !launched.contains(id) && !stopped.contains(id))
+            .copied()
+            .collect();
+        let depths = [
+            rabbit.depth(&names.queue).await,
+            rabbit.depth(&format!("{}.retry.1", names.queue)).await,
+            rabbit.depth(&format!("{}.retry.2", names.queue)).await,
+        ];
+        if pending.is_empty() && depths.iter().all(|d| *d == Some(0)) {
+            break;
+        }
+        if Instant::now() >= deadline {
+            // Say what is stuck before failing: the builds, the queues, the workers' words.
+            println!(
+                "not settled after {settle:?}: {} builds without launch or stop (first: {:?}), queue depths (main, retry.1, retry.2) {depths:?}",
+                pending.len(),
+                &pending[..pending.len().min(10)]
+            );
+            for r in &replicas {
+                logs.push_str(&r.log_text());
+            }
+            for id in pending.iter().take(3) {
+                let tags = [format!("\"buildId\":{id},"), format!("\"buildId\":{id}}}")];
+                for line in logs
+                    .lines()
+                    .filter(|l| tags.iter().any(|t| l.contains(t)))
+                    .take(40)
+                {
+                    println!("    build {id} log {line}");
+                }
+            }
+            let dump = std::env::temp_dir().join(format!("bcw-chaos-{seed}.log"));
+            let _ = std::fs::write(&dump, &logs);
+            println!("  every worker's log: {}", dump.display());
+            panic!("timed out after {settle:?} waiting for every build to reach its end");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // Stopped builds' pods go away; the reporters deliver what is left to report.
     eventually(
         Duration::from_secs(60),

@@ -279,6 +279,15 @@ pub async fn run<H: Handler>(
                 lost.cancel();
                 control.disconnected();
                 locks.disconnected();
+                // A session can end with its connection still open (a consumer cancelled, no
+                // channel left for locks): close it, or its consumers would keep their
+                // unacknowledged deliveries and its lock consumers their locks while nobody
+                // reads them.
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    connection.close(200, "session ended; reconnecting".into()),
+                )
+                .await;
                 warn!(%reason, "broker connection lost; reconnecting");
                 delay = RECONNECT_MIN;
                 sleep_or_shutdown(jitter(delay), &shutdown).await;
