@@ -389,6 +389,8 @@ impl<H: Handler> Session<'_, H> {
         ));
         let _sampler_guard = sampler.drop_guard();
 
+        let mut acks = tokio::time::interval(STREAM_ACK_EVERY);
+        acks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.readiness.set_consuming(true);
         metrics::broker_connected(true);
         info!(queue = %self.opts.topology.queue, prefetch = self.opts.prefetch, "consuming");
@@ -423,6 +425,13 @@ impl<H: Handler> Session<'_, H> {
                     Some(Err(e)) => return SessionEnd::Lost(e.to_string()),
                     None => return SessionEnd::Lost("verify consumer cancelled".into()),
                 },
+                _ = acks.tick() => {
+                    if let Some(reader) = launches.as_mut()
+                        && let Err(e) = reader.flush().await
+                    {
+                        return SessionEnd::Lost(format!("launches stream: {e}"));
+                    }
+                }
                 next = next_record(&mut launches) => match next {
                     Some(Ok(d)) => {
                         self.handler.launch_recorded(&d.data);
@@ -629,6 +638,8 @@ struct StreamReader {
     channel: lapin::Channel,
     consumer: lapin::Consumer,
     unacked: u16,
+    /// The acker of the last delivery, while some are unacknowledged.
+    last: Option<Acker>,
 }
 
 impl StreamReader {
@@ -675,6 +686,7 @@ impl StreamReader {
                 channel,
                 consumer,
                 unacked: 0,
+                last: None,
             },
             marker,
         ))
@@ -686,13 +698,23 @@ impl StreamReader {
             Err(e) => return Some(Err(e)),
         };
         self.unacked += 1;
-        if self.unacked >= STOPS_PREFETCH / 2 {
-            if let Err(e) = delivery.acker.ack(BasicAckOptions { multiple: true }).await {
-                return Some(Err(e));
-            }
-            self.unacked = 0;
+        self.last = Some(delivery.acker.clone());
+        if self.unacked >= STOPS_PREFETCH / 2
+            && let Err(e) = self.flush().await
+        {
+            return Some(Err(e));
         }
         Some(Ok(delivery))
+    }
+
+    /// Acknowledges everything delivered so far (also done now and then while the stream is
+    /// quiet, so that no delivery stays unacknowledged for long: the broker's consumer timeout).
+    async fn flush(&mut self) -> lapin::Result<()> {
+        if let Some(last) = self.last.take() {
+            self.unacked = 0;
+            last.ack(BasicAckOptions { multiple: true }).await?;
+        }
+        Ok(())
     }
 }
 
@@ -746,6 +768,8 @@ async fn connect(opts: &BrokerOptions) -> lapin::Result<Connection> {
 
 /// Longest a connecting replica reads the stops stream before it consumes anyway.
 const STOPS_CATCH_UP: Duration = Duration::from_secs(15);
+/// How often the launches stream's deliveries are acknowledged while it is quiet.
+const STREAM_ACK_EVERY: Duration = Duration::from_secs(10);
 /// Stops delivered at once while catching up.
 const STOPS_PREFETCH: u16 = 500;
 
