@@ -3,47 +3,15 @@
 //! an earlier one may have created its pod: after a replica restart, and when a create lands
 //! late (its replica lost its build lock with the create on the wire).
 
-use std::collections::BTreeMap;
-
 use bcw_tests::harness::{ExecutorSpec, InProcessWorker, Knobs, StartMsg, eventually, settings};
 use bcw_tests::kube_sim::{ClusterHandle, Fault, Verb};
-use buildcluster_worker::intake::BuildId;
-use buildcluster_worker::routing::Router;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 use serde_json::json;
 
-use crate::support::{SOON, broker, build_of, queue_drained, running_forever, two_clusters};
-
-/// Pod creates a cluster answered with 2xx, per build.
-fn creates(c: &ClusterHandle) -> BTreeMap<u64, usize> {
-    let mut m = BTreeMap::new();
-    for r in c.create_log() {
-        *m.entry(r.labels["sdbuild"].parse().unwrap()).or_default() += 1;
-    }
-    m
-}
-
-/// A build id from `from` on whose preference order `first` comes first.
-fn preferring(
-    executors: &[ExecutorSpec],
-    names: &bcw_tests::harness::Names,
-    first: &str,
-    from: u64,
-) -> u64 {
-    let s = settings(names, executors, &Knobs::default());
-    let router = Router::from_settings(&s.executor).unwrap();
-    (from..from + 10_000)
-        .find(|id| {
-            router
-                .plan(BuildId(*id), "node:22", None)
-                .candidates()
-                .first()
-                .map(String::as_str)
-                == Some(first)
-        })
-        .expect("some build prefers it")
-}
+use crate::support::{
+    SOON, broker, build_of, build_preferring, creates, queue_drained, running_forever, two_clusters,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_started_after_a_launch_adopts_a_late_duplicate_where_it_was_launched() {
@@ -54,8 +22,8 @@ async fn a_replica_started_after_a_launch_adopts_a_late_duplicate_where_it_was_l
         ExecutorSpec::new("a", &a.url()).weight(50),
         ExecutorSpec::new("b", &b.url()).weight(50),
     ];
-    let trip = preferring(&executors, &names, "a", 1000);
-    let build = preferring(&executors, &names, "a", trip + 1);
+    let trip = build_preferring(&executors, &names, "a", 1000);
+    let build = build_preferring(&executors, &names, "a", trip + 1);
     // One failure opens A's breaker for a long while in the first replica (a 429: the create
     // was not carried out, so the build moves on at once).
     let knobs = Knobs {
@@ -128,7 +96,7 @@ async fn a_recorded_create_that_lands_late_is_adopted_instead_of_doubled_elsewhe
     // The pod another replica would send to B: made by a worker that knows only B, then
     // removed, to be sent again later by the test ("the create on the wire").
     let (rabbit0, names0, tap0) = broker("latecreate0").await;
-    let build = preferring(&executors, &names0, "a", 2000);
+    let build = build_preferring(&executors, &names0, "a", 2000);
     let only_b =
         InProcessWorker::start(settings(&names0, &executors[1..], &Knobs::default())).await;
     rabbit0

@@ -1,6 +1,6 @@
 //! Issue 3: breaker per cluster, call retry, failover without duplicates, dead letters.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use bcw_tests::harness::{
@@ -8,22 +8,11 @@ use bcw_tests::harness::{
     settings_json,
 };
 use bcw_tests::kube_sim::{ClusterHandle, Fault, KubeSim, Verb};
-use buildcluster_worker::intake::BuildId;
-use buildcluster_worker::routing::Router;
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
 use serde_json::json;
 
-use crate::support::{SOON, broker, running_forever, two_clusters};
-
-/// Pod creates a cluster answered with 2xx, per build.
-fn creates(c: &ClusterHandle) -> BTreeMap<u64, usize> {
-    let mut m = BTreeMap::new();
-    for r in c.create_log() {
-        *m.entry(r.labels["sdbuild"].parse().unwrap()).or_default() += 1;
-    }
-    m
-}
+use crate::support::{SOON, broker, build_preferring, creates, running_forever, two_clusters};
 
 /// Requests of a verb on pods that a cluster received.
 fn pod_requests(c: &ClusterHandle, verb: &str) -> usize {
@@ -31,27 +20,6 @@ fn pod_requests(c: &ClusterHandle, verb: &str) -> usize {
         .iter()
         .filter(|r| r.resource == "pods" && r.verb == verb)
         .count()
-}
-
-/// A build id whose preference order puts `first` first.
-fn build_preferring(
-    executors: &[ExecutorSpec],
-    names: &bcw_tests::harness::Names,
-    first: &str,
-    from: u64,
-) -> u64 {
-    let s = settings(names, executors, &Knobs::default());
-    let router = Router::from_settings(&s.executor).unwrap();
-    (from..from + 10_000)
-        .find(|id| {
-            router
-                .plan(BuildId(*id), "node:22", None)
-                .candidates()
-                .first()
-                .map(String::as_str)
-                == Some(first)
-        })
-        .expect("some build prefers it")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,8 +2,12 @@
 
 use std::time::Duration;
 
-use bcw_tests::harness::{ExecutorSpec, Names, Rabbit, eventually};
+use std::collections::BTreeMap;
+
+use bcw_tests::harness::{ExecutorSpec, Knobs, Names, Rabbit, eventually, settings};
 use bcw_tests::kube_sim::{ClusterConfig, ClusterHandle, KubeSim, SimConfig, Timeline};
+use buildcluster_worker::intake::BuildId;
+use buildcluster_worker::routing::Router;
 use k8s_openapi::api::core::v1::Pod;
 
 /// How long a test waits for something that normally takes well under a second.
@@ -76,4 +80,29 @@ pub fn live_pods(c: &ClusterHandle) -> Vec<Pod> {
         .into_iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .collect()
+}
+
+/// Pod creates a cluster answered with 2xx, per build.
+pub fn creates(c: &ClusterHandle) -> BTreeMap<u64, usize> {
+    let mut m = BTreeMap::new();
+    for r in c.create_log() {
+        *m.entry(r.labels["sdbuild"].parse().unwrap()).or_default() += 1;
+    }
+    m
+}
+
+/// A build id from `from` on whose preference order `first` comes first.
+pub fn build_preferring(executors: &[ExecutorSpec], names: &Names, first: &str, from: u64) -> u64 {
+    let s = settings(names, executors, &Knobs::default());
+    let router = Router::from_settings(&s.executor).unwrap();
+    (from..from + 10_000)
+        .find(|id| {
+            router
+                .plan(BuildId(*id), "node:22", None)
+                .candidates()
+                .first()
+                .map(String::as_str)
+                == Some(first)
+        })
+        .expect("some build prefers it")
 }
