@@ -21,6 +21,7 @@ use crate::config::CacheSettings;
 use crate::events::{BuildEventData, EventType, OutgoingEvent, build_event, build_event_id};
 use crate::intake::{self, BuildId, Job, JobKind, Limits, StartBuild};
 use crate::launch::{LaunchOutcome, Launcher, StartRequest, StopOutcome};
+use crate::launches::Recorded;
 use crate::status::{StatusUpdater, Update};
 use crate::telemetry::metrics;
 use crate::tombstones::Tombstones;
@@ -243,7 +244,7 @@ impl Dispatcher {
         span.record("job", kind.as_str());
         // Across replicas, a build with several candidate executors is launched under its lock.
         let mut _lock = None;
-        let mut recorded = std::collections::BTreeMap::new();
+        let mut recorded = Recorded::new();
         if let (Job::Start(build), Some(locks)) = (&job, &self.locks) {
             let candidates = self.launcher.candidates(build);
             if candidates.len() > 1 {
@@ -342,7 +343,7 @@ impl Dispatcher {
         inbound: &Inbound,
         carried: &Carried,
         redelivered: bool,
-        recorded: &std::collections::BTreeMap<String, tokio::time::Instant>,
+        recorded: &Recorded,
     ) -> Decision {
         match job {
             Job::Start(build) => {
@@ -393,7 +394,7 @@ impl Dispatcher {
         inbound: &Inbound,
         carried: &Carried,
         redelivered: bool,
-        recorded: &std::collections::BTreeMap<String, tokio::time::Instant>,
+        recorded: &Recorded,
     ) -> Decision {
         let outcome = self
             .launcher

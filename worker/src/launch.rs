@@ -17,7 +17,7 @@ use crate::breaker::State;
 use crate::cluster::{CallError, Cluster};
 use crate::config::{EcosystemSettings, ExecutorConfig, TokenDelivery};
 use crate::intake::{BuildId, StartBuild};
-use crate::launches::LaunchLog;
+use crate::launches::{LaunchLog, Recorded};
 use crate::naming;
 use crate::podspec::{PodInputs, build_pod, token_secret};
 use crate::routing::{Plan, Router};
@@ -174,7 +174,7 @@ pub struct StartRequest<'a> {
     /// Executors a create of this build was recorded for (by any replica, in the launches
     /// stream), with when: such a create may still be on the wire until its call timeout has
     /// passed. The dispatcher adds them to `touched` as well.
-    pub recorded: &'a BTreeMap<String, tokio::time::Instant>,
+    pub recorded: &'a Recorded,
 }
 
 impl Launcher {

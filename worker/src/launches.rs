@@ -21,6 +21,9 @@ use tokio::time::Instant;
 use crate::broker::{Outgoing, PublishError, Publisher};
 use crate::intake::BuildId;
 
+/// The executors a build's launches were recorded for, each with when it was last noted.
+pub type Recorded = BTreeMap<String, Instant>;
+
 /// Records remembered at most (about 100 bytes each).
 const CAPACITY: usize = 200_000;
 
@@ -121,7 +124,7 @@ impl LaunchLog {
     }
 
     /// The executors a launch of `build` was recorded for, each with when it was last noted.
-    pub fn noted(&self, build: BuildId) -> BTreeMap<String, Instant> {
+    pub fn noted(&self, build: BuildId) -> Recorded {
         let now = Instant::now();
         let records = self.records.lock().expect("launch records lock poisoned");
         records

@@ -190,6 +190,19 @@ impl ClusterHandle {
         self.inner.url()
     }
 
+    /// A kube client configuration for this cluster, without kube's own retries (the calls a
+    /// test makes are counted in the request log).
+    pub fn kube_config(&self) -> kube::Config {
+        let mut cfg = kube::Config::new(self.url().parse().expect("cluster url"));
+        cfg.default_retry = false;
+        cfg
+    }
+
+    /// A kube client of this cluster ([`ClusterHandle::kube_config`]).
+    pub fn client(&self) -> kube::Client {
+        kube::Client::try_from(self.kube_config()).expect("kube client")
+    }
+
     /// An ordinary kubeconfig file for this cluster.
     pub fn kubeconfig_path(&self) -> PathBuf {
         self.inner.kubeconfig.clone()

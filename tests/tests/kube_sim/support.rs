@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use bcw_tests::kube_sim::{ClusterConfig, ClusterHandle, KubeSim, SimConfig, Timeline};
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use kube::Client;
 use kube::core::Status;
-use kube::{Client, Config};
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -36,20 +36,14 @@ pub async fn start_one(timeline: Timeline) -> (KubeSim, ClusterHandle) {
     (sim, a)
 }
 
-fn config(c: &ClusterHandle) -> Config {
-    let mut cfg = Config::new(c.url().parse().expect("cluster url"));
-    cfg.default_retry = false;
-    cfg
-}
-
 /// A kube client of `c` without kube's own retries.
 pub fn client(c: &ClusterHandle) -> Client {
-    Client::try_from(config(c)).expect("client")
+    c.client()
 }
 
 /// A kube client of `c` whose reads give up after `timeout`.
 pub fn client_with_timeout(c: &ClusterHandle, timeout: Duration) -> Client {
-    let mut cfg = config(c);
+    let mut cfg = c.kube_config();
     cfg.read_timeout = Some(timeout);
     Client::try_from(cfg).expect("client")
 }

@@ -4,7 +4,7 @@
 //! late (its replica lost its build lock with the create on the wire).
 
 use bcw_tests::harness::{ExecutorSpec, InProcessWorker, Knobs, StartMsg, eventually, settings};
-use bcw_tests::kube_sim::{ClusterHandle, Fault, Verb};
+use bcw_tests::kube_sim::{Fault, Verb};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 use serde_json::json;
@@ -168,7 +168,7 @@ async fn a_recorded_create_that_lands_late_is_adopted_instead_of_doubled_elsewhe
         None,
         "created on A without looking on B"
     );
-    Api::<Pod>::namespaced(client(&b), &ns)
+    Api::<Pod>::namespaced(b.client(), &ns)
         .create(&PostParams::default(), &pod)
         .await
         .expect("the late create lands");
@@ -179,11 +179,4 @@ async fn a_recorded_create_that_lands_late_is_adopted_instead_of_doubled_elsewhe
     worker.stop().await.expect("clean shutdown");
     rabbit.cleanup(&names).await;
     sim.shutdown().await;
-}
-
-/// A kube client of `c` without kube's own retries.
-fn client(c: &ClusterHandle) -> kube::Client {
-    let mut cfg = kube::Config::new(c.url().parse().expect("cluster url"));
-    cfg.default_retry = false;
-    kube::Client::try_from(cfg).expect("client")
 }

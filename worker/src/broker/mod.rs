@@ -514,16 +514,13 @@ impl<H: Handler> Session<'_, H> {
         let from = jiff::Timestamp::now().as_second() - topology::STOPS_RETENTION.as_secs() as i64;
         let (mut reader, marker) = StreamReader::open(self.connection, stream, from).await?;
         let mut stops = 0;
-        while let Some(delivery) = reader.next().await {
-            let delivery = delivery?;
-            if is_marker(&delivery, &marker) {
-                break;
-            }
-            if let Some(id) = event_build_id(&delivery.data) {
-                self.handler.stopped_elsewhere(id);
-                stops += 1;
-            }
-        }
+        reader
+            .read_to_marker(&marker, &mut stops, |body| {
+                event_build_id(body)
+                    .map(|id| self.handler.stopped_elsewhere(id))
+                    .is_some()
+            })
+            .await?;
         let _ = reader
             .channel
             .close(200, "caught up with the stops".into())
@@ -549,18 +546,18 @@ impl<H: Handler> Session<'_, H> {
         };
         let mut records = 0usize;
         let caught_up = tokio::time::timeout(STOPS_CATCH_UP, async {
-            while let Some(delivery) = reader.next().await {
-                let delivery = delivery?;
-                if is_marker(&delivery, &marker) {
-                    return Ok(());
-                }
-                if self.handler.launch_recorded(&delivery.data) {
-                    records += 1;
-                }
+            let reached = reader
+                .read_to_marker(&marker, &mut records, |body| {
+                    self.handler.launch_recorded(body)
+                })
+                .await?;
+            if reached {
+                Ok(())
+            } else {
+                Err(lapin::Error::from(std::io::Error::from(
+                    std::io::ErrorKind::UnexpectedEof,
+                )))
             }
-            Err(lapin::Error::from(std::io::Error::from(
-                std::io::ErrorKind::UnexpectedEof,
-            )))
         })
         .await;
         match caught_up {
@@ -690,6 +687,27 @@ impl StreamReader {
             },
             marker,
         ))
+    }
+
+    /// Reads up to `marker`, handing every other body to `each`, which says whether it was one
+    /// to count in `counted` (kept by the caller: a timeout around this keeps the count).
+    /// `false` when the stream ended before the marker.
+    async fn read_to_marker(
+        &mut self,
+        marker: &str,
+        counted: &mut usize,
+        mut each: impl FnMut(&[u8]) -> bool,
+    ) -> lapin::Result<bool> {
+        while let Some(delivery) = self.next().await {
+            let delivery = delivery?;
+            if is_marker(&delivery, marker) {
+                return Ok(true);
+            }
+            if each(&delivery.data) {
+                *counted += 1;
+            }
+        }
+        Ok(false)
     }
 
     async fn next(&mut self) -> Option<lapin::Result<Delivery>> {
