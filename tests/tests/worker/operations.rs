@@ -561,3 +561,75 @@ async fn a_queue_declared_with_other_arguments_stops_the_worker_with_a_clear_err
 fn launched_or_adopted(sample: &BTreeMap<String, String>) -> bool {
     sample["outcome"] == "launched" || sample["outcome"] == "adopted"
 }
+
+/// Issue 3: a pod refused for an unknown RuntimeClass (403) is a configuration error of the
+/// executor: logged loudly, counted on its own metric, never retried, and no breaker trips.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_runtime_class_is_counted_and_logged_without_tripping_the_breaker() {
+    let sim = two_clusters(running_forever()).await;
+    let (rabbit, names, tap) = broker("runtimeclass").await;
+    // The `runc` cluster has no RuntimeClass `kata`.
+    let a = sim.cluster("runc");
+    let executors = vec![ExecutorSpec::new("a", &a.url()).runtime("kata")];
+    let knobs = Knobs {
+        max_failures: 2,
+        ..Knobs::default()
+    };
+    let worker = WorkerProcess::spawn(&settings_json(&names, &executors, &knobs), &[]).await;
+    for id in 1..=4u64 {
+        rabbit
+            .publish_json(&names.exchange, &names.queue, &StartMsg::new(id).json())
+            .await;
+    }
+    let dead = tap.wait_count("build.dead_lettered", 4, SOON).await;
+    assert!(
+        dead.iter()
+            .all(|e| e.data["reason"] == "runtime_class_not_found"),
+        "{:?}",
+        dead.iter().map(|e| &e.data["reason"]).collect::<Vec<_>>()
+    );
+    let creates = a
+        .request_log()
+        .iter()
+        .filter(|r| r.resource == "pods" && r.verb == "create")
+        .count();
+    assert_eq!(creates, 4, "a refused RuntimeClass is never retried");
+    let m = eventually(SOON, "the rejections in the metrics", || async {
+        let (_, body) = worker.get("/metrics").await?;
+        let m = parse_metrics(&body);
+        let rejected: f64 = m
+            .get("bcw_runtime_class_rejections_total")
+            .into_iter()
+            .flatten()
+            .filter(|s| s["executor"] == "a")
+            .map(|s| s["__value"].parse::<f64>().unwrap_or_default())
+            .sum();
+        (rejected == 4.0).then_some(m)
+    })
+    .await;
+    let value = |name: &str| -> f64 {
+        m.get(name)
+            .into_iter()
+            .flatten()
+            .filter(|s| s["executor"] == "a")
+            .map(|s| s["__value"].parse::<f64>().unwrap_or_default())
+            .sum()
+    };
+    assert_eq!(
+        value("bcw_breaker_trips_total"),
+        0.0,
+        "more than maxFailures refusals, no trip"
+    );
+    assert_eq!(value("bcw_breaker_state"), 0.0, "the breaker is closed");
+    assert!(tap.of("cluster.breaker_opened").is_empty());
+    let log = worker.log_text();
+    assert!(
+        log.lines().any(
+            |l| l.contains("\"level\":\"ERROR\"") && l.contains("executor configuration error")
+        ),
+        "no loud log line"
+    );
+    drop(worker);
+    rabbit.cleanup(&names).await;
+    sim.shutdown().await;
+}
