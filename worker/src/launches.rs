@@ -8,6 +8,11 @@
 //! lock with the create on the wire, or when this replica started after the launch: it looks
 //! there first, and gives such a create its call timeout to land before creating elsewhere.
 //!
+//! Records are appended by group commit: while one append waits for its confirm, the records
+//! that arrive meanwhile gather and go out together as the next message (a JSON array; a lone
+//! record is a bare object). In a burst one stream message and one delivery per replica then
+//! carry several launches; a lone launch waits for one confirm, as before.
+//!
 //! The memory is bounded in number and age (the window: `maxWait` plus a margin).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -16,9 +21,10 @@ use std::time::Duration;
 
 use lapin::BasicProperties;
 use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::broker::{Outgoing, PublishError, Publisher};
+use crate::broker::{Outgoing, Publisher};
 use crate::intake::BuildId;
 
 /// The executors a build's launches were recorded for, each with when it was last noted.
@@ -26,6 +32,8 @@ pub type Recorded = BTreeMap<String, Instant>;
 
 /// Records remembered at most (about 100 bytes each).
 const CAPACITY: usize = 200_000;
+/// Records appended in one stream message at most (about 50 bytes each).
+const MAX_BATCH: usize = 256;
 
 /// The launch records a replica knows, and the stream it appends its own to.
 #[derive(Debug)]
@@ -33,8 +41,17 @@ pub struct LaunchLog {
     records: Mutex<Records>,
     ttl: Duration,
     capacity: usize,
-    stream: Option<(Publisher, String)>,
+    /// The appender's inbox (`None`: no stream; records are then only kept in this process).
+    appender: Option<mpsc::UnboundedSender<Waiting>>,
 }
+
+/// Why a record could not be appended.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct RecordError(String);
+
+/// A record waiting to be appended, and who waits for the broker's confirm.
+type Waiting = (Record, oneshot::Sender<Result<(), RecordError>>);
 
 #[derive(Debug, Default)]
 struct Records {
@@ -44,7 +61,7 @@ struct Records {
 }
 
 /// One record on the stream.
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 struct Record {
     build_id: u64,
@@ -53,45 +70,54 @@ struct Record {
 
 impl LaunchLog {
     /// A log remembering records for `ttl`, appending to `stream` through `publisher` (`None`:
-    /// no stream; records are then only kept in this process).
+    /// no stream; records are then only kept in this process). With a stream, it must be made
+    /// within a Tokio runtime: its appender is a task of its own, which ends with the log.
     pub fn new(ttl: Duration, stream: Option<(Publisher, String)>) -> Self {
         Self::with_capacity(ttl, stream, CAPACITY)
     }
 
     fn with_capacity(ttl: Duration, stream: Option<(Publisher, String)>, capacity: usize) -> Self {
+        let appender = stream.map(|(publisher, stream)| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(append(publisher, stream, rx));
+            tx
+        });
         Self {
             records: Mutex::default(),
             ttl,
             capacity,
-            stream,
+            appender,
         }
     }
 
     /// Appends the record of a create about to be sent (confirmed by the broker), and notes it.
-    pub async fn record(&self, build: BuildId, executor: &str) -> Result<(), PublishError> {
-        if let Some((publisher, stream)) = &self.stream {
-            publisher
-                .publish(Outgoing {
-                    exchange: "",
-                    routing_key: stream,
-                    body: &encode(build, executor),
-                    properties: BasicProperties::default(),
-                    mandatory: false,
-                })
-                .await?;
+    pub async fn record(&self, build: BuildId, executor: &str) -> Result<(), RecordError> {
+        if let Some(appender) = &self.appender {
+            let record = Record {
+                build_id: build.0,
+                executor: executor.to_string(),
+            };
+            let (tx, rx) = oneshot::channel();
+            appender
+                .send((record, tx))
+                .map_err(|_| RecordError("the launch record appender has stopped".into()))?;
+            rx.await
+                .map_err(|_| RecordError("the launch record appender has stopped".into()))??;
         }
         self.note(build, executor);
         Ok(())
     }
 
-    /// Notes a record read from the stream; `false` when the body is not a record (a marker).
+    /// Notes the records of a stream message; `false` when the body holds none (a marker).
     pub fn note_encoded(&self, body: &[u8]) -> bool {
-        match serde_json::from_slice::<Record>(body) {
-            Ok(r) => {
-                self.note(BuildId(r.build_id), &r.executor);
-                true
+        match decode(body) {
+            Some(records) => {
+                for r in &records {
+                    self.note(BuildId(r.build_id), &r.executor);
+                }
+                !records.is_empty()
             }
-            Err(_) => false,
+            None => false,
         }
     }
 
@@ -138,13 +164,56 @@ impl LaunchLog {
     }
 }
 
-/// The body of a record.
-fn encode(build: BuildId, executor: &str) -> Vec<u8> {
-    serde_json::to_vec(&Record {
-        build_id: build.0,
-        executor: executor.to_string(),
-    })
-    .expect("a record serialises")
+/// Appends the records sent to `rx`, a group at a time: everything that arrived while the last
+/// append waited for its confirm goes out in the next message.
+async fn append(publisher: Publisher, stream: String, mut rx: mpsc::UnboundedReceiver<Waiting>) {
+    let mut batch: Vec<Waiting> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_BATCH
+            && let Ok(next) = rx.try_recv()
+        {
+            batch.push(next);
+        }
+        let body = encode(batch.iter().map(|(r, _)| r));
+        let result = publisher
+            .publish(Outgoing {
+                exchange: "",
+                routing_key: &stream,
+                body: &body,
+                properties: BasicProperties::default(),
+                mandatory: false,
+            })
+            .await
+            .map_err(|e| RecordError(e.to_string()));
+        for (_, waiter) in batch.drain(..) {
+            let _ = waiter.send(result.clone());
+        }
+    }
+}
+
+/// The body of a stream message: a lone record as an object, several as an array.
+fn encode<'a>(records: impl ExactSizeIterator<Item = &'a Record>) -> Vec<u8> {
+    let records: Vec<&Record> = records.collect();
+    match records.as_slice() {
+        [one] => serde_json::to_vec(one),
+        many => serde_json::to_vec(many),
+    }
+    .expect("records serialise")
+}
+
+/// The records of a stream message (`None`: not records, such as a marker).
+fn decode(body: &[u8]) -> Option<Vec<Record>> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Body {
+        One(Record),
+        Many(Vec<Record>),
+    }
+    match serde_json::from_slice::<Body>(body).ok()? {
+        Body::One(r) => Some(vec![r]),
+        Body::Many(rs) => Some(rs),
+    }
 }
 
 #[cfg(test)]
@@ -199,10 +268,43 @@ mod tests {
     #[test]
     fn a_record_round_trips_and_anything_else_is_not_one() {
         let log = LaunchLog::new(Duration::from_secs(60), None);
-        assert!(log.note_encoded(&encode(BuildId(42), "kata-east")));
+        let one = Record {
+            build_id: 42,
+            executor: "kata-east".into(),
+        };
+        let body = encode([&one].into_iter());
+        assert_eq!(body, br#"{"buildId":42,"executor":"kata-east"}"#);
+        assert!(log.note_encoded(&body));
         assert!(log.noted(BuildId(42)).contains_key("kata-east"));
         assert!(!log.note_encoded(b""));
         assert!(!log.note_encoded(b"42"));
+        assert!(!log.note_encoded(b"[]"));
         assert!(!log.note_encoded(br#"{"buildId":-1,"executor":"a"}"#));
+        assert!(!log.note_encoded(br#"[{"buildId":-1,"executor":"a"}]"#));
+    }
+
+    #[test]
+    fn a_group_of_records_travels_as_one_array_and_each_is_noted() {
+        let log = LaunchLog::new(Duration::from_secs(60), None);
+        let group = [
+            Record {
+                build_id: 1,
+                executor: "a".into(),
+            },
+            Record {
+                build_id: 2,
+                executor: "b".into(),
+            },
+            Record {
+                build_id: 1,
+                executor: "b".into(),
+            },
+        ];
+        let body = encode(group.iter());
+        assert!(body.starts_with(b"["));
+        assert_eq!(decode(&body).as_deref(), Some(&group[..]));
+        assert!(log.note_encoded(&body));
+        assert_eq!(log.noted(BuildId(1)).len(), 2);
+        assert!(log.noted(BuildId(2)).contains_key("b"));
     }
 }

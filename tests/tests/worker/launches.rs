@@ -180,3 +180,119 @@ async fn a_recorded_create_that_lands_late_is_adopted_instead_of_doubled_elsewhe
     rabbit.cleanup(&names).await;
     sim.shutdown().await;
 }
+
+/// Every body on the launches stream up to now, read from its start.
+async fn stream_bodies(rabbit: &bcw_tests::harness::Rabbit, stream: &str) -> Vec<Vec<u8>> {
+    use futures::StreamExt;
+    use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+    use lapin::types::{AMQPValue, FieldTable, ShortString};
+
+    let channel = rabbit.channel().await;
+    channel
+        .basic_qos(1000, BasicQosOptions::default())
+        .await
+        .expect("qos");
+    // The end of what the stream holds now: a marker of the test's own.
+    rabbit
+        .publish_json("", stream, &json!({"marker": "end"}))
+        .await;
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-stream-offset".into(),
+        AMQPValue::LongString("first".into()),
+    );
+    let mut consumer = channel
+        .basic_consume(
+            ShortString::from(stream),
+            ShortString::from(""),
+            BasicConsumeOptions::default(),
+            args,
+        )
+        .await
+        .expect("consume the stream");
+    let mut bodies = Vec::new();
+    loop {
+        let d = tokio::time::timeout(SOON, consumer.next())
+            .await
+            .expect("the stream delivers up to the marker")
+            .expect("the consumer is open")
+            .expect("a delivery");
+        d.acker.ack(BasicAckOptions::default()).await.expect("ack");
+        if d.data == br#"{"marker":"end"}"# {
+            return bodies;
+        }
+        bodies.push(d.data);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launches_in_a_burst_are_recorded_in_groups_each_before_its_create() {
+    let sim = two_clusters(running_forever()).await;
+    let (rabbit, names, tap) = broker("launchgroups").await;
+    let executors = crate::support::weighted_pair(&sim);
+    const BUILDS: u64 = 60;
+    // A first start declares the queue and the stream.
+    InProcessWorker::start(settings(&names, &executors, &Knobs::default()))
+        .await
+        .stop()
+        .await
+        .expect("clean shutdown");
+    for build in 5000..5000 + BUILDS {
+        rabbit
+            .publish_json(&names.exchange, &names.queue, &StartMsg::new(build).json())
+            .await;
+    }
+    // Queued before the worker starts: it takes prefetchCount (20) at once.
+    let worker = InProcessWorker::start(settings(&names, &executors, &Knobs::default())).await;
+    let launched = tap
+        .wait_count("build.launched", BUILDS as usize, SOON)
+        .await;
+    queue_drained(&rabbit, &names).await;
+    worker.stop().await.expect("clean shutdown");
+
+    // (Empty bodies are the replicas' own catch-up markers.)
+    let bodies: Vec<_> = stream_bodies(&rabbit, &format!("{}.launches", names.queue))
+        .await
+        .into_iter()
+        .filter(|b| !b.is_empty())
+        .collect();
+    let mut records = std::collections::BTreeSet::new();
+    let mut count = 0;
+    for body in &bodies {
+        let v: serde_json::Value = serde_json::from_slice(body).expect("JSON");
+        let group = match v {
+            serde_json::Value::Array(items) => items,
+            one => vec![one],
+        };
+        for r in group {
+            if let (Some(b), Some(e)) = (r["buildId"].as_u64(), r["executor"].as_str()) {
+                records.insert((b, e.to_string()));
+                count += 1;
+            }
+        }
+    }
+    // Each launch was recorded on the executor it went to (its create was recorded first).
+    for e in &launched {
+        let executor = e.data["executor"].as_str().expect("executor").to_string();
+        assert!(
+            records.contains(&(e.build_id(), executor.clone())),
+            "build {} launched on {executor} without a record",
+            e.build_id()
+        );
+    }
+    let creates: usize = sim
+        .clusters()
+        .iter()
+        .map(|c| creates(c).values().sum::<usize>())
+        .sum();
+    assert_eq!(count, creates, "one record per create");
+    // Launched 20 at a time, the records gathered while an append awaited its confirm.
+    assert!(
+        bodies.len() < count,
+        "{count} records in {} stream messages: none grouped",
+        bodies.len()
+    );
+    println!("{count} records in {} stream messages", bodies.len());
+    rabbit.cleanup(&names).await;
+    sim.shutdown().await;
+}

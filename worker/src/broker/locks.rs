@@ -13,6 +13,17 @@
 //! deleted) cost two metadata transactions per build and bounded a burst at about 700 builds/s on
 //! the benchmark machine, where consumers take about 13,000 locks/s.
 //!
+//! A free lock is taken with one request: the exclusive consumer is asked for at once. A
+//! refusal (or a missing queue) makes the broker close the channel, and lapin 4.12.3 never
+//! reuses the number of a channel closed with an error (it keeps the error for that number:
+//! `cargo run --release -p bcw-load --example refusal_leak` shows every channel after the
+//! 2,047th refusal failing), so each refusal costs the connection one of its 2,047 channel
+//! numbers. A try after a refusal therefore first looks at the queue's holders with a passive
+//! declare (which costs nothing when the lock is held), and so does every try once a connection
+//! has spent [`NUMBER_BUDGET`] numbers: from then on a lock costs two requests instead of one.
+//! (A single replica never refuses itself; with several, a build meets a lock held by another
+//! replica with probability about in-flight / [`SHARDS`].)
+//!
 //! Builds that share a shard exclude each other too: within a replica they queue on an
 //! in-process gate per shard (so a replica never refuses itself), across replicas a refused
 //! consumer is tried again over one to two and a half seconds before the build is reported as
@@ -20,7 +31,7 @@
 //! no messages (`x-max-length` 0) and expire after an hour unused.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use deadpool::managed::PoolError;
@@ -41,6 +52,8 @@ const REFUSED_TRIES: u32 = 7;
 const CHANNEL_TRIES: u32 = 5;
 /// First wait after a refusal; doubles per try (20, 40, ..., 640 ms, jittered to 50-100 %).
 const REFUSED_DELAY: Duration = Duration::from_millis(20);
+/// Channel numbers a connection may spend on refusals before every try looks first.
+const NUMBER_BUDGET: usize = 1024;
 /// Unused lock queues are deleted by the broker after this long.
 const LOCK_QUEUE_EXPIRES_MS: i64 = 3_600_000;
 
@@ -78,6 +91,8 @@ pub fn shard(build: u64) -> u64 {
 pub struct Connected {
     pool: LockPool,
     declared: Arc<Vec<AtomicBool>>,
+    /// Channel numbers spent: channels the broker closed (refusals, missing queues).
+    spent: Arc<AtomicUsize>,
     /// Cancelled when this connection can open no more lock channels.
     exhausted: tokio_util::sync::CancellationToken,
 }
@@ -106,6 +121,7 @@ impl LocksControl {
         let _ = self.tx.send(Some(Connected {
             pool,
             declared,
+            spent: Arc::new(AtomicUsize::new(0)),
             exhausted: exhausted.clone(),
         }));
         exhausted
@@ -158,6 +174,7 @@ impl Locks {
         let Connected {
             pool,
             declared,
+            spent,
             exhausted,
         } = self
             .current
@@ -180,7 +197,16 @@ impl Locks {
         let mut refused = 0;
         let mut broken = 0;
         loop {
-            match try_once(&pool, &name).await {
+            // Ask at once while the lock is likely free and numbers are plentiful.
+            let look_first = refused > 0 || spent.load(Ordering::Relaxed) >= NUMBER_BUDGET;
+            let attempt = try_once(&pool, &name, look_first).await;
+            if matches!(
+                attempt,
+                Attempt::Refused | Attempt::Missing | Attempt::Broken(_)
+            ) {
+                spent.fetch_add(1, Ordering::Relaxed);
+            }
+            match attempt {
                 Attempt::Granted(consumer, channel) => {
                     return Ok(BuildLock {
                         consumer: Some(consumer),
@@ -222,11 +248,11 @@ impl Locks {
     }
 }
 
-/// One try on a fresh channel: a passive look at the lock queue's holders (which does not cost
-/// the channel), then, if it is free, the exclusive consumer (a refusal does: see
-/// [`LocksControl::connected`]). A channel the broker just closed can make the next channel's
+/// One try on a fresh channel: with `look_first`, a passive look at the lock queue's holders
+/// (which does not cost the channel) before the exclusive consumer is asked for (a refusal
+/// does: see the module's notes). A channel the broker just closed can make the next channel's
 /// opening fail with that closure's error: that is [`Attempt::Broken`], and tried again.
-async fn try_once(pool: &LockPool, queue: &str) -> Attempt {
+async fn try_once(pool: &LockPool, queue: &str, look_first: bool) -> Attempt {
     let channel = match pool.get().await {
         Ok(channel) => channel,
         Err(PoolError::Backend(e)) if matches!(e.kind(), ErrorKind::ChannelsLimitReached) => {
@@ -234,7 +260,12 @@ async fn try_once(pool: &LockPool, queue: &str) -> Attempt {
         }
         Err(e) => return Attempt::Broken(e.to_string()),
     };
-    match holders(&channel, queue).await {
+    let holders = if look_first {
+        holders(&channel, queue).await
+    } else {
+        Ok(0)
+    };
+    match holders {
         Ok(0) => match consume(&channel, queue).await {
             Ok(consumer) => Attempt::Granted(consumer, Box::new(channel)),
             Err(attempt) => attempt,
