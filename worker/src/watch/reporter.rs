@@ -182,7 +182,8 @@ impl Reporter {
     }
 
     async fn report(&self, leading: &mut watch::Receiver<bool>) {
-        let api: Api<Pod> = Api::namespaced(self.cluster.watch_client(), &self.cluster.namespace);
+        let api: Api<WatchedPod> =
+            Api::namespaced(self.cluster.watch_client(), &self.cluster.namespace);
         let selector = naming::executor_selector(&self.cluster.executor);
         let mut stream = watcher(api, watcher::Config::default().labels(&selector))
             .default_backoff()
@@ -208,7 +209,7 @@ impl Reporter {
                     for event in events {
                         match event {
                             Ok(watcher::Event::InitApply(pod) | watcher::Event::Apply(pod)) => {
-                                applies.push(pod);
+                                applies.push(pod.into_pod());
                             }
                             other => {
                                 self.apply(&mut tracks, relisting.as_mut(), std::mem::take(&mut applies))
@@ -714,6 +715,88 @@ fn build_container_ran(pod: &Pod) -> bool {
         })
 }
 
+/// A pod as the reporter's watch reads it: only the parts [`slim`] keeps of the spec are
+/// deserialised (the rest, env, volumes, init containers, is skipped without being built), and
+/// converted at once into the [`Pod`] the reporter handles. Deserialising whole pods was about
+/// 8 % of the worker's CPU in a burst (load-tests/README.md).
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct WatchedPod {
+    metadata: kube::api::ObjectMeta,
+    #[serde(default)]
+    spec: Option<WatchedSpec>,
+    #[serde(default)]
+    status: Option<PodStatus>,
+}
+
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WatchedSpec {
+    #[serde(default)]
+    containers: Vec<WatchedContainer>,
+    #[serde(default)]
+    node_name: Option<String>,
+}
+
+#[derive(Clone, Debug, serde::Deserialize)]
+struct WatchedContainer {
+    name: String,
+    #[serde(default)]
+    image: Option<String>,
+}
+
+impl kube::Resource for WatchedPod {
+    type DynamicType = ();
+    type Scope = k8s_openapi::NamespaceResourceScope;
+
+    fn kind(_: &()) -> std::borrow::Cow<'_, str> {
+        "Pod".into()
+    }
+    fn group(_: &()) -> std::borrow::Cow<'_, str> {
+        "".into()
+    }
+    fn version(_: &()) -> std::borrow::Cow<'_, str> {
+        "v1".into()
+    }
+    fn plural(_: &()) -> std::borrow::Cow<'_, str> {
+        "pods".into()
+    }
+    fn meta(&self) -> &kube::api::ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut kube::api::ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+impl WatchedPod {
+    /// The pod with the spec [`slim`] keeps (which the reporter then applies as to any pod).
+    fn into_pod(self) -> Pod {
+        let WatchedPod {
+            metadata,
+            spec,
+            status,
+        } = self;
+        Pod {
+            metadata,
+            spec: spec.map(|s| k8s_openapi::api::core::v1::PodSpec {
+                containers: s
+                    .containers
+                    .into_iter()
+                    .take(1)
+                    .map(|c| k8s_openapi::api::core::v1::Container {
+                        name: c.name,
+                        image: c.image,
+                        ..Default::default()
+                    })
+                    .collect(),
+                node_name: s.node_name,
+                ..Default::default()
+            }),
+            status,
+        }
+    }
+}
+
 fn slim(pod: Pod) -> Pod {
     let Pod {
         metadata,
@@ -853,6 +936,28 @@ mod tests {
             "status": status,
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn a_watched_pod_is_the_slim_pod_of_the_same_json() {
+        for status in [
+            json!({"phase": "Pending"}),
+            json!({"phase": "Running", "containerStatuses": [
+                {"name": "42", "ready": true, "restartCount": 0, "image": "node:22", "imageID": "x",
+                 "state": {"running": {"startedAt": "2027-01-15T08:00:05Z"}}}]}),
+            json!(null),
+        ] {
+            for node in [None, Some("node-1")] {
+                for deleting in [false, true] {
+                    let full = full_pod(status.clone(), node, deleting);
+                    let body = serde_json::to_vec(&full).unwrap();
+                    let watched: WatchedPod = serde_json::from_slice(&body).unwrap();
+                    assert_eq!(slim(watched.into_pod()), slim(full), "{status} {node:?}");
+                }
+            }
+        }
+        let bare: WatchedPod = serde_json::from_value(json!({"metadata": {"name": "p"}})).unwrap();
+        assert_eq!(bare.into_pod().metadata.name.as_deref(), Some("p"));
     }
 
     #[test]
