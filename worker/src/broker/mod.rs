@@ -761,8 +761,18 @@ async fn next_opt(c: &mut Option<lapin::Consumer>) -> Option<lapin::Result<Deliv
 
 /// `data.buildId` of a `build.*` event.
 fn event_build_id(body: &[u8]) -> Option<u64> {
-    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    v.get("data")?.get("buildId")?.as_u64()
+    // Typed, so that the rest of the event is skipped rather than built (every replica reads
+    // every `build.launched`).
+    #[derive(serde::Deserialize)]
+    struct Event {
+        data: Data,
+    }
+    #[derive(serde::Deserialize)]
+    struct Data {
+        #[serde(rename = "buildId")]
+        build_id: Option<u64>,
+    }
+    serde_json::from_slice::<Event>(body).ok()?.data.build_id
 }
 
 async fn connect(opts: &BrokerOptions) -> lapin::Result<Connection> {
@@ -887,5 +897,21 @@ mod frame_max_tests {
             .parse()
             .unwrap();
         assert_eq!(parsed.query.frame_max, Some(32_768));
+    }
+}
+
+#[cfg(test)]
+mod event_feed_tests {
+    use super::*;
+
+    #[test]
+    fn the_build_id_of_an_event_is_read_and_anything_else_is_none() {
+        let event = br#"{"specversion":"1.0","type":"cd.screwdriver.build.launched","id":"x",
+            "data":{"buildId":42,"jobId":7,"executor":"east","pod":"42-abcde","attempt":1}}"#;
+        assert_eq!(event_build_id(event), Some(42));
+        assert_eq!(event_build_id(br#"{"data":{"jobId":7}}"#), None);
+        assert_eq!(event_build_id(br#"{"data":{"buildId":-1}}"#), None);
+        assert_eq!(event_build_id(br#"{"id":"x"}"#), None);
+        assert_eq!(event_build_id(b"not json"), None);
     }
 }
