@@ -778,22 +778,33 @@ impl WatchedPod {
         } = self;
         Pod {
             metadata,
-            spec: spec.map(|s| k8s_openapi::api::core::v1::PodSpec {
-                containers: s
-                    .containers
-                    .into_iter()
-                    .take(1)
-                    .map(|c| k8s_openapi::api::core::v1::Container {
-                        name: c.name,
-                        image: c.image,
-                        ..Default::default()
-                    })
-                    .collect(),
-                node_name: s.node_name,
-                ..Default::default()
+            spec: spec.map(|s| {
+                slim_spec(
+                    s.containers.into_iter().map(|c| (c.name, c.image)),
+                    s.node_name,
+                )
             }),
             status,
         }
+    }
+}
+
+/// The spec the reporter keeps: the first (build) container's name and image, and the node.
+fn slim_spec(
+    containers: impl Iterator<Item = (String, Option<String>)>,
+    node_name: Option<String>,
+) -> k8s_openapi::api::core::v1::PodSpec {
+    k8s_openapi::api::core::v1::PodSpec {
+        containers: containers
+            .take(1)
+            .map(|(name, image)| k8s_openapi::api::core::v1::Container {
+                name,
+                image,
+                ..Default::default()
+            })
+            .collect(),
+        node_name,
+        ..Default::default()
     }
 }
 
@@ -808,19 +819,11 @@ fn slim(pod: Pod) -> Pod {
             .filter(|(k, _)| k.starts_with(naming::ANN_PREFIX))
             .collect()
     });
-    let spec = spec.map(|s| k8s_openapi::api::core::v1::PodSpec {
-        containers: s
-            .containers
-            .into_iter()
-            .take(1)
-            .map(|c| k8s_openapi::api::core::v1::Container {
-                name: c.name,
-                image: c.image,
-                ..Default::default()
-            })
-            .collect(),
-        node_name: s.node_name,
-        ..Default::default()
+    let spec = spec.map(|s| {
+        slim_spec(
+            s.containers.into_iter().map(|c| (c.name, c.image)),
+            s.node_name,
+        )
     });
     let status = status.map(|st| {
         let containers = |list: Option<Vec<ContainerStatus>>| {
