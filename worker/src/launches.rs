@@ -61,7 +61,7 @@ struct Records {
 }
 
 /// One record on the stream.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 struct Record {
     build_id: u64,
@@ -97,12 +97,10 @@ impl LaunchLog {
                 build_id: build.0,
                 executor: executor.to_string(),
             };
+            let stopped = || RecordError("the launch record appender has stopped".into());
             let (tx, rx) = oneshot::channel();
-            appender
-                .send((record, tx))
-                .map_err(|_| RecordError("the launch record appender has stopped".into()))?;
-            rx.await
-                .map_err(|_| RecordError("the launch record appender has stopped".into()))??;
+            appender.send((record, tx)).map_err(|_| stopped())?;
+            rx.await.map_err(|_| stopped())??;
         }
         self.note(build, executor);
         Ok(())
@@ -167,15 +165,15 @@ impl LaunchLog {
 /// Appends the records sent to `rx`, a group at a time: everything that arrived while the last
 /// append waited for its confirm goes out in the next message.
 async fn append(publisher: Publisher, stream: String, mut rx: mpsc::UnboundedReceiver<Waiting>) {
-    let mut batch: Vec<Waiting> = Vec::new();
     while let Some(first) = rx.recv().await {
-        batch.push(first);
+        let mut batch = vec![first];
         while batch.len() < MAX_BATCH
             && let Ok(next) = rx.try_recv()
         {
             batch.push(next);
         }
-        let body = encode(batch.iter().map(|(r, _)| r));
+        let (records, waiters): (Vec<Record>, Vec<_>) = batch.into_iter().unzip();
+        let body = encode(&records);
         let result = publisher
             .publish(Outgoing {
                 exchange: "",
@@ -186,16 +184,15 @@ async fn append(publisher: Publisher, stream: String, mut rx: mpsc::UnboundedRec
             })
             .await
             .map_err(|e| RecordError(e.to_string()));
-        for (_, waiter) in batch.drain(..) {
+        for waiter in waiters {
             let _ = waiter.send(result.clone());
         }
     }
 }
 
 /// The body of a stream message: a lone record as an object, several as an array.
-fn encode<'a>(records: impl ExactSizeIterator<Item = &'a Record>) -> Vec<u8> {
-    let records: Vec<&Record> = records.collect();
-    match records.as_slice() {
+fn encode(records: &[Record]) -> Vec<u8> {
+    match records {
         [one] => serde_json::to_vec(one),
         many => serde_json::to_vec(many),
     }
@@ -272,7 +269,7 @@ mod tests {
             build_id: 42,
             executor: "kata-east".into(),
         };
-        let body = encode([&one].into_iter());
+        let body = encode(std::slice::from_ref(&one));
         assert_eq!(body, br#"{"buildId":42,"executor":"kata-east"}"#);
         assert!(log.note_encoded(&body));
         assert!(log.noted(BuildId(42)).contains_key("kata-east"));
@@ -300,7 +297,7 @@ mod tests {
                 executor: "b".into(),
             },
         ];
-        let body = encode(group.iter());
+        let body = encode(&group);
         assert!(body.starts_with(b"["));
         assert_eq!(decode(&body).as_deref(), Some(&group[..]));
         assert!(log.note_encoded(&body));

@@ -35,6 +35,20 @@ fn parse_metrics(text: &str) -> BTreeMap<String, Vec<BTreeMap<String, String>>> 
     out
 }
 
+/// The sum of a metric's samples that satisfy `pred` (0 while the metric is absent).
+fn metric_sum(
+    m: &BTreeMap<String, Vec<BTreeMap<String, String>>>,
+    name: &str,
+    pred: impl Fn(&BTreeMap<String, String>) -> bool,
+) -> f64 {
+    m.get(name)
+        .into_iter()
+        .flatten()
+        .filter(|s| pred(s))
+        .map(|s| s["__value"].parse::<f64>().expect("a sample's value"))
+        .sum()
+}
+
 fn label_keys(samples: &[BTreeMap<String, String>]) -> BTreeSet<String> {
     samples
         .iter()
@@ -86,13 +100,9 @@ async fn metrics_carry_every_contract_name_and_label_set_and_move() {
             let (_, body) = worker.get("/metrics").await?;
             let m = parse_metrics(&body);
             // A build's event is confirmed before its message is settled and counted.
-            let launched: f64 = m
-                .get("bcw_messages_total")
-                .into_iter()
-                .flatten()
-                .filter(|s| s["job"] == "start" && launched_or_adopted(s))
-                .map(|s| s["__value"].parse::<f64>().unwrap_or_default())
-                .sum();
+            let launched = metric_sum(&m, "bcw_messages_total", |s| {
+                s["job"] == "start" && launched_or_adopted(s)
+            });
             (m.contains_key("bcw_queue_messages")
                 && m.contains_key("bcw_dead_letters_total")
                 && launched >= 30.0)
@@ -121,11 +131,7 @@ async fn metrics_carry_every_contract_name_and_label_set_and_move() {
         assert_eq!(label_keys(samples), want, "label set of {name}");
     }
     let value = |name: &str, pred: &dyn Fn(&BTreeMap<String, String>) -> bool| -> f64 {
-        m[name]
-            .iter()
-            .filter(|s| pred(s))
-            .map(|s| s["__value"].parse::<f64>().unwrap())
-            .sum()
+        metric_sum(&m, name, pred)
     };
     assert_eq!(
         value("bcw_messages_total", &|s| s["job"] == "start"
@@ -597,24 +603,13 @@ async fn an_unknown_runtime_class_is_counted_and_logged_without_tripping_the_bre
     let m = eventually(SOON, "the rejections in the metrics", || async {
         let (_, body) = worker.get("/metrics").await?;
         let m = parse_metrics(&body);
-        let rejected: f64 = m
-            .get("bcw_runtime_class_rejections_total")
-            .into_iter()
-            .flatten()
-            .filter(|s| s["executor"] == "a")
-            .map(|s| s["__value"].parse::<f64>().unwrap_or_default())
-            .sum();
+        let rejected = metric_sum(&m, "bcw_runtime_class_rejections_total", |s| {
+            s["executor"] == "a"
+        });
         (rejected == 4.0).then_some(m)
     })
     .await;
-    let value = |name: &str| -> f64 {
-        m.get(name)
-            .into_iter()
-            .flatten()
-            .filter(|s| s["executor"] == "a")
-            .map(|s| s["__value"].parse::<f64>().unwrap_or_default())
-            .sum()
-    };
+    let value = |name: &str| metric_sum(&m, name, |s| s["executor"] == "a");
     assert_eq!(
         value("bcw_breaker_trips_total"),
         0.0,

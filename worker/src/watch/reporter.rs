@@ -247,8 +247,8 @@ impl Reporter {
         }
     }
 
-    /// Takes in pod updates (in watch order) and evaluates each changed pod; pods concurrently,
-    /// the updates of one pod in order.
+    /// Takes in pod updates (in watch order, already [`slim`]) and evaluates each changed pod;
+    /// pods concurrently, the updates of one pod in order.
     async fn apply(
         &self,
         tracks: &mut HashMap<String, Track>,
@@ -266,10 +266,10 @@ impl Reporter {
                 seen.insert(uid.clone());
             }
             match order.get(&uid) {
-                Some(&i) => groups[i].1.push(slim(pod)),
+                Some(&i) => groups[i].1.push(pod),
                 None => {
                     order.insert(uid.clone(), groups.len());
-                    groups.push((uid, vec![slim(pod)]));
+                    groups.push((uid, vec![pod]));
                 }
             }
         }
@@ -720,7 +720,7 @@ fn build_container_ran(pod: &Pod) -> bool {
 /// converted at once into the [`Pod`] the reporter handles. Deserialising whole pods was about
 /// 8 % of the worker's CPU in a burst (load-tests/README.md).
 #[derive(Clone, Debug, serde::Deserialize)]
-pub struct WatchedPod {
+struct WatchedPod {
     metadata: kube::api::ObjectMeta,
     #[serde(default)]
     spec: Option<WatchedSpec>,
@@ -728,7 +728,7 @@ pub struct WatchedPod {
     status: Option<PodStatus>,
 }
 
-#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[derive(Clone, Debug, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct WatchedSpec {
     #[serde(default)]
@@ -769,14 +769,14 @@ impl kube::Resource for WatchedPod {
 }
 
 impl WatchedPod {
-    /// The pod with the spec [`slim`] keeps (which the reporter then applies as to any pod).
+    /// The pod the reporter keeps ([`slim`]).
     fn into_pod(self) -> Pod {
         let WatchedPod {
             metadata,
             spec,
             status,
         } = self;
-        Pod {
+        slim(Pod {
             metadata,
             spec: spec.map(|s| {
                 slim_spec(
@@ -785,7 +785,7 @@ impl WatchedPod {
                 )
             }),
             status,
-        }
+        })
     }
 }
 
@@ -955,7 +955,7 @@ mod tests {
                     let full = full_pod(status.clone(), node, deleting);
                     let body = serde_json::to_vec(&full).unwrap();
                     let watched: WatchedPod = serde_json::from_slice(&body).unwrap();
-                    assert_eq!(slim(watched.into_pod()), slim(full), "{status} {node:?}");
+                    assert_eq!(watched.into_pod(), slim(full), "{status} {node:?}");
                 }
             }
         }
