@@ -286,13 +286,15 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn wait_consuming(rabbit: &Rabbit, names: &Names) -> anyhow::Result<()> {
+    // A consumer, not merely the queue: the worker binds the queue after declaring it, and a
+    // build published in between would be unroutable (the first builds of a run went missing).
     for _ in 0..300 {
-        if rabbit.depth(&names.queue).await.is_some() {
+        if rabbit.consumers(&names.queue).await.unwrap_or(0) > 0 {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    bail!("the worker did not declare its queue within 30 s")
+    bail!("the worker did not consume its queue within 30 s")
 }
 
 fn signal(child: &Child, sig: nix::sys::signal::Signal) {

@@ -131,6 +131,16 @@ impl Rabbit {
 
     /// Ready messages in a queue (`None` when it does not exist).
     pub async fn depth(&self, queue: &str) -> Option<u32> {
+        Some(self.look(queue).await?.message_count())
+    }
+
+    /// Consumers of a queue (`None` when it does not exist).
+    pub async fn consumers(&self, queue: &str) -> Option<u32> {
+        Some(self.look(queue).await?.consumer_count())
+    }
+
+    /// A passive declare of a queue (`None` when it does not exist).
+    async fn look(&self, queue: &str) -> Option<lapin::Queue> {
         let ch = self.conn.create_channel().await.ok()?;
         let q = ch
             .queue_declare(
@@ -141,7 +151,7 @@ impl Rabbit {
             .await
             .ok()?;
         let _ = ch.close(200, "ok".into()).await;
-        Some(q.message_count())
+        Some(q)
     }
 
     /// Takes every message of a queue (acking them): `(headers, body)`.
