@@ -202,10 +202,13 @@ impl WorkerProcess {
 
     /// Waits for the process to exit.
     pub async fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        tokio::time::timeout(timeout, self.child.wait())
-            .await
-            .expect("worker did not exit in time")
-            .expect("wait")
+        match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(status) => status.expect("wait"),
+            Err(_) => panic!(
+                "worker did not exit within {timeout:?}; its log:\n{}",
+                self.log_text()
+            ),
+        }
     }
 
     /// The log so far.

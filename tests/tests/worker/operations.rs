@@ -182,6 +182,39 @@ async fn metrics_carry_every_contract_name_and_label_set_and_move() {
     sim.shutdown().await;
 }
 
+/// A broker that stops answering without closing anything (a partition, a hung node) must not
+/// hold a shutdown: every close the worker sends to the broker is bounded, so SIGTERM ends the
+/// process (exit 0; its unsettled deliveries go back to the queue when the broker drops the
+/// connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_stopped_answering_does_not_hold_the_shutdown() {
+    let sim = two_clusters(running_forever()).await;
+    let (rabbit, names, tap) = broker("frozen").await;
+    let proxy = TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let a = sim.cluster("runc");
+    let mut doc = settings_json(
+        &names,
+        &[ExecutorSpec::new("a", &a.url())],
+        &Knobs::default(),
+    );
+    // Heartbeats a minute apart: lapin would notice the silent broker only after two minutes,
+    // so the exit below cannot come from the heartbeat.
+    doc["rabbitmq"]["url"] = json!(proxy.amqp_url().replace("heartbeat=5", "heartbeat=60"));
+    let mut worker = WorkerProcess::spawn(&doc, &[]).await;
+    rabbit
+        .publish_json(&names.exchange, &names.queue, &StartMsg::new(1).json())
+        .await;
+    tap.wait_count("build.launched", 1, SOON).await;
+
+    proxy.freeze();
+    worker.signal(Signal::SIGTERM);
+    let status = worker.wait(Duration::from_secs(60)).await;
+    assert!(status.success(), "{status}\n{}", worker.log_text());
+    proxy.cut();
+    rabbit.cleanup(&names).await;
+    sim.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_the_broker_connection_and_the_drain() {
     let sim = two_clusters(running_forever()).await;

@@ -45,6 +45,22 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 /// Reconnect backoff bounds.
 const RECONNECT_MIN: Duration = Duration::from_millis(500);
 const RECONNECT_MAX: Duration = Duration::from_secs(30);
+/// Longest wait for the broker's answer to a channel or connection close. A broker that stopped
+/// answering (a partition, a hung node) would otherwise hold the caller until heartbeats time
+/// out, and lapin 4.12 can leave a close unanswered for good after a connection error (a close
+/// from the broker crossing our own: "invalid channel state: Closing").
+const CLOSE_WAIT: Duration = Duration::from_secs(3);
+
+/// Waits for a close of `what` for at most [`CLOSE_WAIT`]; its outcome does not matter (the
+/// broker drops whatever the channel or connection held when the socket goes).
+pub(crate) async fn bounded_close<T>(what: &str, close: impl Future<Output = T>) {
+    if tokio::time::timeout(CLOSE_WAIT, close).await.is_err() {
+        warn!(
+            what,
+            "the broker did not answer the close in time; going on without it"
+        );
+    }
+}
 
 /// Which queue a delivery came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,12 +235,20 @@ pub async fn run<H: Handler>(
             }
             Err(e) if e.is_fatal() => {
                 error!(error = %e, "broker topology problem");
-                let _ = connection.close(200, "topology problem".into()).await;
+                bounded_close(
+                    "connection close",
+                    connection.close(200, "topology problem".into()),
+                )
+                .await;
                 return Err(e.into());
             }
             Err(e) => {
                 warn!(error = %e, "topology check failed; reconnecting");
-                let _ = connection.close(200, "reconnect".into()).await;
+                bounded_close(
+                    "connection close",
+                    connection.close(200, "reconnect".into()),
+                )
+                .await;
                 sleep_or_shutdown(jitter(delay), &shutdown).await;
                 delay = (delay * 2).min(RECONNECT_MAX);
                 continue;
@@ -269,10 +293,14 @@ pub async fn run<H: Handler>(
             SessionEnd::Shutdown(consume_channel) => {
                 // Builds in flight still publish their events and settle on this connection.
                 drain(&tracker, &abort, opts.drain_timeout).await;
-                let _ = consume_channel.close(200, "shutdown".into()).await;
+                bounded_close(
+                    "consume channel close",
+                    consume_channel.close(200, "shutdown".into()),
+                )
+                .await;
                 control.disconnected();
                 locks.disconnected();
-                let _ = connection.close(200, "shutdown".into()).await;
+                bounded_close("connection close", connection.close(200, "shutdown".into())).await;
                 return Ok(report);
             }
             SessionEnd::Lost(reason) => {
@@ -283,8 +311,8 @@ pub async fn run<H: Handler>(
                 // channel left for locks): close it, or its consumers would keep their
                 // unacknowledged deliveries and its lock consumers their locks while nobody
                 // reads them.
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(5),
+                bounded_close(
+                    "connection close",
                     connection.close(200, "session ended; reconnecting".into()),
                 )
                 .await;
@@ -400,13 +428,13 @@ impl<H: Handler> Session<'_, H> {
                 biased;
                 _ = self.shutdown.cancelled() => {
                     self.readiness.set_consuming(false);
-                    let _ = channel.basic_cancel(ShortString::from(tag.as_str()), BasicCancelOptions::default()).await;
+                    bounded_close("consumer cancel", channel.basic_cancel(ShortString::from(tag.as_str()), BasicCancelOptions::default())).await;
                     if verify.is_some() {
-                        let _ = channel.basic_cancel(ShortString::from(verify_tag.as_str()), BasicCancelOptions::default()).await;
+                        bounded_close("consumer cancel", channel.basic_cancel(ShortString::from(verify_tag.as_str()), BasicCancelOptions::default())).await;
                     }
                     // Deliveries that raced the cancel go straight back.
                     while let Ok(Some(Ok(d))) = tokio::time::timeout(Duration::from_millis(200), main.next()).await {
-                        let _ = d.acker.nack(BasicNackOptions { requeue: true, multiple: false }).await;
+                        bounded_close("requeue", d.acker.nack(BasicNackOptions { requeue: true, multiple: false })).await;
                     }
                     return SessionEnd::Shutdown(channel);
                 }
@@ -521,10 +549,11 @@ impl<H: Handler> Session<'_, H> {
                     .is_some()
             })
             .await?;
-        let _ = reader
-            .channel
-            .close(200, "caught up with the stops".into())
-            .await;
+        bounded_close(
+            "stops stream channel close",
+            reader.channel.close(200, "caught up with the stops".into()),
+        )
+        .await;
         Ok(stops)
     }
 

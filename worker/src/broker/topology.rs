@@ -382,7 +382,11 @@ async fn finish(
 ) -> Result<(), TopologyError> {
     match result {
         Ok(()) => {
-            let _ = channel.close(200, "topology checked".into()).await;
+            super::bounded_close(
+                "topology channel close",
+                channel.close(200, "topology checked".into()),
+            )
+            .await;
             Ok(())
         }
         Err(source) => Err(classify(source, object)),
