@@ -54,6 +54,8 @@ const CHANNEL_TRIES: u32 = 5;
 const REFUSED_DELAY: Duration = Duration::from_millis(20);
 /// Channel numbers a connection may spend on refusals before every try looks first.
 const NUMBER_BUDGET: usize = 1024;
+/// Longest wait for the broker's answer to a lock's cancel.
+const RELEASE_WAIT: Duration = Duration::from_secs(3);
 /// Unused lock queues are deleted by the broker after this long.
 const LOCK_QUEUE_EXPIRES_MS: i64 = 3_600_000;
 
@@ -379,14 +381,17 @@ impl BuildLock {
     }
 
     /// Cancels the exclusive consumer and waits for the broker's answer, so the next holder is
-    /// granted at once. (If this fails the channel is discarded and the lock dies with it.)
+    /// granted at once. (If this fails, or the broker does not answer within a few seconds, the
+    /// channel is discarded and the lock dies with it: a held lock also holds its shard's gate.)
     pub async fn release(mut self) {
         if let (Some(consumer), Some(channel)) = (self.consumer.take(), self.channel.take()) {
-            let cancelled = channel
-                .basic_cancel(consumer.tag(), Default::default())
-                .await;
+            let cancelled = tokio::time::timeout(
+                RELEASE_WAIT,
+                channel.basic_cancel(consumer.tag(), Default::default()),
+            )
+            .await;
             drop(consumer);
-            if cancelled.is_err() {
+            if !matches!(cancelled, Ok(Ok(()))) {
                 // A channel in an unknown state must not serve another lock.
                 let _ = deadpool::managed::Object::take(channel);
             }
