@@ -45,19 +45,21 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 /// Reconnect backoff bounds.
 const RECONNECT_MIN: Duration = Duration::from_millis(500);
 const RECONNECT_MAX: Duration = Duration::from_secs(30);
-/// Longest wait for the broker's answer to a channel or connection close. A broker that stopped
-/// answering (a partition, a hung node) would otherwise hold the caller until heartbeats time
-/// out, and lapin 4.12 can leave a close unanswered for good after a connection error (a close
-/// from the broker crossing our own: "invalid channel state: Closing").
+/// Longest wait for the broker's answer to a cancel or a close on the way out (and for a stream
+/// acknowledgement to be sent from the session's loop). A broker that stopped answering (a
+/// partition, a hung node) would otherwise hold the caller until heartbeats time out (minutes
+/// with long heartbeats), and lapin 4.12 can leave a close unanswered for good after a
+/// connection error (the broker's close crossing ours: "invalid channel state: Closing").
 const CLOSE_WAIT: Duration = Duration::from_secs(3);
 
-/// Waits for a close of `what` for at most [`CLOSE_WAIT`]; its outcome does not matter (the
-/// broker drops whatever the channel or connection held when the socket goes).
+/// Waits for `what` (a cancel, a channel or connection close) for at most [`CLOSE_WAIT`]; its
+/// outcome does not matter: the broker drops whatever the channel or connection held when the
+/// socket goes, and returns its unsettled deliveries to their queues.
 pub(crate) async fn bounded_close<T>(what: &str, close: impl Future<Output = T>) {
     if tokio::time::timeout(CLOSE_WAIT, close).await.is_err() {
         warn!(
             what,
-            "the broker did not answer the close in time; going on without it"
+            "the broker did not answer in time; going on without it"
         );
     }
 }
@@ -454,10 +456,14 @@ impl<H: Handler> Session<'_, H> {
                     None => return SessionEnd::Lost("verify consumer cancelled".into()),
                 },
                 _ = acks.tick() => {
-                    if let Some(reader) = launches.as_mut()
-                        && let Err(e) = reader.flush().await
-                    {
-                        return SessionEnd::Lost(format!("launches stream: {e}"));
+                    // A body of this loop: bounded, or a stuck send would keep it from
+                    // noticing a shutdown.
+                    if let Some(reader) = launches.as_mut() {
+                        match tokio::time::timeout(CLOSE_WAIT, reader.flush()).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => return SessionEnd::Lost(format!("launches stream: {e}")),
+                            Err(_) => return SessionEnd::Lost("launches stream: its acknowledgement was not sent in time".into()),
+                        }
                     }
                 }
                 next = next_record(&mut launches) => match next {
