@@ -52,11 +52,11 @@ const RECONNECT_MAX: Duration = Duration::from_secs(30);
 /// connection error (the broker's close crossing ours: "invalid channel state: Closing").
 const CLOSE_WAIT: Duration = Duration::from_secs(3);
 
-/// Waits for `what` (a cancel, a channel or connection close) for at most [`CLOSE_WAIT`]; its
-/// outcome does not matter: the broker drops whatever the channel or connection held when the
-/// socket goes, and returns its unsettled deliveries to their queues.
-pub(crate) async fn bounded_close<T>(what: &str, close: impl Future<Output = T>) {
-    if tokio::time::timeout(CLOSE_WAIT, close).await.is_err() {
+/// Waits for `what` (a cancel, a requeue, a channel or connection close) for at most
+/// [`CLOSE_WAIT`]; its outcome does not matter: the broker drops whatever the channel or
+/// connection held when the socket goes, and returns its unsettled deliveries to their queues.
+pub(crate) async fn bounded_wait<T>(what: &str, answer: impl Future<Output = T>) {
+    if tokio::time::timeout(CLOSE_WAIT, answer).await.is_err() {
         warn!(
             what,
             "the broker did not answer in time; going on without it"
@@ -237,7 +237,7 @@ pub async fn run<H: Handler>(
             }
             Err(e) if e.is_fatal() => {
                 error!(error = %e, "broker topology problem");
-                bounded_close(
+                bounded_wait(
                     "connection close",
                     connection.close(200, "topology problem".into()),
                 )
@@ -246,7 +246,7 @@ pub async fn run<H: Handler>(
             }
             Err(e) => {
                 warn!(error = %e, "topology check failed; reconnecting");
-                bounded_close(
+                bounded_wait(
                     "connection close",
                     connection.close(200, "reconnect".into()),
                 )
@@ -295,14 +295,14 @@ pub async fn run<H: Handler>(
             SessionEnd::Shutdown(consume_channel) => {
                 // Builds in flight still publish their events and settle on this connection.
                 drain(&tracker, &abort, opts.drain_timeout).await;
-                bounded_close(
+                bounded_wait(
                     "consume channel close",
                     consume_channel.close(200, "shutdown".into()),
                 )
                 .await;
                 control.disconnected();
                 locks.disconnected();
-                bounded_close("connection close", connection.close(200, "shutdown".into())).await;
+                bounded_wait("connection close", connection.close(200, "shutdown".into())).await;
                 return Ok(report);
             }
             SessionEnd::Lost(reason) => {
@@ -313,7 +313,7 @@ pub async fn run<H: Handler>(
                 // channel left for locks): close it, or its consumers would keep their
                 // unacknowledged deliveries and its lock consumers their locks while nobody
                 // reads them.
-                bounded_close(
+                bounded_wait(
                     "connection close",
                     connection.close(200, "session ended; reconnecting".into()),
                 )
@@ -430,13 +430,13 @@ impl<H: Handler> Session<'_, H> {
                 biased;
                 _ = self.shutdown.cancelled() => {
                     self.readiness.set_consuming(false);
-                    bounded_close("consumer cancel", channel.basic_cancel(ShortString::from(tag.as_str()), BasicCancelOptions::default())).await;
+                    bounded_wait("consumer cancel", channel.basic_cancel(ShortString::from(tag.as_str()), BasicCancelOptions::default())).await;
                     if verify.is_some() {
-                        bounded_close("consumer cancel", channel.basic_cancel(ShortString::from(verify_tag.as_str()), BasicCancelOptions::default())).await;
+                        bounded_wait("consumer cancel", channel.basic_cancel(ShortString::from(verify_tag.as_str()), BasicCancelOptions::default())).await;
                     }
                     // Deliveries that raced the cancel go straight back.
                     while let Ok(Some(Ok(d))) = tokio::time::timeout(Duration::from_millis(200), main.next()).await {
-                        bounded_close("requeue", d.acker.nack(BasicNackOptions { requeue: true, multiple: false })).await;
+                        bounded_wait("requeue", d.acker.nack(BasicNackOptions { requeue: true, multiple: false })).await;
                     }
                     return SessionEnd::Shutdown(channel);
                 }
@@ -555,7 +555,7 @@ impl<H: Handler> Session<'_, H> {
                     .is_some()
             })
             .await?;
-        bounded_close(
+        bounded_wait(
             "stops stream channel close",
             reader.channel.close(200, "caught up with the stops".into()),
         )

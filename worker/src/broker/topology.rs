@@ -382,7 +382,7 @@ async fn finish(
 ) -> Result<(), TopologyError> {
     match result {
         Ok(()) => {
-            super::bounded_close(
+            super::bounded_wait(
                 "topology channel close",
                 channel.close(200, "topology checked".into()),
             )
