@@ -42,6 +42,22 @@ pub struct Started {
     pub identity: String,
 }
 
+/// Longest wait for the background tasks (reporters, lease holders, the HTTP server) to stop.
+const BACKGROUND_STOP: Duration = Duration::from_secs(10);
+
+/// Stops the background tasks (reporters, lease holders, breaker signals, the HTTP server): a
+/// reporter finishes the batch it is working on (its events confirmed) and releases its lease.
+async fn stop_background(background: CancellationToken, tasks: TaskTracker) {
+    background.cancel();
+    tasks.close();
+    if tokio::time::timeout(BACKGROUND_STOP, tasks.wait())
+        .await
+        .is_err()
+    {
+        warn!("background tasks did not stop in time");
+    }
+}
+
 /// Runs a worker until `shutdown` is cancelled, then drains and returns.
 pub async fn run(
     settings: Settings,
@@ -220,6 +236,8 @@ pub async fn run(
         }
     };
     tasks.spawn(drain_signal);
+    // Once builds are drained, the reporters finish what they are sending and release their
+    // leases, and the rest stops, while the broker connection is still up.
     let result = broker::run(
         options,
         dispatcher,
@@ -227,18 +245,11 @@ pub async fn run(
         locks_control,
         readiness,
         shutdown.clone(),
+        stop_background(background.clone(), tasks.clone()),
     )
     .await;
-
-    // Builds are drained; now the reporters release their leases and the rest stops.
-    background.cancel();
-    tasks.close();
-    if tokio::time::timeout(Duration::from_secs(10), tasks.wait())
-        .await
-        .is_err()
-    {
-        warn!("background tasks did not stop in time");
-    }
+    // Without a connection at the end (or on a broker problem) that did not run; else a no-op.
+    stop_background(background, tasks).await;
     match result {
         Ok(_) => {
             info!("drained; bye");

@@ -591,3 +591,55 @@ async fn verify_answers_with_the_build_state() {
     rabbit.cleanup(&names).await;
     sim.shutdown().await;
 }
+
+/// A stopping worker lets its reporter finish the pods it is evaluating, then closes the broker
+/// connection: no event the reporter was sending fails for want of a connection (a worker
+/// stopped at the end of a 20,000-build burst used to log 143 such failures).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_worker_sends_its_reporters_last_events_before_it_disconnects() {
+    let sim = one_cluster(Timeline::fast()).await;
+    let a = sim.cluster("a");
+    let (rabbit, names, tap) = broker("lastwords").await;
+    let doc = settings_json(
+        &names,
+        &[ExecutorSpec::new("a", &a.url())],
+        &reporting(json!({})),
+    );
+    let mut worker = WorkerProcess::spawn(&doc, &[]).await;
+    for id in 1..=300u64 {
+        rabbit
+            .publish_json(&names.exchange, &names.queue, &StartMsg::new(id).json())
+            .await;
+    }
+    // Stopped mid-stream: pods are starting, running and finishing while it drains.
+    tap.wait_count("build.succeeded", 20, SOON).await;
+    worker.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = worker.wait(Duration::from_secs(60)).await;
+    let log = worker.log_text();
+    assert!(status.success(), "{status}\n{log}");
+    let lines: Vec<&str> = log.lines().collect();
+    let at = |needle: &str| -> Vec<usize> {
+        lines
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.contains(needle))
+            .map(|(i, _)| i)
+            .collect()
+    };
+    let closed = at("\"broker connection closed\"");
+    let stopped = at("\"stopped reporting for this executor\"");
+    assert_eq!(closed.len(), 1, "{log}");
+    assert_eq!(stopped.len(), 1, "one reporter, stopped once: {log}");
+    assert!(
+        stopped[0] < closed[0],
+        "the reporter stopped after the connection closed:\n{log}"
+    );
+    let failed = at("event not confirmed");
+    assert!(
+        failed.is_empty(),
+        "events failed while stopping: {:?}",
+        failed.iter().map(|&i| lines[i]).collect::<Vec<_>>()
+    );
+    rabbit.cleanup(&names).await;
+    sim.shutdown().await;
+}

@@ -199,8 +199,9 @@ pub enum BrokerError {
 }
 
 /// Runs the broker side until `shutdown` is cancelled, then drains: stops consuming, lets
-/// builds in flight finish until the drain deadline, returns the rest to the queue, and
-/// closes the connection. Reconnects with backoff whenever the connection drops.
+/// builds in flight finish until the drain deadline, returns the rest to the queue, runs
+/// `before_disconnect` (the caller stops its other publishers there, while their events can
+/// still be confirmed), and closes the connection. Reconnects with backoff whenever the connection drops.
 pub async fn run<H: Handler>(
     opts: BrokerOptions,
     handler: Arc<H>,
@@ -208,7 +209,9 @@ pub async fn run<H: Handler>(
     locks: LocksControl,
     readiness: Readiness,
     shutdown: CancellationToken,
+    before_disconnect: impl Future<Output = ()>,
 ) -> Result<TopologyReport, BrokerError> {
+    let mut before_disconnect = Some(Box::pin(before_disconnect));
     let tracker = TaskTracker::new();
     // Cancelled when the drain deadline passes: unsettled deliveries go back to the queue.
     let abort = CancellationToken::new();
@@ -295,6 +298,10 @@ pub async fn run<H: Handler>(
             SessionEnd::Shutdown(consume_channel) => {
                 // Builds in flight still publish their events and settle on this connection.
                 drain(&tracker, &abort, opts.drain_timeout).await;
+                // So do the rest of the process's publishers (the reporters' last events).
+                if let Some(stop_the_rest) = before_disconnect.take() {
+                    stop_the_rest.await;
+                }
                 bounded_wait(
                     "consume channel close",
                     consume_channel.close(200, "shutdown".into()),
@@ -303,6 +310,7 @@ pub async fn run<H: Handler>(
                 control.disconnected();
                 locks.disconnected();
                 bounded_wait("connection close", connection.close(200, "shutdown".into())).await;
+                info!("broker connection closed");
                 return Ok(report);
             }
             SessionEnd::Lost(reason) => {

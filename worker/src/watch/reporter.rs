@@ -82,6 +82,15 @@ enum Reported {
     NotYet,
 }
 
+/// Why [`Reporter::report`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// The process is stopping.
+    Stopped,
+    /// Leadership was lost (or the watch ended): wait to lead again.
+    NotLeading,
+}
+
 /// What a reporter needs.
 #[derive(Debug, Clone)]
 pub struct Reporter {
@@ -170,9 +179,9 @@ impl Reporter {
                     r = leading.wait_for(|l| *l) => if r.is_err() { return },
                 }
                 info!("reporting for this executor");
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = self.report(&mut leading) => {}
+                if self.report(&mut leading, &stop).await == Ended::Stopped {
+                    info!("stopped reporting for this executor");
+                    return;
                 }
                 info!("no longer reporting for this executor");
             }
@@ -181,7 +190,9 @@ impl Reporter {
         .await
     }
 
-    async fn report(&self, leading: &mut watch::Receiver<bool>) {
+    /// Reports until leadership is lost or `stop`; a stop takes effect between batches, so the
+    /// events of the pods being evaluated are sent (and confirmed) first.
+    async fn report(&self, leading: &mut watch::Receiver<bool>, stop: &CancellationToken) -> Ended {
         let api: Api<WatchedPod> =
             Api::namespaced(self.cluster.watch_client(), &self.cluster.namespace);
         let selector = naming::executor_selector(&self.cluster.executor);
@@ -195,13 +206,15 @@ impl Reporter {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                biased;
+                () = stop.cancelled() => return Ended::Stopped,
                 changed = leading.changed() => {
                     if changed.is_err() || !*leading.borrow() {
-                        return;
+                        return Ended::NotLeading;
                     }
                 }
                 events = stream.next() => {
-                    let Some(events) = events else { return };
+                    let Some(events) = events else { return Ended::NotLeading };
                     // Updates of different pods are handled concurrently (each may wait for a
                     // publish confirm); the updates of one pod, and everything around a
                     // relist or a deletion, keep their order.
