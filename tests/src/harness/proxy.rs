@@ -60,9 +60,17 @@ impl TcpProxy {
         }
     }
 
-    /// `amqp://guest:guest@127.0.0.1:<port>/%2f`.
+    /// `amqp://guest:guest@127.0.0.1:<port>/%2f` with 5 s heartbeats.
     pub fn amqp_url(&self) -> String {
-        format!("amqp://guest:guest@127.0.0.1:{}/%2f?heartbeat=5", self.port)
+        self.amqp_url_with_heartbeat(5)
+    }
+
+    /// The same URL with heartbeats `secs` apart.
+    pub fn amqp_url_with_heartbeat(&self, secs: u16) -> String {
+        format!(
+            "amqp://guest:guest@127.0.0.1:{}/%2f?heartbeat={secs}",
+            self.port
+        )
     }
 
     /// Drops every open connection.

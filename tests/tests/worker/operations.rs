@@ -4,9 +4,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use bcw_tests::harness::{
-    ExecutorSpec, Knobs, StartMsg, TOKEN, TcpProxy, WorkerProcess, eventually, settings_json,
+    ExecutorSpec, Knobs, Names, StartMsg, TOKEN, TcpProxy, WorkerProcess, eventually, settings_json,
 };
-use bcw_tests::kube_sim::{Fault, Verb};
+use bcw_tests::kube_sim::{ClusterHandle, Fault, Verb};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
@@ -47,6 +47,18 @@ fn metric_sum(
         .filter(|s| pred(s))
         .map(|s| s["__value"].parse::<f64>().expect("a sample's value"))
         .sum()
+}
+
+/// A worker's configuration with one executor `a` on `cluster`, reaching RabbitMQ through
+/// `proxy`.
+fn through(proxy: &TcpProxy, names: &Names, cluster: &ClusterHandle) -> Value {
+    let mut doc = settings_json(
+        names,
+        &[ExecutorSpec::new("a", &cluster.url())],
+        &Knobs::default(),
+    );
+    doc["rabbitmq"]["url"] = json!(proxy.amqp_url());
+    doc
 }
 
 fn label_keys(samples: &[BTreeMap<String, String>]) -> BTreeSet<String> {
@@ -192,14 +204,10 @@ async fn a_broker_that_stopped_answering_does_not_hold_the_shutdown() {
     let (rabbit, names, tap) = broker("frozen").await;
     let proxy = TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
     let a = sim.cluster("runc");
-    let mut doc = settings_json(
-        &names,
-        &[ExecutorSpec::new("a", &a.url())],
-        &Knobs::default(),
-    );
+    let mut doc = through(&proxy, &names, &a);
     // Heartbeats a minute apart: lapin would notice the silent broker only after two minutes,
     // so the exit below cannot come from the heartbeat.
-    doc["rabbitmq"]["url"] = json!(proxy.amqp_url().replace("heartbeat=5", "heartbeat=60"));
+    doc["rabbitmq"]["url"] = json!(proxy.amqp_url_with_heartbeat(60));
     let mut worker = WorkerProcess::spawn(&doc, &[]).await;
     rabbit
         .publish_json(&names.exchange, &names.queue, &StartMsg::new(1).json())
@@ -222,12 +230,7 @@ async fn readiness_follows_the_broker_connection_and_the_drain() {
     let proxy = TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
     proxy.set_enabled(false);
     let a = sim.cluster("runc");
-    let mut doc = settings_json(
-        &names,
-        &[ExecutorSpec::new("a", &a.url())],
-        &Knobs::default(),
-    );
-    doc["rabbitmq"]["url"] = json!(proxy.amqp_url());
+    let mut doc = through(&proxy, &names, &a);
     let dir = tempfile::tempdir().unwrap();
     // Spawn without waiting for readiness: the broker is unreachable.
     let port = bcw_tests::harness::free_port();
@@ -508,12 +511,7 @@ async fn a_broker_connection_loss_is_survived_without_duplicates() {
     let proxy = TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
     let a = sim.cluster("runc");
     a.set_latency(Duration::from_millis(50));
-    let mut doc = settings_json(
-        &names,
-        &[ExecutorSpec::new("a", &a.url())],
-        &Knobs::default(),
-    );
-    doc["rabbitmq"]["url"] = json!(proxy.amqp_url());
+    let doc = through(&proxy, &names, &a);
     let worker = WorkerProcess::spawn(&doc, &[]).await;
     for id in 1..=100u64 {
         rabbit

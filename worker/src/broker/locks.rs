@@ -54,8 +54,6 @@ const CHANNEL_TRIES: u32 = 5;
 const REFUSED_DELAY: Duration = Duration::from_millis(20);
 /// Channel numbers a connection may spend on refusals before every try looks first.
 const NUMBER_BUDGET: usize = 1024;
-/// Longest wait for the broker's answer to a lock's cancel.
-const RELEASE_WAIT: Duration = Duration::from_secs(3);
 /// Unused lock queues are deleted by the broker after this long.
 const LOCK_QUEUE_EXPIRES_MS: i64 = 3_600_000;
 
@@ -386,7 +384,7 @@ impl BuildLock {
     pub async fn release(mut self) {
         if let (Some(consumer), Some(channel)) = (self.consumer.take(), self.channel.take()) {
             let cancelled = tokio::time::timeout(
-                RELEASE_WAIT,
+                super::CLOSE_WAIT,
                 channel.basic_cancel(consumer.tag(), Default::default()),
             )
             .await;

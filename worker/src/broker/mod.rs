@@ -45,8 +45,8 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 /// Reconnect backoff bounds.
 const RECONNECT_MIN: Duration = Duration::from_millis(500);
 const RECONNECT_MAX: Duration = Duration::from_secs(30);
-/// Longest wait for the broker's answer to a cancel or a close on the way out (and for a stream
-/// acknowledgement to be sent from the session's loop). A broker that stopped answering (a
+/// Longest wait for the broker's answer to a cancel or a close on the way out, a build lock's
+/// release included (and for a stream acknowledgement to be sent from the session's loop). A broker that stopped answering (a
 /// partition, a hung node) would otherwise hold the caller until heartbeats time out (minutes
 /// with long heartbeats), and lapin 4.12 can leave a close unanswered for good after a
 /// connection error (the broker's close crossing ours: "invalid channel state: Closing").
@@ -201,7 +201,8 @@ pub enum BrokerError {
 /// Runs the broker side until `shutdown` is cancelled, then drains: stops consuming, lets
 /// builds in flight finish until the drain deadline, returns the rest to the queue, runs
 /// `before_disconnect` (the caller stops its other publishers there, while their events can
-/// still be confirmed), and closes the connection. Reconnects with backoff whenever the connection drops.
+/// still be confirmed), and closes the connection. Reconnects with backoff whenever the
+/// connection drops.
 pub async fn run<H: Handler>(
     opts: BrokerOptions,
     handler: Arc<H>,

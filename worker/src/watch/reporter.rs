@@ -260,8 +260,8 @@ impl Reporter {
         }
     }
 
-    /// Takes in pod updates (in watch order, already [`slim`]) and evaluates each changed pod;
-    /// pods concurrently, the updates of one pod in order.
+    /// Takes in pod updates (in watch order, already slimmed by [`WatchedPod::into_pod`]) and
+    /// evaluates each changed pod: pods concurrently, the updates of one pod in order.
     async fn apply(
         &self,
         tracks: &mut HashMap<String, Track>,
@@ -728,7 +728,7 @@ fn build_container_ran(pod: &Pod) -> bool {
         })
 }
 
-/// A pod as the reporter's watch reads it: only the parts [`slim`] keeps of the spec are
+/// A pod as the reporter's watch reads it: only the parts [`slim_spec`] keeps of the spec are
 /// deserialised (the rest, env, volumes, init containers, is skipped without being built), and
 /// converted at once into the [`Pod`] the reporter handles. Deserialising whole pods was about
 /// 8 % of the worker's CPU in a burst (load-tests/README.md).
@@ -782,23 +782,20 @@ impl kube::Resource for WatchedPod {
 }
 
 impl WatchedPod {
-    /// The pod the reporter keeps ([`slim`]).
+    /// The pod the reporter keeps: its spec slimmed here, the rest by [`slim_with_spec`].
     fn into_pod(self) -> Pod {
         let WatchedPod {
             metadata,
             spec,
             status,
         } = self;
-        slim(Pod {
-            metadata,
-            spec: spec.map(|s| {
-                slim_spec(
-                    s.containers.into_iter().map(|c| (c.name, c.image)),
-                    s.node_name,
-                )
-            }),
-            status,
-        })
+        let spec = spec.map(|s| {
+            slim_spec(
+                s.containers.into_iter().map(|c| (c.name, c.image)),
+                s.node_name,
+            )
+        });
+        slim_with_spec(metadata, spec, status)
     }
 }
 
@@ -821,22 +818,34 @@ fn slim_spec(
     }
 }
 
+/// What the reporter keeps of a pod (the watch hands over [`WatchedPod::into_pod`], the same).
+#[cfg(test)]
 fn slim(pod: Pod) -> Pod {
     let Pod {
         metadata,
         spec,
         status,
     } = pod;
-    let annotations = metadata.annotations.map(|a| {
-        a.into_iter()
-            .filter(|(k, _)| k.starts_with(naming::ANN_PREFIX))
-            .collect()
-    });
     let spec = spec.map(|s| {
         slim_spec(
             s.containers.into_iter().map(|c| (c.name, c.image)),
             s.node_name,
         )
+    });
+    slim_with_spec(metadata, spec, status)
+}
+
+/// The kept pod around a spec already slimmed by [`slim_spec`]: the worker's annotations and
+/// the metadata the reporter reads, the status without what it never reads.
+fn slim_with_spec(
+    metadata: kube::api::ObjectMeta,
+    spec: Option<k8s_openapi::api::core::v1::PodSpec>,
+    status: Option<PodStatus>,
+) -> Pod {
+    let annotations = metadata.annotations.map(|a| {
+        a.into_iter()
+            .filter(|(k, _)| k.starts_with(naming::ANN_PREFIX))
+            .collect()
     });
     let status = status.map(|st| {
         let containers = |list: Option<Vec<ContainerStatus>>| {
