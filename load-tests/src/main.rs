@@ -94,13 +94,17 @@ async fn main() -> anyhow::Result<()> {
                 eprintln!("scenario {}: {}", s.name, s.title);
                 let o = bench.run(s, true).await?;
                 eprintln!(
-                    "  {} builds, {} launched, {:.0} builds/s, launch p50 {:.1} ms p99 {:.1} ms, CPU {:.2} ms/build, peak RSS {:.1} MiB, {:.0} s",
+                    "  {} builds, {} launched, {:.0} builds/s, launch p50 {:.1} ms p99 {:.1} ms, CPU {:.2} ms/build (RabbitMQ {}, kube-sim and load generator {:.2}), peak RSS {:.1} MiB, {:.0} s",
                     o.published,
                     o.launched,
                     o.throughput_per_s,
                     o.launched_ms.p50,
                     o.launched_ms.p99,
                     o.cost.cpu_ms_per_build,
+                    o.cost
+                        .broker_cpu_ms_per_build
+                        .map_or("-".into(), |b| format!("{b:.2}")),
+                    o.cost.harness_cpu_ms_per_build,
                     o.cost.peak_rss_mib,
                     o.wall_s
                 );

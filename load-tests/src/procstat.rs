@@ -31,6 +31,32 @@ pub fn read(pid: u32) -> Option<Reading> {
     })
 }
 
+/// Processes whose command name (`/proc/<pid>/comm`) is `name`: RabbitMQ's Erlang VM is
+/// `beam.smp`.
+pub fn pids_named(name: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == name)
+        })
+        .collect()
+}
+
+/// CPU time so far of every process named `name` (zero when there is none).
+pub fn cpu_of_named(name: &str) -> Duration {
+    pids_named(name)
+        .into_iter()
+        .filter_map(|pid| parse_cpu(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?))
+        .sum()
+}
+
+/// CPU time so far of this process (every thread).
+pub fn own_cpu() -> Duration {
+    read(std::process::id()).map_or(Duration::ZERO, |r| r.cpu)
+}
+
 /// Clock ticks per second of `/proc/<pid>/stat` (USER_HZ); 100 on every Linux platform that
 /// exists in practice, and fixed in the kernel's ABI.
 const USER_HZ: u64 = 100;
@@ -65,6 +91,14 @@ mod tests {
         let line =
             "4242 (a (weird) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 4 0 1 1 1";
         assert_eq!(parse_cpu(line), Some(Duration::from_millis(3000)));
+    }
+
+    #[test]
+    fn processes_are_found_by_command_name() {
+        let own = std::fs::read_to_string("/proc/self/comm").expect("own comm");
+        assert!(pids_named(own.trim_end()).contains(&std::process::id()));
+        assert!(pids_named("no-such-process-name").is_empty());
+        assert_eq!(cpu_of_named("no-such-process-name"), Duration::ZERO);
     }
 
     #[test]

@@ -231,6 +231,7 @@ pub fn write(dir: &Path, all: &[Outcome], command: &str, date: &str) -> anyhow::
          launch latency includes the time a build waited in the queue behind the others, so only \
          the throughput matters there.\n"
     );
+    cpu_budget(&mut md, all);
     let _ = writeln!(md, "## Charts\n");
     let _ = writeln!(md, "![throughput](throughput.svg)\n");
     std::fs::write(dir.join("throughput.svg"), throughput_svg(all))?;
@@ -243,6 +244,67 @@ pub fn write(dir: &Path, all: &[Outcome], command: &str, date: &str) -> anyhow::
     }
     std::fs::write(dir.join("summary.md"), md)?;
     Ok(())
+}
+
+/// CPU milliseconds per build of a run: the consumers, RabbitMQ (when it runs here) and this
+/// process (kube-sim and the load generator), and their sum.
+fn cpu_parts(o: &Outcome) -> Option<(f64, f64, f64, f64)> {
+    let broker = o.cost.broker_cpu_ms_per_build?;
+    let (consumer, harness) = (o.cost.cpu_ms_per_build, o.cost.harness_cpu_ms_per_build);
+    Some((consumer, broker, harness, consumer + broker + harness))
+}
+
+/// Where the machine's CPU goes per build in the bursts, and what that bounds: with every core
+/// busy, throughput follows the CPU a build costs the whole machine.
+fn cpu_budget(md: &mut String, all: &[Outcome]) {
+    let bursts: Vec<_> = all
+        .iter()
+        .filter(|o| matches!(o.scenario.load, Load::Burst { .. }) && o.launched > 0)
+        .filter_map(|o| Some((o, cpu_parts(o)?)))
+        .collect();
+    if bursts.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "## Where the CPU goes in the bursts\n");
+    let _ = writeln!(
+        md,
+        "CPU milliseconds per launched build while the consumers ran, read from `/proc`: the \
+         worker (or baseline) processes, RabbitMQ (`beam.smp`), and `bcw-load` itself (kube-sim \
+         serving every API request and watch, and the event collector).\n"
+    );
+    let _ = writeln!(
+        md,
+        "| Scenario | Builds/s | Consumers | RabbitMQ | kube-sim + load generator | All |\n|---|---|---|---|---|---|"
+    );
+    for (o, (consumer, broker, harness, total)) in &bursts {
+        let _ = writeln!(
+            md,
+            "| `{}` | {:.0} | {consumer:.2} | {broker:.2} | {harness:.2} | {total:.2} |",
+            o.scenario.name, o.throughput_per_s
+        );
+    }
+    let _ = writeln!(md);
+    if let Some(line) = ceiling(all) {
+        let _ = writeln!(md, "{line}\n");
+    }
+}
+
+/// What the default burst could reach against the baseline if its worker cost no CPU at all,
+/// with throughput set by the CPU a build costs the machine (both runs keep the cores busy).
+fn ceiling(all: &[Outcome]) -> Option<String> {
+    let (_, _, _, base_total) = cpu_parts(find(all, "burst-baseline")?)?;
+    let w = find(all, "burst")?;
+    let (_, broker, harness, _) = cpu_parts(w)?;
+    let rest = broker + harness;
+    (rest > 0.0).then(|| {
+        format!(
+            "In `burst` (the product's defaults), RabbitMQ and kube-sim with the load generator \
+             used {rest:.2} ms per build before the worker's own CPU, against {base_total:.2} ms \
+             for the whole of a baseline build: a worker that cost nothing would reach at most \
+             {:.2} x the baseline on this machine.",
+            base_total / rest
+        )
+    })
 }
 
 fn esc(s: &str) -> String {

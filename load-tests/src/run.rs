@@ -32,6 +32,9 @@ use crate::scenario::{Load, Scenario, Target, Trouble};
 /// Clusters every scenario runs against (the first one takes the faults).
 pub const CLUSTERS: [&str; 2] = ["east", "west"];
 
+/// The command name of RabbitMQ's Erlang VM, whose CPU a run samples when it runs here.
+const BROKER_PROCESS: &str = "beam.smp";
+
 /// Latency percentiles in milliseconds.
 #[derive(Debug, Clone, Copy, Serialize, Default)]
 pub struct Percentiles {
@@ -86,6 +89,12 @@ pub struct Cost {
     pub cpu_s: f64,
     /// CPU milliseconds per launched build.
     pub cpu_ms_per_build: f64,
+    /// RabbitMQ's CPU milliseconds per launched build over the same time (`beam.smp` on this
+    /// machine); `None` when no such process runs here.
+    pub broker_cpu_ms_per_build: Option<f64>,
+    /// This process's CPU milliseconds per launched build over the same time: kube-sim (every
+    /// API request and watch event), the event collector and, for steady loads, the publisher.
+    pub harness_cpu_ms_per_build: f64,
     /// Largest peak RSS (`VmHWM`) of a consumer process, MiB.
     pub peak_rss_mib: f64,
     /// RSS after start-up with nothing to do, MiB (when measured).
@@ -356,6 +365,8 @@ impl Bench {
             }
         }
         let cpu_before = consumers.cpu();
+        let broker_before = procstat::cpu_of_named(BROKER_PROCESS);
+        let harness_before = procstat::own_cpu();
 
         let trouble = sc.trouble.map(|t| self.spawn_trouble(t));
         if let Load::Rate { per_sec, secs } = sc.load {
@@ -405,15 +416,21 @@ impl Bench {
             t.await?;
         }
         let cpu_s = consumers.cpu() - cpu_before;
+        let broker_s = procstat::cpu_of_named(BROKER_PROCESS)
+            .saturating_sub(broker_before)
+            .as_secs_f64();
+        let harness_s = procstat::own_cpu()
+            .saturating_sub(harness_before)
+            .as_secs_f64();
+        let broker_here = !procstat::pids_named(BROKER_PROCESS).is_empty();
         let peak_rss_mib = consumers.peak_rss_mib();
         consumers.stop().await;
+        let per_build = |s: f64, c: usize| if c == 0 { 0.0 } else { s * 1000.0 / c as f64 };
         let outcome = collector.outcome(sc, &ids, self.trouble_window(sc), wall, |c| Cost {
             cpu_s,
-            cpu_ms_per_build: if c == 0 {
-                0.0
-            } else {
-                cpu_s * 1000.0 / c as f64
-            },
+            cpu_ms_per_build: per_build(cpu_s, c),
+            broker_cpu_ms_per_build: broker_here.then(|| per_build(broker_s, c)),
+            harness_cpu_ms_per_build: per_build(harness_s, c),
             peak_rss_mib,
             idle_rss_mib: idle_rss,
             idle_rss_anon_file_mib: idle_split,

@@ -51,9 +51,21 @@ fn a_small_bench_measures_every_build_and_writes_its_report() {
             r["throughput_per_s"].as_f64().unwrap_or(0.0) > 0.0,
             "{name}: {r}"
         );
-        // The consumer's CPU was sampled from /proc.
+        // The consumer's CPU was sampled from /proc, and RabbitMQ's (it runs on this machine)
+        // and the harness's own beside it.
         assert!(
             r["cost"]["cpu_s"].as_f64().unwrap_or(0.0) > 0.0,
+            "{name}: {r}"
+        );
+        assert!(
+            r["cost"]["broker_cpu_ms_per_build"].as_f64().is_some(),
+            "{name}: RabbitMQ's CPU was not sampled: {r}"
+        );
+        assert!(
+            r["cost"]["harness_cpu_ms_per_build"]
+                .as_f64()
+                .unwrap_or(0.0)
+                > 0.0,
             "{name}: {r}"
         );
     }
@@ -79,6 +91,16 @@ fn a_small_bench_measures_every_build_and_writes_its_report() {
     );
     let md = std::fs::read_to_string(out.path().join("summary.md")).expect("summary.md");
     assert!(md.contains("| `burst-baseline` |") && md.contains("| `burst` |"));
+    // The CPU budget: every burst's split, and what a worker that cost nothing could reach.
+    let budget = md
+        .split("## Where the CPU goes in the bursts")
+        .nth(1)
+        .expect("the CPU budget section");
+    assert!(
+        budget.contains("| `burst-baseline` |") && budget.contains("| `burst` |"),
+        "{budget}"
+    );
+    assert!(budget.contains("a worker that cost nothing"), "{budget}");
     let svg = std::fs::read_to_string(out.path().join("throughput.svg")).expect("chart");
     assert!(svg.contains("<svg") && svg.contains("</svg>"), "not an SVG");
 }
