@@ -299,20 +299,26 @@ fn cpu_budget(md: &mut String, all: &[Outcome]) {
     }
 }
 
-/// What the default burst could reach against the baseline if its worker cost no CPU at all,
-/// with throughput set by the CPU a build costs the machine (both runs keep the cores busy).
+/// An upper bound on what the default burst could reach against the baseline, from what
+/// RabbitMQ and kube-sim spent per build in it: every core busy, and a worker that used no more
+/// CPU than the baseline process (which does a strict subset of the worker's work).
 fn ceiling(all: &[Outcome]) -> Option<String> {
-    let (_, _, _, base_total) = cpu_parts(find(all, "burst-baseline")?)?;
-    let w = find(all, "burst")?;
-    let (_, broker, harness, _) = cpu_parts(w)?;
-    let rest = broker + harness;
-    (rest > 0.0).then(|| {
+    let base = find(all, "burst-baseline")?;
+    let (floor, _, _, _) = cpu_parts(base)?;
+    let (_, broker, harness, _) = cpu_parts(find(all, "burst")?)?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let per_build = broker + harness + floor;
+    (per_build > 0.0 && base.throughput_per_s > 0.0).then(|| {
+        let rate = cores * 1000.0 / per_build;
         format!(
             "In `burst` (the product's defaults), RabbitMQ and kube-sim with the load generator \
-             used {rest:.2} ms per build before the worker's own CPU, against {base_total:.2} ms \
-             for the whole of a baseline build: a worker that cost nothing would reach at most \
-             {:.2} x the baseline on this machine.",
-            base_total / rest
+             used {:.2} ms of CPU per build. A worker that used no more CPU than the baseline \
+             process ({floor:.2} ms per build), with all {cores:.0} cores busy, would launch at \
+             most {rate:.0} builds/s = {:.2} x the baseline's {:.0} builds/s on this machine, at \
+             these costs per build.",
+            broker + harness,
+            rate / base.throughput_per_s,
+            base.throughput_per_s
         )
     })
 }

@@ -91,7 +91,8 @@ fn a_small_bench_measures_every_build_and_writes_its_report() {
     );
     let md = std::fs::read_to_string(out.path().join("summary.md")).expect("summary.md");
     assert!(md.contains("| `burst-baseline` |") && md.contains("| `burst` |"));
-    // The CPU budget: every burst's split, and what a worker that cost nothing could reach.
+    // The CPU budget: every burst's split, and the most a worker as cheap as the baseline
+    // could reach at those costs.
     let budget = md
         .split("## Where the CPU goes in the bursts")
         .nth(1)
@@ -100,7 +101,10 @@ fn a_small_bench_measures_every_build_and_writes_its_report() {
         budget.contains("| `burst-baseline` |") && budget.contains("| `burst` |"),
         "{budget}"
     );
-    assert!(budget.contains("a worker that cost nothing"), "{budget}");
+    assert!(
+        budget.contains("A worker that used no more CPU than the baseline process"),
+        "{budget}"
+    );
     let svg = std::fs::read_to_string(out.path().join("throughput.svg")).expect("chart");
     assert!(svg.contains("<svg") && svg.contains("</svg>"), "not an SVG");
 }
