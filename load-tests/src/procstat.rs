@@ -44,12 +44,16 @@ pub fn pids_named(name: &str) -> Vec<u32> {
         .collect()
 }
 
-/// CPU time so far of every process named `name` (zero when there is none).
-pub fn cpu_of_named(name: &str) -> Duration {
-    pids_named(name)
-        .into_iter()
-        .filter_map(|pid| parse_cpu(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?))
-        .sum()
+/// CPU time so far of every process named `name`; `None` when there is none.
+pub fn cpu_of_named(name: &str) -> Option<Duration> {
+    let pids = pids_named(name);
+    (!pids.is_empty()).then(|| {
+        pids.into_iter()
+            .filter_map(|pid| {
+                parse_cpu(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+            })
+            .sum()
+    })
 }
 
 /// CPU time so far of this process (every thread).
@@ -98,7 +102,7 @@ mod tests {
         let own = std::fs::read_to_string("/proc/self/comm").expect("own comm");
         assert!(pids_named(own.trim_end()).contains(&std::process::id()));
         assert!(pids_named("no-such-process-name").is_empty());
-        assert_eq!(cpu_of_named("no-such-process-name"), Duration::ZERO);
+        assert_eq!(cpu_of_named("no-such-process-name"), None);
     }
 
     #[test]

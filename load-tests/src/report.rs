@@ -147,7 +147,7 @@ pub fn machine() -> String {
                 .map(|m| m.trim().to_string())
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let cores = cores().unwrap_or(0);
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|s| {
@@ -246,12 +246,34 @@ pub fn write(dir: &Path, all: &[Outcome], command: &str, date: &str) -> anyhow::
     Ok(())
 }
 
-/// CPU milliseconds per build of a run: the consumers, RabbitMQ (when it runs here) and this
-/// process (kube-sim and the load generator), and their sum.
-fn cpu_parts(o: &Outcome) -> Option<(f64, f64, f64, f64)> {
-    let broker = o.cost.broker_cpu_ms_per_build?;
-    let (consumer, harness) = (o.cost.cpu_ms_per_build, o.cost.harness_cpu_ms_per_build);
-    Some((consumer, broker, harness, consumer + broker + harness))
+/// CPU milliseconds per build of a run, by process.
+struct CpuSplit {
+    /// The worker (or baseline) processes.
+    consumer: f64,
+    /// RabbitMQ.
+    broker: f64,
+    /// This process: kube-sim and the load generator.
+    harness: f64,
+}
+
+impl CpuSplit {
+    /// `None` when RabbitMQ does not run on this machine.
+    fn of(o: &Outcome) -> Option<CpuSplit> {
+        Some(CpuSplit {
+            consumer: o.cost.cpu_ms_per_build,
+            broker: o.cost.broker_cpu_ms_per_build?,
+            harness: o.cost.harness_cpu_ms_per_build,
+        })
+    }
+
+    fn total(&self) -> f64 {
+        self.consumer + self.broker + self.harness
+    }
+}
+
+/// Cores this process may run on.
+fn cores() -> Option<usize> {
+    std::thread::available_parallelism().ok().map(usize::from)
 }
 
 /// Where the machine's CPU goes per build in the bursts, and what that bounds: with every core
@@ -268,7 +290,7 @@ fn cpu_budget(md: &mut String, all: &[Outcome]) {
                 && o.scenario.pod_runs_ms.is_some()
                 && o.launched > 0
         })
-        .filter_map(|o| Some((o, cpu_parts(o)?)))
+        .filter_map(|o| Some((o, CpuSplit::of(o)?)))
         .collect();
     if bursts.is_empty() {
         return;
@@ -286,15 +308,20 @@ fn cpu_budget(md: &mut String, all: &[Outcome]) {
         md,
         "| Scenario | Builds/s | Consumers | RabbitMQ | kube-sim + load generator | All |\n|---|---|---|---|---|---|"
     );
-    for (o, (consumer, broker, harness, total)) in &bursts {
+    for (o, cpu) in &bursts {
         let _ = writeln!(
             md,
-            "| `{}` | {:.0} | {consumer:.2} | {broker:.2} | {harness:.2} | {total:.2} |",
-            o.scenario.name, o.throughput_per_s
+            "| `{}` | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            o.scenario.name,
+            o.throughput_per_s,
+            cpu.consumer,
+            cpu.broker,
+            cpu.harness,
+            cpu.total()
         );
     }
     let _ = writeln!(md);
-    if let Some(line) = ceiling(all) {
+    if let Some(line) = bound(all) {
         let _ = writeln!(md, "{line}\n");
     }
 }
@@ -302,12 +329,12 @@ fn cpu_budget(md: &mut String, all: &[Outcome]) {
 /// An upper bound on what the default burst could reach against the baseline, from what
 /// RabbitMQ and kube-sim spent per build in it: every core busy, and a worker that used no more
 /// CPU than the baseline process (which does a strict subset of the worker's work).
-fn ceiling(all: &[Outcome]) -> Option<String> {
+fn bound(all: &[Outcome]) -> Option<String> {
     let base = find(all, "burst-baseline")?;
-    let (floor, _, _, _) = cpu_parts(base)?;
-    let (_, broker, harness, _) = cpu_parts(find(all, "burst")?)?;
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    let per_build = broker + harness + floor;
+    let floor = CpuSplit::of(base)?.consumer;
+    let defaults = CpuSplit::of(find(all, "burst")?)?;
+    let cores = cores().unwrap_or(1) as f64;
+    let per_build = defaults.broker + defaults.harness + floor;
     (per_build > 0.0 && base.throughput_per_s > 0.0).then(|| {
         let rate = cores * 1000.0 / per_build;
         format!(
@@ -316,7 +343,7 @@ fn ceiling(all: &[Outcome]) -> Option<String> {
              process ({floor:.2} ms per build), with all {cores:.0} cores busy, would launch at \
              most {rate:.0} builds/s = {:.2} x the baseline's {:.0} builds/s on this machine, at \
              these costs per build.",
-            broker + harness,
+            defaults.broker + defaults.harness,
             rate / base.throughput_per_s,
             base.throughput_per_s
         )

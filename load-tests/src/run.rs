@@ -416,20 +416,20 @@ impl Bench {
             t.await?;
         }
         let cpu_s = consumers.cpu() - cpu_before;
+        // RabbitMQ's CPU when it ran here throughout.
         let broker_s = procstat::cpu_of_named(BROKER_PROCESS)
-            .saturating_sub(broker_before)
-            .as_secs_f64();
+            .zip(broker_before)
+            .map(|(after, before)| after.saturating_sub(before).as_secs_f64());
         let harness_s = procstat::own_cpu()
             .saturating_sub(harness_before)
             .as_secs_f64();
-        let broker_here = !procstat::pids_named(BROKER_PROCESS).is_empty();
         let peak_rss_mib = consumers.peak_rss_mib();
         consumers.stop().await;
         let per_build = |s: f64, c: usize| if c == 0 { 0.0 } else { s * 1000.0 / c as f64 };
         let outcome = collector.outcome(sc, &ids, self.trouble_window(sc), wall, |c| Cost {
             cpu_s,
             cpu_ms_per_build: per_build(cpu_s, c),
-            broker_cpu_ms_per_build: broker_here.then(|| per_build(broker_s, c)),
+            broker_cpu_ms_per_build: broker_s.map(|s| per_build(s, c)),
             harness_cpu_ms_per_build: per_build(harness_s, c),
             peak_rss_mib,
             idle_rss_mib: idle_rss,
