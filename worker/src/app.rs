@@ -112,6 +112,7 @@ pub async fn run(
             .enabled
             .then(|| settings.events.exchange.clone()),
     );
+    let publisher = publisher.with_format(settings.events.format);
     let status = if settings.status_updates.enabled {
         Some(
             StatusUpdater::new(&settings.status_updates)

@@ -266,6 +266,7 @@ impl Rabbit {
                     data: raw["data"].clone(),
                     raw,
                     body: d.data,
+                    properties: d.properties,
                 };
                 e.lock().unwrap().push(ev);
                 n.notify_waiters();
@@ -292,6 +293,8 @@ pub struct Event {
     pub raw: Value,
     /// The body as received.
     pub body: Vec<u8>,
+    /// The AMQP properties (headers, content type, ...).
+    pub properties: BasicProperties,
 }
 
 impl Event {

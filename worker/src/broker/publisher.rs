@@ -14,6 +14,8 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Confirmation, Connection};
 use tokio::sync::watch;
 
+use crate::config::EventsFormat;
+use crate::events::cdevents::{self, OutgoingCdEvent};
 use crate::events::{CONTENT_TYPE, EventType, OutgoingEvent};
 use crate::telemetry::metrics;
 
@@ -68,6 +70,7 @@ pub struct Outgoing<'a> {
 pub struct Publisher {
     current: watch::Receiver<Option<ChannelPool>>,
     events_exchange: Option<String>,
+    format: EventsFormat,
     launched: Arc<Mutex<Recent>>,
     launching: Arc<Mutex<HashSet<u128>>>,
     feed_since: Arc<Mutex<Option<jiff::Timestamp>>>,
@@ -172,6 +175,7 @@ impl Publisher {
             Publisher {
                 current: rx,
                 events_exchange,
+                format: EventsFormat::default(),
                 launched: launched.clone(),
                 launching: Arc::default(),
                 feed_since: feed_since.clone(),
@@ -184,6 +188,12 @@ impl Publisher {
                 launched_builds,
             },
         )
+    }
+
+    /// Publishes events in this format (`events.format`; CloudEvents unless told).
+    pub fn with_format(mut self, format: EventsFormat) -> Self {
+        self.format = format;
+        self
     }
 
     /// True when events are published at all.
@@ -232,11 +242,39 @@ impl Publisher {
     }
 
     /// Publishes a lifecycle event (persistent, `application/cloudevents+json`, `message_id` =
-    /// event id, routing key = type suffix). A no-op when events are disabled.
+    /// event id, routing key = type suffix), and its CDEvents form when `events.format` asks
+    /// for it. A no-op when events are disabled.
     pub async fn publish_event(&self, event: &OutgoingEvent) -> Result<(), PublishError> {
         let Some(exchange) = &self.events_exchange else {
             return Ok(());
         };
+        if self.format.all_cloudevents() || event.ty.read_by_replicas() {
+            self.publish_cloudevent(exchange, event).await?;
+        }
+        if self.format.cdevents()
+            && let Some(cd) = event
+                .build
+                .as_ref()
+                .and_then(|b| cdevents::render(event.ty, b))
+        {
+            self.publish(Outgoing {
+                exchange,
+                routing_key: cd.ty.as_str(),
+                body: &cd.body,
+                properties: cdevent_properties(&cd),
+                mandatory: false,
+            })
+            .await?;
+            metrics::event_published(cd.ty.as_str());
+        }
+        Ok(())
+    }
+
+    async fn publish_cloudevent(
+        &self,
+        exchange: &str,
+        event: &OutgoingEvent,
+    ) -> Result<(), PublishError> {
         self.publish(Outgoing {
             exchange,
             routing_key: event.ty.suffix(),
@@ -304,6 +342,29 @@ impl Publisher {
                 .contains(&k)
         })
     }
+}
+
+/// A CDEvent in CloudEvents binary mode: the CDEvent is the body, the CloudEvents attributes
+/// are `cloudEvents:*` headers (the AMQP binding's application properties).
+fn cdevent_properties(cd: &OutgoingCdEvent) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    for (key, value) in [
+        ("cloudEvents:specversion", "1.0"),
+        ("cloudEvents:id", cd.id.as_str()),
+        ("cloudEvents:source", cd.source.as_str()),
+        ("cloudEvents:type", cd.ty.as_str()),
+        ("cloudEvents:subject", cd.subject.as_str()),
+        ("cloudEvents:time", cd.time.as_str()),
+    ] {
+        headers.insert(
+            ShortString::from(key),
+            lapin::types::AMQPValue::LongString(value.into()),
+        );
+    }
+    BasicProperties::default()
+        .with_content_type(ShortString::from(cdevents::CONTENT_TYPE))
+        .with_message_id(ShortString::from(cd.id.as_str()))
+        .with_headers(headers)
 }
 
 #[cfg(test)]

@@ -513,3 +513,25 @@ fn load_options_never_print_environment_values() {
         "{shown}"
     );
 }
+
+#[test]
+fn events_format_defaults_to_cloudevents_and_takes_both_spellings_and_the_environment() {
+    use crate::config::EventsFormat;
+    assert_eq!(
+        native(MINIMAL, &[]).events.format,
+        EventsFormat::Cloudevents
+    );
+    let camel = native(&format!("{MINIMAL}events:\n  format: cdevents\n"), &[]);
+    assert_eq!(camel.events.format, EventsFormat::Cdevents);
+    assert!(camel.events.format.cdevents() && !camel.events.format.all_cloudevents());
+    let env = native(MINIMAL, &[("BCW_EVENTS__FORMAT", "both")]);
+    assert_eq!(env.events.format, EventsFormat::Both);
+    assert!(env.events.format.cdevents() && env.events.format.all_cloudevents());
+    let p = problems(Some(&format!("{MINIMAL}events:\n  format: xml\n")), &[]);
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert!(
+        p[0].starts_with("events.format: ") && p[0].contains("unknown variant `xml`"),
+        "{}",
+        p[0]
+    );
+}

@@ -167,6 +167,9 @@ pub struct EventsSettings {
     /// Topic exchange for lifecycle events.
     #[serde(deserialize_with = "de::string")]
     pub exchange: String,
+    /// Which standard the lifecycle is published in: CloudEvents (the default), CDEvents, or
+    /// both.
+    pub format: EventsFormat,
 }
 
 impl Default for EventsSettings {
@@ -174,7 +177,34 @@ impl Default for EventsSettings {
         Self {
             enabled: true,
             exchange: "build.events".into(),
+            format: EventsFormat::Cloudevents,
         }
+    }
+}
+
+/// `events.format`: the event standard(s) the lifecycle is published in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventsFormat {
+    /// The worker's CloudEvents (`dev.buildcluster.*`, contract section 5).
+    #[default]
+    Cloudevents,
+    /// CDEvents (`dev.cdevents.taskrun.*`); the CloudEvents other replicas read
+    /// (`build.launched`, `build.stopped`) are still published.
+    Cdevents,
+    /// Both, every event in each standard it has a form in.
+    Both,
+}
+
+impl EventsFormat {
+    /// Whether every CloudEvent is published (not only those replicas read).
+    pub fn all_cloudevents(self) -> bool {
+        matches!(self, EventsFormat::Cloudevents | EventsFormat::Both)
+    }
+
+    /// Whether CDEvents are published.
+    pub fn cdevents(self) -> bool {
+        matches!(self, EventsFormat::Cdevents | EventsFormat::Both)
     }
 }
 

@@ -181,7 +181,10 @@ const STATUS_UPDATES: &[Field] = &[
 /// The whole tree.
 pub(crate) const ROOT: Node = Struct(&[
     f("rabbitmq", Struct(RABBITMQ)),
-    f("events", Struct(&[leaf("enabled"), leaf("exchange")])),
+    f(
+        "events",
+        Struct(&[leaf("enabled"), leaf("exchange"), leaf("format")]),
+    ),
     f("httpd", Struct(&[leaf("host"), leaf("port"), leaf("uri")])),
     f("executor", Executors),
     f("ecosystem", Struct(ECOSYSTEM)),

@@ -1,8 +1,11 @@
-//! Lifecycle events (contract section 5): CloudEvents 1.0 in structured JSON mode.
+//! Lifecycle events (contract section 5): CloudEvents 1.0 in structured JSON mode, and their
+//! CDEvents form ([`cdevents`]) when `events.format` asks for it.
 //!
 //! Owns the event types, their `data` shapes (also published as JSON Schemas in `schemas/`) and
 //! the deterministic event id. It never talks to the broker: [`crate::broker::Publisher`] sends
 //! what this module builds.
+
+pub mod cdevents;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -90,6 +93,12 @@ impl EventType {
     pub fn from_suffix(s: &str) -> Option<EventType> {
         EventType::ALL.into_iter().find(|t| t.suffix() == s)
     }
+
+    /// Whether other replicas read this type from the events exchange (the launch feed and
+    /// the stops), so it is published as a CloudEvent whatever `events.format` says.
+    pub fn read_by_replicas(self) -> bool {
+        matches!(self, EventType::BuildLaunched | EventType::BuildStopped)
+    }
 }
 
 /// `data` of every `build.*` event.
@@ -174,6 +183,9 @@ pub struct OutgoingEvent {
     pub id: String,
     /// The JSON body.
     pub body: Vec<u8>,
+    /// The typed event of a `build.*` type, from which its other forms ([`cdevents`]) are
+    /// rendered; `None` for `cluster.*` events.
+    pub build: Option<CloudEvent<BuildEventData>>,
 }
 
 /// The id of a build event: a UUID v5 of (buildId, type, attempt), so a redelivery that
@@ -200,6 +212,7 @@ pub fn build_event(source: &str, ty: EventType, data: BuildEventData) -> Outgoin
         ty,
         id,
         body: serde_json::to_vec(&event).expect("event serialisation cannot fail"),
+        build: Some(event),
     }
 }
 
@@ -227,6 +240,7 @@ pub fn cluster_event(
         ty,
         id,
         body: serde_json::to_vec(&event).expect("event serialisation cannot fail"),
+        build: None,
     }
 }
 
