@@ -132,7 +132,8 @@ fn the_validator_refuses_what_the_schema_forbids() {
     let good: Value = serde_json::from_slice(&cd.body).unwrap();
     let v = validator(CdEventType::TaskRunFinished);
     assert!(v.is_valid(&good));
-    let mutations: [(&str, fn(&mut Value)); 5] = [
+    type Mutation = (&'static str, fn(&mut Value));
+    let mutations: [Mutation; 5] = [
         ("another type", |e| {
             e["context"]["type"] = json!("dev.cdevents.taskrun.started.0.3.0")
         }),
