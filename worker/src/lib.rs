@@ -35,6 +35,13 @@
 //! - [`tombstones`]: builds known to be stopped.
 //! - [`cache`]: `clear` messages (disk cache removal), path-safe.
 //! - [`watch`]: pod watching, failure classification, reporting, garbage collection.
+//!
+//! Beside the path of a build:
+//!
+//! - [`preflight`]: whether the configuration reaches the broker, every executor and the
+//!   Screwdriver API, with typed findings and fixes (`check-config --connect`, start-up).
+//! - [`ops`]: the operator commands besides `run` (`check-config --connect`, `enqueue`,
+//!   `dead`).
 #![forbid(unsafe_code)]
 
 pub mod app;
@@ -53,7 +60,9 @@ pub mod intake;
 pub mod launch;
 pub mod launches;
 pub mod naming;
+pub mod ops;
 pub mod podspec;
+pub mod preflight;
 pub mod routing;
 pub mod secret;
 pub mod status;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use buildcluster_worker::config::{self, Compat, LoadOptions};
+use buildcluster_worker::ops;
 use buildcluster_worker::telemetry::{logging, metrics};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
@@ -41,13 +42,25 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Load and validate the configuration, print every problem (exit 2) or the effective
-    /// configuration with secrets masked (exit 0).
+    /// configuration with secrets masked (exit 0); with --connect, also check the broker, every
+    /// executor and the Screwdriver API, one line per check (exit 2 when one fails).
+    #[command(after_help = CHECK_CONFIG_EXAMPLES)]
     CheckConfig {
         /// Configuration file (YAML).
         #[arg(long, env = "BCW_CONFIG")]
         config: Option<PathBuf>,
+        /// Also connect: broker (login, vhost, layout), every executor (TLS, token, version,
+        /// namespace, RuntimeClass, permissions), the Screwdriver API when updates are on.
+        #[arg(long)]
+        connect: bool,
     },
 }
+
+const CHECK_CONFIG_EXAMPLES: &str = "\
+Examples:
+  buildcluster-worker check-config --config worker.yaml
+  buildcluster-worker check-config --connect --config worker.yaml
+  buildcluster-worker check-config --connect --compat screwdriver   # the original's variables";
 
 fn main() -> ExitCode {
     // One TLS provider for the whole process (lapin and kube both use rustls).
@@ -55,13 +68,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let env: BTreeMap<String, String> = std::env::vars().collect();
     match cli.command {
-        Command::CheckConfig { config } => {
+        Command::CheckConfig { config, connect } => {
             let opts = LoadOptions {
                 path: config,
                 env,
                 compat: cli.compat,
             };
             match config::load(&opts) {
+                Ok(settings) if connect => on_runtime(ops::check::run(&settings)),
                 Ok(settings) => {
                     print!("{}", config::render_effective(&settings));
                     ExitCode::SUCCESS
@@ -123,6 +137,20 @@ fn main() -> ExitCode {
                     }
                 }
             })
+        }
+    }
+}
+
+/// Runs an operator command on a runtime of its own.
+fn on_runtime(command: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(command),
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -136,6 +136,17 @@ impl StatusUpdater {
         }))
     }
 
+    /// `GET <api>/v4/status` once, without breaker or retry: the status the API answers, or
+    /// why none came (used by `check-config --connect`; the same client, so the same TLS).
+    pub async fn reach(&self, api: &str) -> Result<u16, Box<dyn std::error::Error + Send + Sync>> {
+        let uri: http::Uri = format!("{}/v4/status", api.trim_end_matches('/')).parse()?;
+        let request = http::Request::get(uri).body(Full::new(Bytes::new()))?;
+        let resp = self.client.request(request).await?;
+        let status = resp.status().as_u16();
+        let _ = resp.into_body().collect().await;
+        Ok(status)
+    }
+
     /// Sends an update about a build from a message; failures are logged, never returned.
     pub async fn send(&self, build: &StartBuild, update: Update) {
         self.send_to(&build.api_uri, build.build_id, &build.token, update)

@@ -4,7 +4,9 @@
 //! parallel and [`Rabbit::cleanup`] removes what they created.
 
 pub mod admin;
+pub mod command;
 pub mod fake_api;
+pub mod kube_front;
 pub mod messages;
 pub mod proxy;
 pub mod rabbit;

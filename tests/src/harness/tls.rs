@@ -22,6 +22,16 @@ pub struct TestPki {
 impl TestPki {
     /// Generates a fresh CA and server certificate.
     pub fn new() -> TestPki {
+        TestPki::issued_for(&["localhost"], true)
+    }
+
+    /// A fresh CA and a server certificate for these DNS names only (not `127.0.0.1`): a
+    /// client that trusts the CA and connects by address meets a certificate for another name.
+    pub fn for_names(names: &[&str]) -> TestPki {
+        TestPki::issued_for(names, false)
+    }
+
+    fn issued_for(names: &[&str], loopback_ip: bool) -> TestPki {
         let ca_key = KeyPair::generate().expect("ca key");
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -33,13 +43,17 @@ impl TestPki {
 
         let server_key = KeyPair::generate().expect("server key");
         let mut params =
-            CertificateParams::new(vec!["localhost".to_string()]).expect("server params");
-        params
-            .subject_alt_names
-            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "localhost");
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .expect("server params");
+        if loopback_ip {
+            params
+                .subject_alt_names
+                .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        }
+        params.distinguished_name.push(
+            DnType::CommonName,
+            names.first().copied().unwrap_or("localhost"),
+        );
         let server = params.signed_by(&server_key, &issuer).expect("server cert");
         TestPki {
             ca_pem: ca.pem(),

@@ -2,6 +2,7 @@
 //! client. Each test has its own queues and exchanges and removes them at the end.
 
 mod cdevents;
+mod check_connect;
 mod compat;
 mod end_to_end;
 mod launches;

@@ -299,8 +299,9 @@ fn refused(status: u16, e: impl std::fmt::Display) -> CallError {
 }
 
 /// The kube configs of an executor: one for calls (read timeout, no built-in retry) and one
-/// for watches (no read timeout: a watch may be quiet for minutes).
-async fn client_configs(
+/// for watches (no read timeout: a watch may be quiet for minutes). Also used by
+/// `preflight`, so that its checks reach the cluster exactly as the worker does.
+pub(crate) async fn client_configs(
     config: &ExecutorConfig,
     timeout: Duration,
 ) -> Result<(kube::Config, kube::Config), SetupError> {
