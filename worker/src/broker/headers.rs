@@ -19,6 +19,8 @@ pub const REASON: &str = "x-bcw-reason";
 pub const ERROR: &str = "x-bcw-error";
 /// Attempts made before dead-lettering.
 pub const ATTEMPTS: &str = "x-bcw-attempts";
+/// Unix milliseconds when the message was dead-lettered (the age `dead list` shows).
+pub const DEAD_AT: &str = "x-bcw-dead-at";
 
 /// What the worker carries from one attempt of a message to the next.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -147,6 +149,10 @@ pub fn dead_letter(table: &mut FieldTable, reason: &str, error: &str, attempts: 
     table.insert(
         ShortString::from(ATTEMPTS),
         AMQPValue::LongLongInt(i64::from(attempts)),
+    );
+    table.insert(
+        ShortString::from(DEAD_AT),
+        AMQPValue::LongLongInt(jiff::Timestamp::now().as_millisecond()),
     );
 }
 
