@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use buildcluster_worker::config::{self, Compat, LoadOptions};
+use buildcluster_worker::config::{self, Compat, LoadOptions, Settings};
 use buildcluster_worker::ops;
 use buildcluster_worker::telemetry::{logging, metrics};
 use clap::{Parser, Subcommand};
@@ -54,6 +54,15 @@ enum Command {
         #[arg(long)]
         connect: bool,
     },
+    /// Publish start, stop or clear messages (from files, standard input or flags), checked
+    /// against schemas/ first, confirmed by the broker, one line per message.
+    Enqueue {
+        /// Configuration file (YAML): the broker, exchange and queue to publish to.
+        #[arg(long, env = "BCW_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        args: Box<ops::enqueue::EnqueueArgs>,
+    },
 }
 
 const CHECK_CONFIG_EXAMPLES: &str = "\
@@ -89,6 +98,10 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Enqueue { config, args } => match settings_for(config, env, cli.compat) {
+            Ok(settings) => on_runtime(ops::enqueue::run(&args, &settings)),
+            Err(code) => code,
+        },
         Command::Run { config } => {
             logging::init(cli.log_format, cli.log_level.as_deref());
             let opts = LoadOptions {
@@ -139,6 +152,21 @@ fn main() -> ExitCode {
             })
         }
     }
+}
+
+/// The validated configuration for an operator command, or exit 2 with every problem.
+fn settings_for(
+    path: Option<PathBuf>,
+    env: BTreeMap<String, String>,
+    compat: Compat,
+) -> Result<Settings, ExitCode> {
+    config::load(&LoadOptions { path, env, compat }).map_err(|errors| {
+        eprintln!("configuration is invalid ({} problems):", errors.0.len());
+        for issue in &errors.0 {
+            eprintln!("  {issue}");
+        }
+        ExitCode::from(2)
+    })
 }
 
 /// Runs an operator command on a runtime of its own.

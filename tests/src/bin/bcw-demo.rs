@@ -9,9 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use bcw_tests::harness::{
-    Event, ExecutorSpec, Knobs, Names, Rabbit, StartMsg, settings_json, stop,
-};
+use bcw_tests::harness::{Event, ExecutorSpec, Knobs, Names, Rabbit, StartMsg, settings_json};
 use clap::Parser;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -131,13 +129,14 @@ async fn main() -> anyhow::Result<()> {
         .context("starting buildcluster-worker")?;
     wait_consuming(&rabbit, &names).await?;
 
-    // 3. Sample builds.
+    // 3. Sample builds, published as a producer would: `buildcluster-worker enqueue`.
     let first = 1000u64;
     let mut expected = BTreeMap::new();
     println!(
         "▶ publishing {} builds, a pinned one, a broken image, a poison message, and a stop\n",
         args.builds + 3
     );
+    let mut builds = Vec::new();
     for i in 0..args.builds {
         let id = first + i;
         let image = match i % 4 {
@@ -146,44 +145,28 @@ async fn main() -> anyhow::Result<()> {
             2 => "golang:1.24",
             _ => "python:3.13",
         };
-        rabbit
-            .publish_json(
-                &names.exchange,
-                &names.queue,
-                &StartMsg::new(id).image(image).json(),
-            )
-            .await;
+        builds.push(StartMsg::new(id).image(image).json());
         expected.insert(id, "build.succeeded");
     }
     let pinned = first + 100;
-    rabbit
-        .publish_json(
-            &names.exchange,
-            &names.queue,
-            &StartMsg::new(pinned).pinned("runc").json(),
-        )
-        .await;
+    builds.push(StartMsg::new(pinned).pinned("runc").json());
     expected.insert(pinned, "build.succeeded");
     let broken = first + 101;
-    rabbit
-        .publish_json(
-            &names.exchange,
-            &names.queue,
-            &StartMsg::new(broken)
-                .image("registry.example/broken:tag")
-                .json(),
-        )
-        .await;
+    builds.push(
+        StartMsg::new(broken)
+            .image("registry.example/broken:tag")
+            .json(),
+    );
     expected.insert(broken, "build.launch_failed");
     let stopped = first + 102;
-    rabbit
-        .publish_json(
-            &names.exchange,
-            &names.queue,
-            &StartMsg::new(stopped).json(),
-        )
-        .await;
+    builds.push(StartMsg::new(stopped).json());
     expected.insert(stopped, "build.stopped");
+    let builds_path = dir.path().join("builds.ndjson");
+    let lines: Vec<String> = builds.iter().map(Value::to_string).collect();
+    std::fs::write(&builds_path, lines.join("\n"))?;
+    let worker_bin = bin_dir.join("buildcluster-worker");
+    enqueue(&worker_bin, &config_path, &[builds_path.as_os_str()]).await?;
+    // The one message `enqueue` refuses (that is its point), published raw.
     rabbit
         .publish_bytes(
             &names.exchange,
@@ -210,9 +193,18 @@ async fn main() -> anyhow::Result<()> {
                 .any(|e| e.ty == "build.running" && e.build_id() == stopped)
         {
             println!("  ↳ publishing a stop for build {stopped}");
-            rabbit
-                .publish_json(&names.exchange, &names.queue, &stop(stopped))
-                .await;
+            let id = stopped.to_string();
+            enqueue(
+                &worker_bin,
+                &config_path,
+                &[
+                    "--job".as_ref(),
+                    "stop".as_ref(),
+                    "--build-id".as_ref(),
+                    id.as_ref(),
+                ],
+            )
+            .await?;
             stop_sent = true;
         }
         let done = expected
@@ -282,6 +274,33 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     println!("✔ done");
+    Ok(())
+}
+
+/// Runs `buildcluster-worker enqueue --config <config> <args>`, which prints one line per
+/// message it got confirmed.
+async fn enqueue(
+    worker: &std::path::Path,
+    config: &std::path::Path,
+    args: &[&std::ffi::OsStr],
+) -> anyhow::Result<()> {
+    let out = Command::new(worker)
+        .arg("enqueue")
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .await
+        .context("running buildcluster-worker enqueue")?;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        println!("  {line}");
+    }
+    if !out.status.success() {
+        bail!(
+            "buildcluster-worker enqueue failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     Ok(())
 }
 

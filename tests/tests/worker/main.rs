@@ -5,6 +5,7 @@ mod cdevents;
 mod check_connect;
 mod compat;
 mod end_to_end;
+mod enqueue;
 mod launches;
 mod lifecycle;
 mod locks;

@@ -7,8 +7,16 @@
 //! secret (passwords are masked, build tokens never shown).
 
 pub mod check;
+pub mod enqueue;
+pub mod publish;
 
 use std::process::ExitCode;
+
+/// Exit status of a command that could not do its work (the broker was unreachable, a
+/// publish was refused).
+pub fn failed() -> ExitCode {
+    ExitCode::from(1)
+}
 
 /// Exit status for bad input (invalid messages, impossible filters) or failed checks, as
 /// `check-config` uses it.
