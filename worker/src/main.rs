@@ -63,6 +63,15 @@ enum Command {
         #[command(flatten)]
         args: Box<ops::enqueue::EnqueueArgs>,
     },
+    /// The dead letters of <queue>.dead: list, show, replay, purge.
+    #[command(after_help = ops::dead::EXAMPLES)]
+    Dead {
+        /// Configuration file (YAML): the broker and queue whose dead letters to read.
+        #[arg(long, env = "BCW_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: ops::dead::DeadCommand,
+    },
 }
 
 const CHECK_CONFIG_EXAMPLES: &str = "\
@@ -100,6 +109,10 @@ fn main() -> ExitCode {
         }
         Command::Enqueue { config, args } => match settings_for(config, env, cli.compat) {
             Ok(settings) => on_runtime(ops::enqueue::run(&args, &settings)),
+            Err(code) => code,
+        },
+        Command::Dead { config, command } => match settings_for(config, env, cli.compat) {
+            Ok(settings) => on_runtime(ops::dead::run(&command, &settings)),
             Err(code) => code,
         },
         Command::Run { config } => {

@@ -4,6 +4,7 @@
 mod cdevents;
 mod check_connect;
 mod compat;
+mod dead;
 mod end_to_end;
 mod enqueue;
 mod launches;

@@ -7,6 +7,7 @@
 //! secret (passwords are masked, build tokens never shown).
 
 pub mod check;
+pub mod dead;
 pub mod enqueue;
 pub mod publish;
 
