@@ -44,6 +44,9 @@ pub struct DeadLetter {
     pub build_id: Option<u64>,
     /// Unix milliseconds when it died, when recorded.
     pub dead_at_ms: Option<i64>,
+    /// How often a quorum queue handed it out before without an ack (`x-delivery-count`): each
+    /// browse counts, and a delivery limit on the queue would drop it once reached.
+    pub returns: Option<u32>,
 }
 
 impl DeadLetter {
@@ -70,7 +73,7 @@ impl DeadLetter {
                 .or_else(|| death_field("reason").and_then(as_string)),
             error: header(headers::ERROR).and_then(as_string),
             attempts: header(headers::ATTEMPTS)
-                .or_else(|| header("x-delivery-count"))
+                .or_else(|| death_field("count"))
                 .and_then(as_i64)
                 .and_then(|n| u32::try_from(n).ok()),
             job: parsed
@@ -81,6 +84,9 @@ impl DeadLetter {
                 .and_then(as_i64)
                 .or_else(|| properties.timestamp().and_then(seconds_ms))
                 .or_else(|| death_field("time").and_then(as_i64).map(|s| s * 1000)),
+            returns: header("x-delivery-count")
+                .and_then(as_i64)
+                .and_then(|n| u32::try_from(n).ok()),
         }
     }
 
@@ -304,7 +310,12 @@ mod tests {
         let d = DeadLetter::read(1, &broker_dead("q", "delivery_limit", 1000), b"not json");
         assert_eq!(d.by, DeadBy::Broker);
         assert_eq!(d.reason.as_deref(), Some("delivery_limit"));
-        assert_eq!(d.attempts, Some(5));
+        assert_eq!(
+            d.attempts,
+            Some(1),
+            "x-death's count, not the queue's returns"
+        );
+        assert_eq!(d.returns, Some(5));
         assert_eq!((d.job.clone(), d.build_id), (None, None));
         assert_eq!(d.dead_at_ms, Some(1_000_000));
         let unknown = DeadLetter::read(1, &BasicProperties::default(), BODY);

@@ -197,12 +197,22 @@ pub async fn run(command: &DeadCommand, settings: &Settings) -> ExitCode {
     code
 }
 
+/// Returns after which `dead` warns: RabbitMQ 4 gives quorum queues a delivery limit of 20
+/// unless one is set, and a queue without a dead-letter target drops a message past it.
+const RETURNS_WARNING: u32 = 10;
+
 fn note_partial(browse: &Browse) {
     let read = browse.held.len();
     if u32::try_from(read).unwrap_or(u32::MAX) < browse.in_queue {
         eprintln!(
             "read the oldest {read} of {} dead letters (raise --limit to read more)",
             browse.in_queue
+        );
+    }
+    let returns = browse.held.iter().filter_map(|h| h.letter.returns).max();
+    if let Some(n) = returns.filter(|n| *n >= RETURNS_WARNING) {
+        eprintln!(
+            "warning: a dead letter has been handed out and returned {n} times (each reading returns it); a quorum queue with a delivery limit (RabbitMQ 4: 20 unless set) drops a message past it: replay or purge what you have read"
         );
     }
 }
