@@ -99,7 +99,10 @@ async fn every_check_passes_for_a_configuration_that_works() {
         &ran,
         "): connection",
         "ok",
-        &["Kubernetes v1.33.0-front", "TLS and token accepted"],
+        &[
+            "Kubernetes v1.33.0-front",
+            "plain HTTP, no TLS, credentials accepted",
+        ],
     );
     assert_line(&ran, "): namespace", "ok", &["builds exists"]);
     assert_line(&ran, "): runtime class", "ok", &["kata exists"]);
@@ -141,7 +144,10 @@ async fn each_kind_of_misconfigured_executor_is_told_apart_with_its_fix() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let untrusted = TestPki::new().proxy(front.addr()).await;
+    let pki = TestPki::new();
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki_ca = pki.write_ca(pki_dir.path());
+    let untrusted = pki.proxy(front.addr()).await;
     let elsewhere = TestPki::for_names(&["api.elsewhere.example"]);
     let elsewhere_ca = elsewhere.write_ca(dir.path());
     let wrong_name = elsewhere.proxy(front.addr()).await;
@@ -149,6 +155,8 @@ async fn each_kind_of_misconfigured_executor_is_told_apart_with_its_fix() {
     let blocks = json!({
         "plugin": "untrusted",
         "untrusted": ok(&format!("https://127.0.0.1:{untrusted}")),
+        "trusted": executor(&format!("https://127.0.0.1:{untrusted}"), TOKEN, "builds", "",
+            json!({"caFile": pki_ca.display().to_string()})),
         "wrongname": executor(&format!("https://127.0.0.1:{wrong_name}"), TOKEN, "builds", "",
             json!({"caFile": elsewhere_ca.display().to_string()})),
         "badtoken": executor(&front.url(), "not-the-token", "builds", "", json!({})),
@@ -182,6 +190,12 @@ async fn each_kind_of_misconfigured_executor_is_told_apart_with_its_fix() {
             "TLS: the server's certificate is not valid for it",
             "use the host name it was issued for",
         ],
+    );
+    assert_line(
+        &ran,
+        "executor trusted (",
+        "ok",
+        &["TLS verified, credentials accepted"],
     );
     assert_line(
         &ran,

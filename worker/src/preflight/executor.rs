@@ -228,7 +228,12 @@ impl Probe<'_> {
                     .ok()
                     .and_then(|v| v["gitVersion"].as_str().map(String::from))
                     .unwrap_or_else(|| "an unknown version".into());
-                Outcome::Passed(format!("Kubernetes {version}, TLS and token accepted"))
+                let tls = if self.host.starts_with("https://") {
+                    "TLS verified"
+                } else {
+                    "plain HTTP, no TLS"
+                };
+                Outcome::Passed(format!("Kubernetes {version}, {tls}, credentials accepted"))
             }
             Ok((status, body)) => {
                 let (cause, detail) = refusal(status, &body);
