@@ -1,0 +1,1 @@
+//! kube-sim held to the real API server.
