@@ -282,7 +282,8 @@ func down(args []string) error {
 }
 
 // stopAll stops every component of this state directory: SIGTERM in reverse start order,
-// SIGKILL for any still there after 20 s.
+// SIGKILL for any still there after 5 s (the API server's graceful shutdown waits for open
+// watches; nothing here is worth keeping).
 func stopAll(l layout) error {
 	var pids []int
 	for i := len(components) - 1; i >= 0; i-- {
@@ -294,7 +295,7 @@ func stopAll(l layout) error {
 		}
 		_ = os.Remove(l.pidFile(name))
 	}
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(5 * time.Second)
 	for _, pid := range pids {
 		for alive(pid) && time.Now().Before(deadline) {
 			time.Sleep(100 * time.Millisecond)
