@@ -288,17 +288,20 @@ async fn run(client: &kube::Client, ns: &str) -> BTreeMap<&'static str, BTreeMap
         }
         out.insert(case.name, parts);
     }
-    out.insert(
-        "watch from a too old resourceVersion",
-        watch_too_old(client, ns).await,
-    );
     out.insert("watch events of a Secret", watch_sequence(client, ns).await);
     out
 }
 
-/// A watch from resourceVersion 1: the API server answers 200 and then an ERROR event whose
-/// object is a Status 410 Expired (or 410 at once); what both say is compared.
+/// A watch from resourceVersion 1, which kube-sim (with a short history) answers with 200 and
+/// an ERROR event whose object is a Status 410 Expired. Not compared: the real API server
+/// (v1.36, a cluster minutes old) still served resourceVersion 1 with ADDED events after its
+/// etcd compacted every 10 s for a minute, while a cluster that had run longer answered 410
+/// Expired exactly as kube-sim does; which one it answers cannot be forced from outside.
 async fn watch_too_old(client: &kube::Client, ns: &str) -> BTreeMap<String, Value> {
+    watch_from_one(client, ns).await
+}
+
+async fn watch_from_one(client: &kube::Client, ns: &str) -> BTreeMap<String, Value> {
     let path =
         format!("/api/v1/namespaces/{ns}/pods?watch=1&resourceVersion=1&allowWatchBookmarks=true");
     let req = http::Request::get(path).body(Vec::new().into()).unwrap();
@@ -422,6 +425,20 @@ async fn kube_sim_answers_the_request_suite_as_the_real_api_server_does() {
     ))
     .unwrap();
     let sim_answers = run(&sim_client, &ns).await;
+    let too_old = watch_too_old(&sim_client, &ns).await;
+    for (pointer, expected) in [
+        ("code", json!(200)),
+        ("first event /type", json!("ERROR")),
+        ("first event /object/kind", json!("Status")),
+        ("first event /object/code", json!(410)),
+        ("first event /object/reason", json!("Expired")),
+    ] {
+        assert_eq!(
+            too_old.get(pointer),
+            Some(&expected),
+            "kube-sim, too old: {pointer}"
+        );
+    }
 
     let mut differences = Vec::new();
     let mut known_seen = Vec::new();
