@@ -1,5 +1,6 @@
-//! `bcw-demo`: the main job on a laptop. Starts kube-sim with two clusters (runc and Kata),
-//! runs the real worker binary against the local RabbitMQ with a two-executor configuration
+//! `bcw-demo`: the main job on a laptop. Starts kube-sim with two clusters (runc and Kata)
+//! (or, with `--real`, uses the real control plane of `scripts/control-plane up`, whose
+//! kubeconfigs it reads from ADMIN_KUBECONFIG and WORKER_KUBECONFIG), runs the real worker binary against the local RabbitMQ with a two-executor configuration
 //! (weights 30/70, `rhel6` excluded from Kata), publishes sample builds, prints every lifecycle
 //! event as it arrives, then a summary, and stops everything it started.
 
@@ -23,9 +24,13 @@ struct Args {
     /// Ordinary builds to launch (besides the special ones).
     #[arg(long, default_value_t = 12)]
     builds: u64,
-    /// How long each simulated build runs, in seconds.
+    /// How long each simulated build runs, in seconds (kube-sim only: kwok runs them 1 s).
     #[arg(long, default_value_t = 3.0)]
     run_seconds: f64,
+    /// Run on the real control plane (WORKER_KUBECONFIG, namespace `builds`) instead of
+    /// kube-sim; both executors use the worker's own identity there.
+    #[arg(long)]
+    real: bool,
 }
 
 #[tokio::main]
@@ -39,54 +44,65 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let dir = tempfile::tempdir()?;
 
-    // 1. Two simulated clusters.
-    println!("▶ starting kube-sim: clusters `runc` and `kata` (RuntimeClass kata)");
-    let mut sim = Command::new(bin_dir.join("kube-sim"))
-        .args(["--cluster", "runc", "--cluster", "kata:kata"])
-        .args([
-            "--run-for-ms",
-            &((args.run_seconds * 1000.0) as u64).to_string(),
-        ])
-        .args(["--schedule-after-ms", "300", "--start-after-ms", "700"])
-        .arg("--kubeconfig-dir")
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting kube-sim (build it with cargo build -p bcw-tests)")?;
-    let mut line = String::new();
-    BufReader::new(sim.stdout.take().context("kube-sim stdout")?)
-        .read_line(&mut line)
-        .await?;
-    let info: Value = serde_json::from_str(&line).context("kube-sim's first line")?;
-    let url = |c: &str| {
-        info["clusters"][c]["url"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
-    };
-    let control =
-        bcw_tests::kube_sim::ControlClient::new(info["control"].as_str().unwrap_or_default());
-    control
-        .add_script(
-            "kata",
-            &bcw_tests::kube_sim::ScriptRule::new(
-                "^registry.example/broken",
-                bcw_tests::kube_sim::Script::InvalidImageName,
-            )?,
-        )
-        .await?;
-    control
-        .add_script(
-            "runc",
-            &bcw_tests::kube_sim::ScriptRule::new(
-                "^registry.example/broken",
-                bcw_tests::kube_sim::Script::InvalidImageName,
-            )?,
-        )
-        .await?;
-    println!("  runc → {}\n  kata → {}", url("runc"), url("kata"));
+    // 1. Two simulated clusters, or the real control plane.
+    let mut sim = None;
+    let mut control = None;
+    let url: Box<dyn Fn(&str) -> String>;
+    if args.real {
+        let worker_kubeconfig = std::env::var("WORKER_KUBECONFIG")
+            .context("--real needs WORKER_KUBECONFIG (scripts/demo --real sets it)")?;
+        println!(
+            "▶ real control plane: executors `runc` and `kata` (RuntimeClass kata) in namespace builds"
+        );
+        println!("  worker identity: {worker_kubeconfig}");
+        url = Box::new(|_| String::new());
+    } else {
+        println!("▶ starting kube-sim: clusters `runc` and `kata` (RuntimeClass kata)");
+        let mut child = Command::new(bin_dir.join("kube-sim"))
+            .args(["--cluster", "runc", "--cluster", "kata:kata"])
+            .args([
+                "--run-for-ms",
+                &((args.run_seconds * 1000.0) as u64).to_string(),
+            ])
+            .args(["--schedule-after-ms", "300", "--start-after-ms", "700"])
+            .arg("--kubeconfig-dir")
+            .arg(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting kube-sim (build it with cargo build -p bcw-tests)")?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().context("kube-sim stdout")?)
+            .read_line(&mut line)
+            .await?;
+        let info: Value = serde_json::from_str(&line).context("kube-sim's first line")?;
+        let urls = info["clusters"].clone();
+        url = Box::new(move |c: &str| urls[c]["url"].as_str().unwrap_or_default().to_string());
+        let client =
+            bcw_tests::kube_sim::ControlClient::new(info["control"].as_str().unwrap_or_default());
+        client
+            .add_script(
+                "kata",
+                &bcw_tests::kube_sim::ScriptRule::new(
+                    "^registry.example/broken",
+                    bcw_tests::kube_sim::Script::InvalidImageName,
+                )?,
+            )
+            .await?;
+        client
+            .add_script(
+                "runc",
+                &bcw_tests::kube_sim::ScriptRule::new(
+                    "^registry.example/broken",
+                    bcw_tests::kube_sim::Script::InvalidImageName,
+                )?,
+            )
+            .await?;
+        println!("  runc → {}\n  kata → {}", url("runc"), url("kata"));
+        sim = Some(child);
+        control = Some(client);
+    }
 
     // 2. The worker, with the demo's two executors.
     let rabbit = Rabbit::connect().await;
@@ -109,6 +125,18 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut config = settings_json(&names, &executors, &knobs);
     config["httpd"] = json!({"host": "127.0.0.1", "port": 0});
+    if args.real {
+        // The worker's own identity (the shipped Role) in the control plane's `builds`.
+        let kubeconfig = std::env::var("WORKER_KUBECONFIG").unwrap_or_default();
+        for e in ["runc", "kata"] {
+            let k = &mut config["executor"][e]["options"]["kubernetes"];
+            if let Some(obj) = k.as_object_mut() {
+                obj.remove("host");
+                obj.insert("kubeconfig".into(), json!(kubeconfig));
+                obj.insert("jobsNamespace".into(), json!("builds"));
+            }
+        }
+    }
     let config_path = dir.path().join("worker.yaml");
     std::fs::write(&config_path, serde_json::to_string_pretty(&config)?)?;
     let log_path = dir.path().join("worker.log");
@@ -154,12 +182,21 @@ async fn main() -> anyhow::Result<()> {
     let broken = first + 101;
     builds.push(
         StartMsg::new(broken)
-            .image("registry.example/broken:tag")
+            .image(if args.real {
+                // kwok's image convention for an invalid image (control-plane/stages).
+                "sim/invalid-image:tag"
+            } else {
+                "registry.example/broken:tag"
+            })
             .json(),
     );
     expected.insert(broken, "build.launch_failed");
     let stopped = first + 102;
-    builds.push(StartMsg::new(stopped).json());
+    builds.push(
+        StartMsg::new(stopped)
+            .image(if args.real { "sim/forever" } else { "node:22" })
+            .json(),
+    );
     expected.insert(stopped, "build.stopped");
     let builds_path = dir.path().join("builds.ndjson");
     let lines: Vec<String> = builds.iter().map(Value::to_string).collect();
@@ -241,8 +278,10 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let mut creates = 0;
-    for c in ["runc", "kata"] {
-        creates += control.create_log(c).await?.len();
+    if let Some(control) = &control {
+        for c in ["runc", "kata"] {
+            creates += control.create_log(c).await?.len();
+        }
     }
     println!("\n── summary ({:.1} s) ──", started.elapsed().as_secs_f64());
     for (ty, n) in &by_type {
@@ -250,10 +289,12 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("  launched per executor    {by_executor:?}");
     println!("  rhel6 builds on kata     {rhel_on_kata} (must be 0)");
-    println!(
-        "  pods ever created        {creates} for {} launched builds",
-        by_type.get("build.launched").copied().unwrap_or(0)
-    );
+    if control.is_some() {
+        println!(
+            "  pods ever created        {creates} for {} launched builds",
+            by_type.get("build.launched").copied().unwrap_or(0)
+        );
+    }
     let ok = expected
         .iter()
         .all(|(id, ty)| events.iter().any(|e| e.build_id() == *id && e.ty == *ty))
@@ -264,8 +305,10 @@ async fn main() -> anyhow::Result<()> {
     signal(&worker, nix::sys::signal::Signal::SIGTERM);
     let status = tokio::time::timeout(Duration::from_secs(40), worker.wait()).await??;
     println!("  worker exited: {status}");
-    signal(&sim, nix::sys::signal::Signal::SIGTERM);
-    let _ = tokio::time::timeout(Duration::from_secs(10), sim.wait()).await;
+    if let Some(mut sim) = sim {
+        signal(&sim, nix::sys::signal::Signal::SIGTERM);
+        let _ = tokio::time::timeout(Duration::from_secs(10), sim.wait()).await;
+    }
     rabbit.cleanup(&names).await;
     if !ok {
         bail!(

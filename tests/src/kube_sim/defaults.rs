@@ -98,6 +98,8 @@ fn default_container(c: &mut Container) {
     for p in c.ports.iter_mut().flatten() {
         p.protocol.get_or_insert_with(|| "TCP".to_owned());
     }
+    // The API server answers `resources: {}` for a container that names none.
+    c.resources.get_or_insert_with(Default::default);
     // Limits without requests: the requests default to the limits.
     if let Some(r) = c.resources.as_mut()
         && let Some(limits) = r.limits.clone()
