@@ -63,6 +63,7 @@ pub mod naming;
 pub mod ops;
 pub mod podspec;
 pub mod preflight;
+pub mod protocol;
 pub mod routing;
 pub mod secret;
 pub mod status;

@@ -1,0 +1,1 @@
+//! The asking side (filled in with the shell).

@@ -1,0 +1,1 @@
+//! The sequencer shell (filled in with the shell).
