@@ -17,19 +17,19 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::breaker::Transition;
-use crate::broker::{self, BrokerOptions, Locks, Publisher, Topology};
+use crate::broker::{self, BrokerOptions, Companion, Publisher, Topology};
 use crate::cluster::{BreakerSignal, Cluster};
 use crate::config::Settings;
 use crate::dispatch::{Dispatcher, Policy};
 use crate::events::{ClusterEventData, EventType, cluster_event};
 use crate::health::Readiness;
 use crate::intake::Limits;
-use crate::launch::{Executor, Launcher};
-use crate::launches::LaunchLog;
+use crate::launch::{self, Executor, Launcher};
+use crate::protocol::client::Protocol;
+use crate::protocol::sequencer::{self, Service};
 use crate::routing::Router;
 use crate::status::StatusUpdater;
 use crate::telemetry::metrics;
-use crate::tombstones::Tombstones;
 use crate::watch::lease::{self, Election};
 use crate::watch::reporter::Reporter;
 
@@ -105,7 +105,6 @@ pub async fn run(
     let executors = Arc::new(executors);
     let router = Router::from_settings(&settings.executor)
         .map_err(|problems| anyhow::anyhow!(problems.join("; ")))?;
-    let tombstones = Arc::new(Tombstones::default());
     let (publisher, control) = Publisher::new(
         settings
             .events
@@ -123,7 +122,7 @@ pub async fn run(
     };
     let topology = Topology::from_settings(&settings);
     let source = crate::events::source(&topology.queue);
-    let (locks, locks_control) = Locks::new(&topology.queue);
+    let (companion, protocol) = launch_protocol(&topology, &executors);
 
     tasks.spawn(breaker_signals(
         signals_rx,
@@ -157,6 +156,8 @@ pub async fn run(
                 source: source.clone(),
                 status: status.clone(),
                 resync: settings.lifecycle.resync_interval,
+                protocol: protocol.clone(),
+                busy_for: ex.busy_for(),
             };
             tasks.spawn(reporter.run(leading_rx, background.clone()));
         }
@@ -167,14 +168,7 @@ pub async fn run(
         executors.clone(),
         settings.ecosystem.clone(),
         settings.intake.pod_annotation_allow_list.clone(),
-        tombstones.clone(),
-        Arc::new(LaunchLog::new(
-            topology.launches_window,
-            topology
-                .launches_stream
-                .clone()
-                .map(|stream| (publisher.clone(), stream)),
-        )),
+        protocol,
     );
     let dispatcher = Arc::new(Dispatcher::new(
         launcher,
@@ -186,12 +180,9 @@ pub async fn run(
             },
             reprocess_limit: settings.rabbitmq.message_reprocess_limit,
             max_wait: settings.rabbitmq.max_wait,
-            stop_rechecks: settings.rabbitmq.stop_rechecks,
             cache: settings.ecosystem.cache.clone(),
         },
-        tombstones,
         status,
-        settings.rabbitmq.build_locks.then_some(locks),
     ));
 
     let ca_pem = if settings.rabbitmq.ca_file.is_empty() {
@@ -213,7 +204,6 @@ pub async fn run(
         topology,
         prefetch: settings.rabbitmq.prefetch_count,
         drain_timeout: settings.shutdown.drain_timeout,
-        launch_feed: settings.lifecycle.enabled && settings.events.enabled,
     };
     if let Some(tx) = started {
         let _ = tx.send(Started {
@@ -243,7 +233,7 @@ pub async fn run(
         options,
         dispatcher,
         control,
-        locks_control,
+        companion,
         readiness,
         shutdown.clone(),
         stop_background(background.clone(), tasks.clone()),
@@ -260,6 +250,26 @@ pub async fn run(
             error!(error = %e, "broker problem");
             Err(e.into())
         }
+    }
+}
+
+/// The launch protocol (docs/protocol.md): the sequencer on the broker, or, without the claims
+/// queue (`rabbitmq.buildLocks: false`), decisions in this process only.
+fn launch_protocol(
+    topology: &Topology,
+    executors: &BTreeMap<String, Executor>,
+) -> (Option<Arc<dyn Companion>>, Protocol) {
+    let busy = launch::busy_windows(executors);
+    match (&topology.claims_queue, &topology.ledger_stream) {
+        (Some(claims), Some(ledger)) => {
+            let names = sequencer::Names {
+                claims: claims.clone(),
+                ledger: ledger.clone(),
+            };
+            let (service, protocol) = Service::new(names, busy);
+            (Some(service as Arc<dyn Companion>), protocol)
+        }
+        _ => (None, Protocol::local(busy)),
     }
 }
 

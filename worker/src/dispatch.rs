@@ -15,21 +15,22 @@ use lapin::types::FieldTable;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::broker::headers::{self, Carried};
-use crate::broker::{Handler, Inbound, LockError, Locks, Outgoing, Publisher, Source, Topology};
+use crate::broker::{Handler, Inbound, Outgoing, Publisher, Source, Topology};
 use crate::cache::{self, ClearError, ClearOutcome};
 use crate::config::CacheSettings;
-use crate::events::{BuildEventData, EventType, OutgoingEvent, build_event, build_event_id};
+use crate::events::{BuildEventData, EventType, OutgoingEvent, build_event};
 use crate::intake::{self, BuildId, Job, JobKind, Limits, StartBuild};
-use crate::launch::{LaunchOutcome, Launcher, StartRequest, StopOutcome};
-use crate::launches::Recorded;
+use crate::launch::{Announce, Launcher, PodRef, StopOutcome};
+use crate::protocol::{Outcome, WaitReason};
 use crate::status::{StatusUpdater, Update};
 use crate::telemetry::metrics;
-use crate::tombstones::Tombstones;
 use crate::watch::assess::Verdict;
 
 /// Longest a build is held in process while waiting for an executor (admin-provisioned
 /// topology, which has no delay queues of its own for waiting).
 const IN_PROCESS_WAIT: Duration = Duration::from_secs(30);
+/// How long a build waits before it is looked at again when nothing says otherwise.
+const DEFAULT_WAIT: Duration = Duration::from_secs(5);
 
 /// Message policy from the configuration.
 #[derive(Debug, Clone)]
@@ -40,59 +41,8 @@ pub struct Policy {
     pub reprocess_limit: u32,
     /// Longest wait for a usable executor.
     pub max_wait: Duration,
-    /// Re-checks of a stop that found nothing.
-    pub stop_rechecks: u32,
     /// Disk cache settings for `clear`.
     pub cache: CacheSettings,
-}
-
-/// Serialises the handling of one build within this replica: two deliveries of the same build
-/// (a duplicate, a redelivery after a reconnect, its stop) never run at once here.
-#[derive(Debug, Default)]
-struct BuildGate {
-    held: std::sync::Mutex<std::collections::HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-impl BuildGate {
-    /// Waits for the build's turn; `true` in the guard's second field when another delivery of
-    /// the build was being handled (the caller then treats the build as possibly launched).
-    async fn enter(&self, build: BuildId) -> (GateGuard<'_>, bool) {
-        let lock = {
-            let mut held = self.held.lock().expect("gate lock poisoned");
-            held.entry(build.0).or_default().clone()
-        };
-        let (guard, contended) = match lock.clone().try_lock_owned() {
-            Ok(g) => (g, false),
-            Err(_) => (lock.lock_owned().await, true),
-        };
-        (
-            GateGuard {
-                gate: self,
-                build,
-                _guard: Some(guard),
-            },
-            contended,
-        )
-    }
-}
-
-struct GateGuard<'a> {
-    gate: &'a BuildGate,
-    build: BuildId,
-    _guard: Option<tokio::sync::OwnedMutexGuard<()>>,
-}
-
-impl Drop for GateGuard<'_> {
-    fn drop(&mut self) {
-        self._guard = None;
-        let mut held = self.gate.held.lock().expect("gate lock poisoned");
-        if held
-            .get(&self.build.0)
-            .is_some_and(|l| Arc::strong_count(l) == 1)
-        {
-            held.remove(&self.build.0);
-        }
-    }
 }
 
 /// Handles every delivery of a replica.
@@ -103,11 +53,8 @@ pub struct Dispatcher {
     topology: Topology,
     policy: Policy,
     source: String,
-    tombstones: Arc<Tombstones>,
     status: Option<Arc<StatusUpdater>>,
     dead_queue_exists: AtomicBool,
-    gate: BuildGate,
-    locks: Option<Locks>,
 }
 
 /// What to do with a delivery once its job was carried out.
@@ -122,13 +69,15 @@ enum Decision {
     Later(Later),
     /// Send a copy to the dead-letter queue, then ack.
     Dead(Box<Dead>),
+    /// Return the message to its queue untouched.
+    Requeue,
 }
 
 #[derive(Debug)]
 struct Later {
     next: Carried,
     /// Uses up an attempt (a failure), or not (waiting for an executor).
-    consume: bool,
+    uses_attempt: bool,
     retry_in: Duration,
     reason: &'static str,
     error: String,
@@ -158,9 +107,7 @@ impl Dispatcher {
         publisher: Publisher,
         topology: Topology,
         policy: Policy,
-        tombstones: Arc<Tombstones>,
         status: Option<Arc<StatusUpdater>>,
-        locks: Option<Locks>,
     ) -> Self {
         Self {
             source: crate::events::source(&topology.queue),
@@ -168,11 +115,8 @@ impl Dispatcher {
             publisher,
             topology,
             policy,
-            tombstones,
             status,
             dead_queue_exists: AtomicBool::new(true),
-            gate: BuildGate::default(),
-            locks,
         }
     }
 
@@ -199,7 +143,6 @@ impl Dispatcher {
     async fn process(&self, inbound: &Inbound) {
         let span = tracing::Span::current();
         let mut carried = Carried::read(&inbound.properties);
-        let mut redelivered = inbound.redelivered;
         if self.admin() {
             // The administrator's dead-letter loop counts attempts in x-death.
             let queue = match inbound.source {
@@ -208,7 +151,6 @@ impl Dispatcher {
             };
             let deaths = headers::x_death_count(&inbound.properties, queue);
             carried.attempt = deaths + 1;
-            redelivered |= deaths > 0;
         }
         span.record("attempt", carried.attempt);
 
@@ -233,92 +175,17 @@ impl Dispatcher {
             }
         };
         let kind = job.kind();
-        let mut _turn = None;
         if let Some(b) = job.build_id() {
             span.record("buildId", b.0);
-            let (guard, contended) = self.gate.enter(b).await;
-            // Another delivery of this build ran first: it may have launched it anywhere.
-            redelivered |= contended;
-            _turn = Some(guard);
         }
         span.record("job", kind.as_str());
-        // Across replicas, a build with several candidate executors is launched under its lock.
-        let mut _lock = None;
-        let mut recorded = Recorded::new();
-        if let (Job::Start(build), Some(locks)) = (&job, &self.locks) {
-            let candidates = self.launcher.candidates(build);
-            if candidates.len() > 1 {
-                match locks.acquire(build.build_id.0).await {
-                    Ok(lock) => {
-                        // The holder before us, or the replica whose launch we saw (this is a
-                        // late duplicate), may have launched this build anywhere.
-                        if lock.contended()
-                            || self.publisher.build_launched_lately(build.build_id.0)
-                        {
-                            carried.executors.extend(candidates);
-                        }
-                        // Where a create of this build was sent, as the launches stream tells
-                        // (a replica that lost its lock with the create on the wire, or one
-                        // whose launch this replica did not see happen).
-                        recorded = self.launcher.launches().noted(build.build_id);
-                        carried.executors.extend(recorded.keys().cloned());
-                        _lock = Some(lock);
-                    }
-                    Err(LockError::Held) => {
-                        info!(
-                            "another replica is launching this build (or one sharing its lock); looking again later"
-                        );
-                        let decision = Decision::Later(Later {
-                            next: Carried {
-                                executors: carried
-                                    .executors
-                                    .iter()
-                                    .cloned()
-                                    .chain(candidates)
-                                    .collect(),
-                                ..carried.clone()
-                            },
-                            consume: false,
-                            retry_in: Duration::from_secs(1),
-                            reason: "locked",
-                            error: "another replica holds the build's lock".into(),
-                            executor: None,
-                            events: vec![],
-                            recheck: false,
-                            build: Some((build.build_id, build.job_id)),
-                        });
-                        let outcome = self.settle(inbound, &carried, decision).await;
-                        metrics::message_handled(kind.as_str(), outcome);
-                        return;
-                    }
-                    Err(LockError::Unavailable(e)) => {
-                        warn!(error = %e, "build lock unavailable; returning the message to the queue");
-                        inbound.settle.requeue().await;
-                        metrics::message_handled(kind.as_str(), "requeued");
-                        return;
-                    }
-                }
-            }
-        }
-        // While this attempt may launch the build, the reporter waits for its build.launched
-        // instead of announcing the launch itself.
-        let _launching = match &job {
-            Job::Start(build) => Some(self.publisher.launching(&build_event_id(
-                build.build_id,
-                EventType::BuildLaunched,
-                carried.attempt,
-            ))),
-            _ => None,
-        };
         let started = tokio::time::Instant::now();
         loop {
-            let decision = self
-                .decide(&job, inbound, &carried, redelivered, &recorded)
-                .await;
+            let decision = self.decide(&job, inbound, &carried).await;
             // Without delay queues of our own, waiting for an executor happens in process.
             if self.admin()
                 && let Decision::Later(l) = &decision
-                && !l.consume
+                && !l.uses_attempt
                 && started.elapsed() < self.policy.max_wait
             {
                 carried.executors = l.next.executors.clone();
@@ -327,29 +194,13 @@ impl Dispatcher {
             }
             let outcome = self.settle(inbound, &carried, decision).await;
             metrics::message_handled(kind.as_str(), outcome);
-            // Held until the message is settled: a duplicate of the build handled meanwhile by
-            // another replica waits, then looks at every candidate (the chaos suite found
-            // duplicates that came just after an earlier release launching elsewhere).
-            if let Some(lock) = _lock.take() {
-                lock.release().await;
-            }
             return;
         }
     }
 
-    async fn decide(
-        &self,
-        job: &Job,
-        inbound: &Inbound,
-        carried: &Carried,
-        redelivered: bool,
-        recorded: &Recorded,
-    ) -> Decision {
+    async fn decide(&self, job: &Job, inbound: &Inbound, carried: &Carried) -> Decision {
         match job {
-            Job::Start(build) => {
-                self.start(build, inbound, carried, redelivered, recorded)
-                    .await
-            }
+            Job::Start(build) => self.start(build, inbound, carried).await,
             Job::Stop(stop) => self.stop(stop.build_id, stop.job_id, carried).await,
             Job::Verify(build) => self.verify(build, carried).await,
             Job::Clear(c) => match cache::clear(&self.policy.cache, c).await {
@@ -388,124 +239,93 @@ impl Dispatcher {
         }
     }
 
-    async fn start(
-        &self,
-        build: &StartBuild,
-        inbound: &Inbound,
-        carried: &Carried,
-        redelivered: bool,
-        recorded: &Recorded,
-    ) -> Decision {
-        let outcome = self
-            .launcher
-            .start(StartRequest {
-                build,
+    async fn start(&self, build: &StartBuild, inbound: &Inbound, carried: &Carried) -> Decision {
+        let candidates = self.launcher.candidates(build);
+        if candidates.is_empty() {
+            return Decision::Dead(Box::new(Dead {
+                reason: "no_eligible_executor".into(),
+                error: format!("every executor excludes the image {:?}", build.container),
+                build: Some((build.build_id, build.job_id)),
                 attempt: carried.attempt,
-                touched: &carried.executors,
-                redelivered,
-                recorded,
-            })
+                job: JobKind::Start,
+                fail: Some(build.clone()),
+            }));
+        }
+        let announcer = Announcer { dispatcher: self };
+        let avoid = carried.executors.clone();
+        let started = self
+            .launcher
+            .start(build, candidates, avoid, carried.attempt, &announcer)
             .await;
-        let base = BuildEventData {
-            build_id: build.build_id.0,
-            job_id: build.job_id,
-            attempt: carried.attempt,
-            ..Default::default()
+        let mut next = carried.clone();
+        next.executors.extend(started.touched);
+        let detail = started.last_error.unwrap_or_default();
+        let later = |reason: WaitReason, wait: u64, uses_attempt: bool| {
+            Decision::Later(Later {
+                next: next.clone(),
+                uses_attempt,
+                retry_in: Duration::from_millis(wait).max(DEFAULT_WAIT),
+                reason: reason.label(),
+                error: if detail.is_empty() {
+                    format!("waiting: {}", reason.label())
+                } else {
+                    detail.clone()
+                },
+                executor: None,
+                events: vec![],
+                recheck: false,
+                build: Some((build.build_id, build.job_id)),
+            })
         };
-        // An earlier holder of a redelivered build may have a create on the wire to any
-        // candidate: a look that found nothing now proves nothing later, so the copy that comes
-        // back keeps looking at every candidate.
-        let widen = |mut touched: std::collections::BTreeSet<String>| {
-            if redelivered {
-                touched.extend(self.launcher.candidates(build));
-            }
-            touched
-        };
-        match outcome {
-            LaunchOutcome::Launched {
-                executor,
-                namespace,
-                pod,
-                adopted,
-                attempt,
+        match started.outcome {
+            Outcome::Launched {
+                exec, pod, adopted, ..
             } => {
-                tracing::Span::current().record("executor", executor.as_str());
-                metrics::launched(&executor, inbound.received.elapsed());
-                info!(%pod, adopted, "build launched");
+                tracing::Span::current().record("executor", exec.as_str());
+                metrics::launched(&exec, inbound.received.elapsed());
+                info!(pod = %pod.name, adopted, "build launched");
                 Decision::Done {
-                    events: vec![self.event(
-                        EventType::BuildLaunched,
-                        BuildEventData {
-                            executor: Some(executor),
-                            namespace: Some(namespace),
-                            pod: Some(pod),
-                            attempt,
-                            ..base
-                        },
-                    )],
+                    events: vec![],
                     outcome: if adopted { "adopted" } else { "launched" },
                 }
             }
-            LaunchOutcome::Stopped => {
-                info!("build was stopped before it launched; not launching");
+            Outcome::Stopped => {
+                info!("the build was stopped; not launching");
                 Decision::Done {
                     events: vec![],
                     outcome: "stopped",
                 }
             }
-            LaunchOutcome::Wait {
-                touched,
-                retry_in,
+            Outcome::Finished => {
+                info!("the build was launched earlier and its pod is gone: a late copy");
+                Decision::Done {
+                    events: vec![],
+                    outcome: "finished",
+                }
+            }
+            Outcome::Later {
                 reason,
-            } => Decision::Later(Later {
-                next: Carried {
-                    executors: widen(touched),
-                    ..carried.clone()
-                },
-                consume: false,
-                retry_in,
-                reason,
-                error: format!("waiting: {reason}"),
-                executor: None,
-                events: vec![],
-                recheck: false,
-                build: Some((build.build_id, build.job_id)),
-            }),
-            LaunchOutcome::Retry {
-                touched,
-                reason,
-                error,
-                executor,
-            } => Decision::Later(Later {
-                next: Carried {
-                    executors: widen(touched),
-                    ..carried.clone()
-                },
-                consume: true,
-                retry_in: Duration::ZERO,
-                reason,
-                error,
-                executor: Some(executor),
-                events: vec![],
-                recheck: false,
-                build: Some((build.build_id, build.job_id)),
-            }),
-            LaunchOutcome::Refuse { reason, error } => Decision::Dead(Box::new(Dead {
-                reason: reason.into(),
-                error,
+                wait,
+                consumes_attempt,
+            } => later(reason, wait, consumes_attempt),
+            Outcome::Dead(reason) => Decision::Dead(Box::new(Dead {
+                reason: reason.label().into(),
+                error: format!(
+                    "the build cannot be launched ({}): {detail}",
+                    reason.label()
+                ),
                 build: Some((build.build_id, build.job_id)),
                 attempt: carried.attempt,
                 job: JobKind::Start,
                 fail: Some(build.clone()),
             })),
+            Outcome::Requeue => Decision::Requeue,
         }
     }
 
     async fn stop(&self, build: BuildId, job_id: Option<u64>, carried: &Carried) -> Decision {
-        // `build.stopped` goes out at the first handling of a stop, even while some executor
-        // cannot be reached yet: every replica learns of the stop from it at once (a later start
-        // must not launch), and the cleanup goes on through the delay queues. Re-checks that find
-        // a late pod publish it again, with their own attempt number.
+        // `build.stopped` goes out at the first handling of a stop; a re-check that finds a
+        // late pod publishes it again, with its own attempt number.
         let first = carried.recheck == 0 && carried.waiting_since_ms.is_none();
         let stopped = |deleted: u32, location: Option<(String, String, String)>| {
             let (executor, namespace, pod) = match location {
@@ -526,58 +346,42 @@ impl Dispatcher {
                 },
             )
         };
+        let wait = |reason: &'static str, retry_in: Duration, recheck: bool| {
+            Decision::Later(Later {
+                next: Carried {
+                    recheck: carried.recheck + u32::from(recheck),
+                    ..carried.clone()
+                },
+                uses_attempt: false,
+                retry_in,
+                reason,
+                error: format!("the stop waits: {reason}"),
+                executor: None,
+                events: if first {
+                    vec![stopped(0, None)]
+                } else {
+                    vec![]
+                },
+                recheck,
+                build: Some((build, job_id)),
+            })
+        };
         match self.launcher.stop(build).await {
             StopOutcome::Done { deleted, location } => {
                 info!(deleted, "stop carried out");
-                let mut events = Vec::new();
-                if first || (deleted > 0 && carried.recheck > 0) {
-                    events.push(stopped(deleted, location));
-                }
-                if deleted == 0 && carried.recheck < self.policy.stop_rechecks && !self.admin() {
-                    // The start may still be queued or in flight: look again later.
-                    return Decision::Later(Later {
-                        next: Carried {
-                            recheck: carried.recheck + 1,
-                            waiting_since_ms: None,
-                            ..carried.clone()
-                        },
-                        consume: false,
-                        retry_in: Duration::ZERO,
-                        reason: "stop_recheck",
-                        error: String::new(),
-                        executor: None,
-                        events,
-                        recheck: true,
-                        build: Some((build, job_id)),
-                    });
-                }
+                let events = if first || (deleted > 0 && carried.recheck > 0) {
+                    vec![stopped(deleted, location)]
+                } else {
+                    vec![]
+                };
                 Decision::Done {
                     events,
                     outcome: "stopped",
                 }
             }
-            StopOutcome::Wait {
-                unreachable,
-                retry_in,
-                deleted,
-            } => Decision::Later(Later {
-                next: Carried {
-                    executors: unreachable,
-                    ..carried.clone()
-                },
-                consume: false,
-                retry_in,
-                reason: "no_executor",
-                error: "waiting for executors to answer the stop".into(),
-                executor: None,
-                events: if first {
-                    vec![stopped(deleted, None)]
-                } else {
-                    vec![]
-                },
-                recheck: false,
-                build: Some((build, job_id)),
-            }),
+            StopOutcome::Recheck { after } => wait("stop_recheck", after, true),
+            StopOutcome::Unconfirmed => wait("no_executor", DEFAULT_WAIT, false),
+            StopOutcome::Unanswered => wait("sequencer_unavailable", DEFAULT_WAIT, false),
         }
     }
 
@@ -589,7 +393,7 @@ impl Dispatcher {
                     executors: found.unreachable,
                     ..carried.clone()
                 },
-                consume: false,
+                uses_attempt: false,
                 retry_in: Duration::from_secs(5),
                 reason: "no_executor",
                 error: "waiting for executors to answer the verify".into(),
@@ -660,13 +464,17 @@ impl Dispatcher {
             }
             Decision::Later(later) => self.later(inbound, carried, later).await,
             Decision::Dead(dead) => self.dead(inbound, *dead).await,
+            Decision::Requeue => {
+                inbound.settle.requeue().await;
+                "requeued"
+            }
         }
     }
 
     async fn later(&self, inbound: &Inbound, carried: &Carried, later: Later) -> &'static str {
         let now_ms = jiff::Timestamp::now().as_millisecond();
         let mut next = later.next;
-        if later.consume {
+        if later.uses_attempt {
             if let Some(ex) = &later.executor {
                 metrics::retried(ex, later.reason);
             }
@@ -740,10 +548,8 @@ impl Dispatcher {
             inbound.settle.requeue().await;
             return "requeued";
         }
-        let queue = if later.consume {
+        let queue = if later.uses_attempt {
             self.topology.retry_queue_for(next.attempt)
-        } else if later.recheck {
-            self.topology.retry_queue_for(next.recheck + 1)
         } else {
             self.topology.retry_queue_near(later.retry_in)
         };
@@ -752,9 +558,9 @@ impl Dispatcher {
             return "requeued";
         };
         let mut events = later.events;
-        let first_wait = !later.consume && carried.waiting_since_ms.is_none();
+        let first_wait = !later.uses_attempt && carried.waiting_since_ms.is_none();
         if !later.recheck
-            && (later.consume || first_wait)
+            && (later.uses_attempt || first_wait)
             && let Some((build, job_id)) = later.build
         {
             events.push(self.event(
@@ -884,6 +690,39 @@ impl Dispatcher {
     }
 }
 
+/// Publishes a build's `build.launched` for the launch (confirmed before the launch is
+/// recorded, so that the reporter, which waits for the record, never announces anything
+/// about the pod before it).
+struct Announcer<'a> {
+    dispatcher: &'a Dispatcher,
+}
+
+impl Announce for Announcer<'_> {
+    async fn launched(
+        &self,
+        build: &StartBuild,
+        executor: &str,
+        namespace: &str,
+        pod: &PodRef,
+    ) -> bool {
+        let ev = self.dispatcher.event(
+            EventType::BuildLaunched,
+            BuildEventData {
+                build_id: build.build_id.0,
+                job_id: build.job_id,
+                executor: Some(executor.to_string()),
+                namespace: Some(namespace.to_string()),
+                pod: Some(pod.name.clone()),
+                // An adopted pod keeps the attempt that created it: the reporter derives the
+                // same event id from the pod.
+                attempt: pod.attempt,
+                ..Default::default()
+            },
+        );
+        self.dispatcher.publish_all(&[ev]).await
+    }
+}
+
 impl Handler for Dispatcher {
     async fn handle(&self, inbound: Inbound) {
         let span = info_span!(
@@ -894,14 +733,6 @@ impl Handler for Dispatcher {
             job = tracing::field::Empty,
         );
         self.run(inbound).instrument(span).await;
-    }
-
-    fn stopped_elsewhere(&self, build_id: u64) {
-        self.tombstones.insert(BuildId(build_id));
-    }
-
-    fn launch_recorded(&self, body: &[u8]) -> bool {
-        self.launcher.launches().note_encoded(body)
     }
 
     fn topology_checked(&self, report: &crate::broker::TopologyReport) {

@@ -179,25 +179,13 @@ impl Rabbit {
         let mut queues = vec![
             names.queue.clone(),
             names.dead(),
-            format!("{}.stops", names.queue),
-            format!("{}.launches", names.queue),
+            format!("{}.claims", names.queue),
+            format!("{}.ledger", names.queue),
         ];
         queues.extend((1..=10).map(|n| format!("{}.retry.{n}", names.queue)));
         for q in queues {
             let _ = ch
                 .queue_delete(ShortString::from(q.as_str()), QueueDeleteOptions::default())
-                .await;
-        }
-        // The build-lock queues the worker declared on first use (pipelined: most never existed).
-        for k in 0..buildcluster_worker::broker::locks::SHARDS {
-            let _ = ch
-                .queue_delete(
-                    ShortString::from(format!("{}.locks.{k}", names.queue)),
-                    QueueDeleteOptions {
-                        nowait: true,
-                        ..Default::default()
-                    },
-                )
                 .await;
         }
         for ex in [&names.exchange, &names.events] {

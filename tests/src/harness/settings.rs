@@ -75,6 +75,9 @@ pub struct Knobs {
     pub reprocess_limit: u32,
     /// `maxWait` (seconds).
     pub max_wait_s: u64,
+    /// `createLandsWithin` (seconds): kube-sim carries a create out at once unless a fault
+    /// holds it.
+    pub create_lands_within_s: u64,
     /// Reporter on.
     pub lifecycle: bool,
     /// Queue type.
@@ -95,6 +98,7 @@ impl Default for Knobs {
             retry_delays: vec![1.0, 2.0],
             reprocess_limit: 5,
             max_wait_s: 120,
+            create_lands_within_s: 1,
             lifecycle: false,
             queue_type: "quorum",
             extra: json!({}),
@@ -119,6 +123,7 @@ pub fn settings_json(names: &Names, executors: &[ExecutorSpec], knobs: &Knobs) -
                         "runtimeClass": e.runtime_class,
                         "qps": 5000, "burst": 5000,
                         "pendingTimeout": 600, "imagePullGracePeriod": 1, "podTTL": 600,
+                        "createLandsWithin": knobs.create_lands_within_s,
                     },
                     "fusebox": {"breaker": {"timeout": knobs.breaker_timeout_ms, "maxFailures": knobs.max_failures,
                                             "resetTimeout": knobs.reset_timeout_ms}},

@@ -9,9 +9,15 @@ use super::table::{Answer, Build, Millis, Question, Version};
 /// Why a create certainly did not land, or may have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CreateFailure {
-    /// Not sent, or refused before anything was written (connection refused, breaker open
-    /// before the first send, 429, the send deadline passed): try another executor.
+    /// Not sent, or refused before anything was written (connection refused, 429 after the
+    /// call's retries): try another executor; the attempt is used up.
     NotSent,
+    /// As `NotSent`, and the executor's breaker is open now: it is down, which is not the
+    /// build's fault (waiting for it uses up no attempt).
+    Down,
+    /// The call's retries ran past the send deadline S: nothing more was sent. Asking again
+    /// renews the permission (a few times, then it counts as `NotSent`).
+    Expired,
     /// The executor refused it and will refuse it again (RBAC, missing namespace, unknown
     /// RuntimeClass): try another executor, and tell the operator.
     Misconfigured(Misconfiguration),
@@ -155,6 +161,31 @@ pub enum DeadReason {
     RuntimeClassMissing,
 }
 
+impl WaitReason {
+    /// A bounded label (metrics, `x-bcw-reason`-like log fields, `build.retrying`).
+    pub fn label(self) -> &'static str {
+        match self {
+            WaitReason::NoExecutor => "no_executor",
+            WaitReason::Unconfirmed => "unconfirmed",
+            WaitReason::QuotaExceeded => "quota_exceeded",
+            WaitReason::Unanswered => "sequencer_unavailable",
+            WaitReason::Unavailable => "unavailable",
+        }
+    }
+}
+
+impl DeadReason {
+    /// A bounded label (`x-bcw-reason`, metrics).
+    pub fn label(self) -> &'static str {
+        match self {
+            DeadReason::InvalidPod => "invalid_pod",
+            DeadReason::NameCollision => "name_collision",
+            DeadReason::ExecutorMisconfigured => "executor_misconfigured",
+            DeadReason::RuntimeClassMissing => "runtime_class_not_found",
+        }
+    }
+}
+
 /// Where the machine is.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Phase<E, P> {
@@ -200,18 +231,35 @@ pub struct Start<E, P> {
     candidates: Vec<E>,
     /// Executors whose create failed certainly in this handling, with why.
     failed: Vec<(E, CreateFailure)>,
+    /// Executors an earlier handling of this message sent a create to: asked for only when
+    /// nothing else is usable (a create there failed; trying it again would only extend its
+    /// busy window, and the build moves once that has passed).
+    avoid: BTreeSet<E>,
+    /// Permissions renewed after their send deadline passed.
+    renewed: u8,
     phase: Phase<E, P>,
 }
 
-impl<E: Copy + Eq + Ord + std::fmt::Debug, P: Clone + std::fmt::Debug> Start<E, P> {
+/// Permissions a handling renews after their deadline passed, at most.
+const RENEWALS: u8 = 3;
+
+impl<E: Clone + Eq + Ord + std::fmt::Debug, P: Clone + std::fmt::Debug> Start<E, P> {
     /// A handling of `build` whose routing gave these candidates, best first.
     pub fn new(build: Build, candidates: Vec<E>) -> Self {
         Start {
             build,
             candidates,
             failed: Vec::new(),
+            avoid: BTreeSet::new(),
+            renewed: 0,
             phase: Phase::Asking,
         }
+    }
+
+    /// Executors earlier handlings of this message sent creates to (asked for last).
+    pub fn avoiding(mut self, executors: BTreeSet<E>) -> Self {
+        self.avoid = executors;
+        self
     }
 
     /// The first step: ask for a claim.
@@ -270,8 +318,8 @@ impl<E: Copy + Eq + Ord + std::fmt::Debug, P: Clone + std::fmt::Debug> Start<E, 
                 Fact::Announced,
             ) => {
                 self.phase = Phase::Noting {
-                    exec,
-                    pod: pod.clone(),
+                    exec: exec.clone(),
+                    pod,
                     adopted,
                 };
                 Step::Ask(Question::Launched {
@@ -303,13 +351,21 @@ impl<E: Copy + Eq + Ord + std::fmt::Debug, P: Clone + std::fmt::Debug> Start<E, 
         step
     }
 
-    /// The build's candidates usable now, best first, without those that failed certainly.
+    /// The build's candidates usable now, best first, without those that failed certainly
+    /// in this handling, and without those to avoid unless nothing else is left.
     fn prefs(&self, usable: &BTreeSet<E>) -> Vec<E> {
-        self.candidates
+        let open: Vec<E> = self
+            .candidates
             .iter()
             .filter(|e| usable.contains(e) && !self.failed.iter().any(|(f, _)| f == *e))
-            .copied()
-            .collect()
+            .cloned()
+            .collect();
+        let fresh: Vec<E> = open
+            .iter()
+            .filter(|e| !self.avoid.contains(e))
+            .cloned()
+            .collect();
+        if fresh.is_empty() { open } else { fresh }
     }
 
     fn ask(&mut self, q: Question<E>) -> Step<E, P> {
@@ -320,15 +376,21 @@ impl<E: Copy + Eq + Ord + std::fmt::Debug, P: Clone + std::fmt::Debug> Start<E, 
     fn answered(&mut self, answer: Answer<E>) -> Step<E, P> {
         match answer {
             Answer::Go { exec, version } => {
-                self.phase = Phase::Creating { exec, version };
+                self.phase = Phase::Creating {
+                    exec: exec.clone(),
+                    version,
+                };
                 Step::Create { exec }
             }
             Answer::Look { exec, version } => {
-                self.phase = Phase::Vacating { exec, version };
+                self.phase = Phase::Vacating {
+                    exec: exec.clone(),
+                    version,
+                };
                 Step::Look { exec }
             }
             Answer::Launched { exec } => {
-                self.phase = Phase::Rejoining { exec };
+                self.phase = Phase::Rejoining { exec: exec.clone() };
                 Step::Look { exec }
             }
             Answer::Wait { wait, .. } => later(WaitReason::Unconfirmed, wait, false),
@@ -349,7 +411,10 @@ impl<E: Copy + Eq + Ord + std::fmt::Debug, P: Clone + std::fmt::Debug> Start<E, 
             Fact::Created(pod) => self.announce(exec, pod, false, Some(version)),
             Fact::Exists(pod) => self.announce(exec, pod, true, Some(version)),
             Fact::CreateFailed(CreateFailure::Ambiguous) => {
-                self.phase = Phase::Confirming { exec, version };
+                self.phase = Phase::Confirming {
+                    exec: exec.clone(),
+                    version,
+                };
                 Step::Look { exec }
             }
             Fact::CreateFailed(CreateFailure::Invalid) => {
@@ -358,8 +423,20 @@ impl<E: Copy + Eq + Ord + std::fmt::Debug, P: Clone + std::fmt::Debug> Start<E, 
             Fact::CreateFailed(CreateFailure::NameTaken) => {
                 Step::Done(Outcome::Dead(DeadReason::NameCollision))
             }
+            Fact::CreateFailed(CreateFailure::Expired) if self.renewed < RENEWALS => {
+                self.renewed += 1;
+                self.ask(Question::Claim {
+                    build: self.build,
+                    prefs: self.prefs(usable),
+                    failed: Some((exec, version)),
+                })
+            }
             Fact::CreateFailed(why) => {
-                self.failed.push((exec, why));
+                let why = match why {
+                    CreateFailure::Expired => CreateFailure::NotSent,
+                    other => other,
+                };
+                self.failed.push((exec.clone(), why));
                 self.ask(Question::Claim {
                     build: self.build,
                     prefs: self.prefs(usable),
@@ -372,7 +449,7 @@ impl<E: Copy + Eq + Ord + std::fmt::Debug, P: Clone + std::fmt::Debug> Start<E, 
 
     fn announce(&mut self, exec: E, pod: P, adopted: bool, version: Option<Version>) -> Step<E, P> {
         self.phase = Phase::Announcing {
-            exec,
+            exec: exec.clone(),
             pod: pod.clone(),
             adopted,
             version,
@@ -610,6 +687,28 @@ mod tests {
         assert_eq!(
             m.next(Fact::Answered(Answer::Nowhere), &both()),
             Step::Done(Outcome::Dead(DeadReason::RuntimeClassMissing))
+        );
+    }
+
+    #[test]
+    fn an_executor_an_earlier_handling_created_on_is_asked_for_only_when_nothing_else_is_usable() {
+        let mut m: Start<u8, &str> = Start::new(1, vec![X, Y]).avoiding([X].into());
+        assert_eq!(
+            m.begin(&both()),
+            Step::Ask(Question::Claim {
+                build: 1,
+                prefs: vec![Y],
+                failed: None
+            })
+        );
+        let mut m: Start<u8, &str> = Start::new(1, vec![X, Y]).avoiding([X].into());
+        assert_eq!(
+            m.begin(&[X].into()),
+            Step::Ask(Question::Claim {
+                build: 1,
+                prefs: vec![X],
+                failed: None
+            })
         );
     }
 

@@ -265,25 +265,23 @@ pub struct Decision<E> {
     pub fenced: bool,
 }
 
-/// The two time bounds of docs/protocol.md.
+/// The time bounds of docs/protocol.md, per executor: a permitted create is sent within S of
+/// its question and lands within H of being sent, so none lands later than S + H after the
+/// permission.
 #[derive(Debug, Clone)]
 pub struct Bounds<E> {
-    /// S: a permitted create is sent within this of the question.
-    pub send_within: Millis,
-    /// H per executor: a create sent there lands within this or never.
-    pub lands_within: HashMap<E, Millis>,
-    /// H for an executor the table does not know.
-    pub default_lands_within: Millis,
+    /// S + H per executor.
+    pub busy_for: HashMap<E, Millis>,
+    /// S + H for an executor this sequencer's configuration does not name.
+    pub default_busy_for: Millis,
 }
 
 impl<E: Eq + Hash> Bounds<E> {
     fn busy_for(&self, exec: &E) -> Millis {
-        self.send_within
-            + self
-                .lands_within
-                .get(exec)
-                .copied()
-                .unwrap_or(self.default_lands_within)
+        self.busy_for
+            .get(exec)
+            .copied()
+            .unwrap_or(self.default_busy_for)
     }
 }
 
@@ -334,9 +332,16 @@ impl<E: Copy + Eq + Hash + std::fmt::Debug> Table<E> {
     /// Rebuilds from a record of the ledger (read back at `now`, when this sequencer became
     /// active).
     pub fn replay(&mut self, record: &Record<E>, now: Millis) {
-        let (epoch, bounds) = (self.epoch, self.bounds.clone());
-        self.entry_mut(record.build(), now)
-            .replay(record, now, &bounds, epoch);
+        let epoch = self.epoch;
+        let e = touch(
+            &mut self.entries,
+            &mut self.expiry,
+            self.retention,
+            epoch,
+            record.build(),
+            now,
+        );
+        e.replay(record, now, &self.bounds, epoch);
     }
 
     /// Decides one question at `now`.
@@ -347,9 +352,21 @@ impl<E: Copy + Eq + Hash + std::fmt::Debug> Table<E> {
                 state: self.state(build, now),
             });
         }
-        let (epoch, bounds) = (self.epoch, self.bounds.clone());
-        self.entry_mut(build, now)
-            .decide(question, now, &bounds, epoch)
+        let epoch = self.epoch;
+        let e = touch(
+            &mut self.entries,
+            &mut self.expiry,
+            self.retention,
+            epoch,
+            build,
+            now,
+        );
+        e.decide(question, now, &self.bounds, epoch)
+    }
+
+    /// Sets S + H for an executor (a shell names executors as it meets them).
+    pub fn set_busy_for(&mut self, exec: E, busy: Millis) {
+        self.bounds.busy_for.insert(exec, busy);
     }
 
     /// What is known of a build's launch.
@@ -358,33 +375,38 @@ impl<E: Copy + Eq + Hash + std::fmt::Debug> Table<E> {
             .get(&build)
             .map_or(LaunchState::Unknown, |e| e.launch_state(now))
     }
+}
 
-    /// The entry of a build (created empty), touched now; entries untouched for the retention
-    /// are dropped first.
-    fn entry_mut(&mut self, build: Build, now: Millis) -> &mut Entry<E> {
-        while let Some(&(b, queued)) = self.expiry.front() {
-            if now.saturating_sub(queued) <= self.retention {
-                break;
-            }
-            self.expiry.pop_front();
-            match self.entries.get(&b).map(|e| e.touched) {
-                // Touched since it was queued: queue it again at its last touch.
-                Some(t) if now.saturating_sub(t) <= self.retention => self.expiry.push_back((b, t)),
-                Some(_) => {
-                    self.entries.remove(&b);
-                }
-                None => {}
-            }
+/// The entry of a build (created empty), touched now; entries untouched for the retention are
+/// dropped first.
+fn touch<'a, E>(
+    entries: &'a mut HashMap<Build, Entry<E>>,
+    expiry: &mut VecDeque<(Build, Millis)>,
+    retention: Millis,
+    epoch: u32,
+    build: Build,
+    now: Millis,
+) -> &'a mut Entry<E> {
+    while let Some(&(b, queued)) = expiry.front() {
+        if now.saturating_sub(queued) <= retention {
+            break;
         }
-        let epoch = self.epoch;
-        let expiry = &mut self.expiry;
-        let e = self.entries.entry(build).or_insert_with(|| {
-            expiry.push_back((build, now));
-            Entry::new(epoch, now)
-        });
-        e.touched = now;
-        e
+        expiry.pop_front();
+        match entries.get(&b).map(|e| e.touched) {
+            // Touched since it was queued: queue it again at its last touch.
+            Some(t) if now.saturating_sub(t) <= retention => expiry.push_back((b, t)),
+            Some(_) => {
+                entries.remove(&b);
+            }
+            None => {}
+        }
     }
+    let e = entries.entry(build).or_insert_with(|| {
+        expiry.push_back((build, now));
+        Entry::new(epoch, now)
+    });
+    e.touched = now;
+    e
 }
 
 impl<E: Copy + Eq + Hash> Entry<E> {
@@ -600,16 +622,15 @@ mod tests {
 
     const X: u8 = 0;
     const Y: u8 = 1;
-    /// S + H with the bounds below.
+    /// S + H.
     const BUSY: Millis = 30;
 
     fn table() -> Table<u8> {
         Table::new(
             7,
             Bounds {
-                send_within: 10,
-                lands_within: [(X, 20), (Y, 20)].into_iter().collect(),
-                default_lands_within: 20,
+                busy_for: [(X, BUSY), (Y, BUSY)].into_iter().collect(),
+                default_busy_for: BUSY,
             },
             1_000,
         )

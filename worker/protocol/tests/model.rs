@@ -57,14 +57,13 @@ struct Config {
 
 impl Config {
     fn bounds(&self) -> Bounds<u8> {
-        let (s, h) = match self.mutation {
-            Some(Mutation::NoBusyWindow) => (0, 0),
-            _ => (u64::from(S), u64::from(H)),
+        let busy = match self.mutation {
+            Some(Mutation::NoBusyWindow) => 0,
+            _ => u64::from(S + H),
         };
         Bounds {
-            send_within: s,
-            lands_within: [(X, h), (Y, h)].into_iter().collect(),
-            default_lands_within: h,
+            busy_for: [(X, busy), (Y, busy)].into_iter().collect(),
+            default_busy_for: busy,
         }
     }
 }

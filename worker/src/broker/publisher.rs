@@ -5,8 +5,6 @@
 //! went back to the pool, so many tasks pipeline their publishes on few channels. A message is
 //! only reported as sent once the broker confirmed it (and, when `mandatory`, routed it).
 
-use std::collections::{HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lapin::options::BasicPublishOptions;
@@ -16,7 +14,7 @@ use tokio::sync::watch;
 
 use crate::config::EventsFormat;
 use crate::events::cdevents::{self, OutgoingCdEvent};
-use crate::events::{CONTENT_TYPE, EventType, OutgoingEvent};
+use crate::events::{CONTENT_TYPE, OutgoingEvent};
 use crate::telemetry::metrics;
 
 /// How long a publish waits for a connection before giving up.
@@ -71,85 +69,15 @@ pub struct Publisher {
     current: watch::Receiver<Option<ChannelPool>>,
     events_exchange: Option<String>,
     format: EventsFormat,
-    launched: Arc<Mutex<Recent>>,
-    launching: Arc<Mutex<HashSet<u128>>>,
-    feed_since: Arc<Mutex<Option<jiff::Timestamp>>>,
-    launched_builds: Arc<Mutex<Recent>>,
-}
-
-/// A launch in progress in this process; dropping it ends it.
-#[derive(Debug)]
-pub struct Launching {
-    set: Arc<Mutex<HashSet<u128>>>,
-    key: Option<u128>,
-}
-
-impl Drop for Launching {
-    fn drop(&mut self) {
-        if let Some(k) = self.key {
-            self.set.lock().expect("launching lock").remove(&k);
-        }
-    }
-}
-
-/// Ids of the `build.launched` events this process had confirmed, or saw on the events
-/// exchange, lately (bounded), so the reporter can tell whether a pod's launch is on the stream
-/// before it announces that the build runs.
-#[derive(Debug, Default)]
-struct Recent {
-    set: HashSet<u128>,
-    order: VecDeque<u128>,
-}
-
-/// How many confirmed launch ids are remembered (16 bytes each, twice).
-const RECENT_LAUNCHES: usize = 131_072;
-
-impl Recent {
-    fn insert(&mut self, id: u128) {
-        if self.set.insert(id) {
-            self.order.push_back(id);
-            if self.order.len() > RECENT_LAUNCHES
-                && let Some(old) = self.order.pop_front()
-            {
-                self.set.remove(&old);
-            }
-        }
-    }
-}
-
-fn uuid_key(id: &str) -> Option<u128> {
-    uuid::Uuid::parse_str(id).ok().map(|u| u.as_u128())
 }
 
 /// The side of the publisher the connection supervisor drives.
 #[derive(Debug)]
 pub struct PublisherControl {
     tx: watch::Sender<Option<ChannelPool>>,
-    launched: Arc<Mutex<Recent>>,
-    feed_since: Arc<Mutex<Option<jiff::Timestamp>>>,
-    launched_builds: Arc<Mutex<Recent>>,
 }
 
 impl PublisherControl {
-    /// The launch feed (every replica's `build.launched`, from the events exchange) is bound
-    /// since `since`, or is not (`None`: no connection, or events off).
-    pub fn launch_feed(&self, since: Option<jiff::Timestamp>) {
-        *self.feed_since.lock().expect("feed lock") = since;
-    }
-
-    /// A `build.launched` event with this id, of this build, went through the events exchange.
-    pub fn launched_seen(&self, event_id: &str, build: Option<u64>) {
-        if let Some(key) = uuid_key(event_id) {
-            self.launched.lock().expect("launch ids lock").insert(key);
-        }
-        if let Some(b) = build {
-            self.launched_builds
-                .lock()
-                .expect("launched builds lock")
-                .insert(u128::from(b));
-        }
-    }
-
     /// A new connection is up: publish through it.
     pub fn connected(&self, pool: ChannelPool) {
         let _ = self.tx.send(Some(pool));
@@ -157,7 +85,6 @@ impl PublisherControl {
 
     /// The connection is gone.
     pub fn disconnected(&self) {
-        self.launch_feed(None);
         if let Some(pool) = self.tx.send_replace(None) {
             pool.close();
         }
@@ -168,25 +95,13 @@ impl Publisher {
     /// A publisher and its control. `events_exchange` is `None` when events are disabled.
     pub fn new(events_exchange: Option<String>) -> (Publisher, PublisherControl) {
         let (tx, rx) = watch::channel(None);
-        let launched = Arc::<Mutex<Recent>>::default();
-        let feed_since = Arc::<Mutex<Option<jiff::Timestamp>>>::default();
-        let launched_builds = Arc::<Mutex<Recent>>::default();
         (
             Publisher {
                 current: rx,
                 events_exchange,
                 format: EventsFormat::default(),
-                launched: launched.clone(),
-                launching: Arc::default(),
-                feed_since: feed_since.clone(),
-                launched_builds: launched_builds.clone(),
             },
-            PublisherControl {
-                tx,
-                launched,
-                feed_since,
-                launched_builds,
-            },
+            PublisherControl { tx },
         )
     }
 
@@ -248,7 +163,7 @@ impl Publisher {
         let Some(exchange) = &self.events_exchange else {
             return Ok(());
         };
-        if self.format.all_cloudevents() || event.ty.read_by_replicas() {
+        if self.format.all_cloudevents() {
             self.publish_cloudevent(exchange, event).await?;
         }
         if self.format.cdevents()
@@ -287,60 +202,7 @@ impl Publisher {
         })
         .await?;
         metrics::event_published(event.ty.suffix());
-        if event.ty == EventType::BuildLaunched
-            && let Some(key) = uuid_key(&event.id)
-        {
-            self.launched.lock().expect("launch ids lock").insert(key);
-        }
         Ok(())
-    }
-
-    /// Marks the launch whose `build.launched` event has this id as in progress in this process
-    /// until the returned guard is dropped (after that event is confirmed, or the attempt ended).
-    pub fn launching(&self, launched_event_id: &str) -> Launching {
-        let key = uuid_key(launched_event_id);
-        if let Some(k) = key {
-            self.launching.lock().expect("launching lock").insert(k);
-        }
-        Launching {
-            set: self.launching.clone(),
-            key,
-        }
-    }
-
-    /// True while this process is launching the build whose `build.launched` has this id.
-    pub fn is_launching(&self, launched_event_id: &str) -> bool {
-        uuid_key(launched_event_id)
-            .is_some_and(|k| self.launching.lock().expect("launching lock").contains(&k))
-    }
-
-    /// True when a `build.launched` of this build (any attempt, any replica) was seen lately: a
-    /// `start` of it now is a late duplicate, and must look for the pod on every candidate
-    /// before creating one (another replica may have launched it where this one would not).
-    pub fn build_launched_lately(&self, build: u64) -> bool {
-        self.launched_builds
-            .lock()
-            .expect("launched builds lock")
-            .set
-            .contains(&u128::from(build))
-    }
-
-    /// Since when every replica's `build.launched` events reach this process (`None` while the
-    /// feed is down).
-    pub fn launch_feed_since(&self) -> Option<jiff::Timestamp> {
-        *self.feed_since.lock().expect("feed lock")
-    }
-
-    /// True when this process published (confirmed) the event with this id lately, or saw it
-    /// on the launch feed. Only `build.launched` events are remembered.
-    pub fn launched_lately(&self, event_id: &str) -> bool {
-        uuid_key(event_id).is_some_and(|k| {
-            self.launched
-                .lock()
-                .expect("launch ids lock")
-                .set
-                .contains(&k)
-        })
     }
 }
 
@@ -365,22 +227,4 @@ fn cdevent_properties(cd: &OutgoingCdEvent) -> BasicProperties {
         .with_content_type(ShortString::from(cdevents::CONTENT_TYPE))
         .with_message_id(ShortString::from(cd.id.as_str()))
         .with_headers(headers)
-}
-
-#[cfg(test)]
-mod recent_tests {
-    use super::*;
-
-    #[test]
-    fn recent_launch_ids_are_bounded_and_forget_the_oldest_first() {
-        let mut r = Recent::default();
-        for i in 0..(RECENT_LAUNCHES as u128 + 10) {
-            r.insert(i);
-            r.insert(i);
-        }
-        assert_eq!(r.set.len(), RECENT_LAUNCHES);
-        assert_eq!(r.order.len(), RECENT_LAUNCHES);
-        assert!(!r.set.contains(&9) && r.set.contains(&10));
-        assert!(r.set.contains(&(RECENT_LAUNCHES as u128 + 9)));
-    }
 }

@@ -34,28 +34,18 @@ pub struct Topology {
     pub declare: bool,
     /// Screwdriver's verify queue, consumed when enabled (admin-provisioned).
     pub verify_queue: Option<String>,
-    /// `<queue>.stops`: a stream of every replica's `build.stopped` events of the last
-    /// [`STOPS_RETENTION`], read by a replica when it connects so that it knows the stops made
-    /// before it started. Declared only with the topology and events on.
-    pub stops_stream: Option<String>,
-    /// `<queue>.launches`: a stream with one record per launch begun (written, confirmed,
-    /// before any create), read by every replica, live and on connect, so that a later copy of
-    /// a build knows an earlier one may have created its pod anywhere (even when that replica
-    /// lost its lock with the create on the wire, or this replica started after it). Declared
-    /// only with the topology and build locks on.
-    pub launches_stream: Option<String>,
-    /// How far back a replica reads the launches stream, and remembers a launch: the longest
-    /// a build may wait for an executor (`maxWait`) plus a margin, within the stream's
-    /// retention.
-    pub launches_window: Duration,
+    /// `<queue>.claims`: the launch protocol's questions, consumed by every replica with a
+    /// single active consumer (the sequencer). Declared in both layouts when the protocol runs
+    /// across replicas (`rabbitmq.buildLocks`).
+    pub claims_queue: Option<String>,
+    /// `<queue>.ledger`: the sequencer's records, kept [`LEDGER_RETENTION`]. Declared with the
+    /// claims queue.
+    pub ledger_stream: Option<String>,
 }
 
-/// How long the stops stream keeps a stop (as long as a replica remembers one).
-pub const STOPS_RETENTION: Duration = Duration::from_secs(6 * 3600);
-
-/// How long the launches stream keeps a record (a constant, so that replicas configured
-/// differently agree on the stream's arguments).
-pub const LAUNCHES_RETENTION: Duration = Duration::from_secs(6 * 3600);
+/// How long the ledger keeps the sequencer's records, and the sequencer remembers a build: a
+/// constant, so that replicas configured differently agree on the stream's arguments.
+pub const LEDGER_RETENTION: Duration = Duration::from_secs(6 * 3600);
 
 /// What the start-up check found, for the admin-provisioned mode.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -127,11 +117,8 @@ impl Topology {
             declare: r.declare_topology,
             verify_queue: (r.retry_queue_enabled && !r.retry_queue.is_empty())
                 .then(|| r.retry_queue.clone()),
-            stops_stream: (r.declare_topology && s.events.enabled)
-                .then(|| format!("{}.stops", r.queue)),
-            launches_stream: (r.declare_topology && r.build_locks)
-                .then(|| format!("{}.launches", r.queue)),
-            launches_window: (r.max_wait + Duration::from_secs(600)).min(LAUNCHES_RETENTION),
+            claims_queue: r.build_locks.then(|| format!("{}.claims", r.queue)),
+            ledger_stream: r.build_locks.then(|| format!("{}.ledger", r.queue)),
         }
     }
 
@@ -170,14 +157,33 @@ impl Topology {
 
     /// Declares (or checks) everything. Idempotent.
     pub async fn ensure(&self, connection: &Connection) -> Result<TopologyReport, TopologyError> {
-        if self.declare {
+        let report = if self.declare {
             self.declare_all(connection).await?;
-            Ok(TopologyReport {
+            TopologyReport {
                 dead_queue_exists: true,
-            })
+            }
         } else {
-            self.check_all(connection).await
+            self.check_all(connection).await?
+        };
+        // The protocol's own queue and stream, in both layouts: nobody else makes them.
+        self.declare_protocol(connection).await?;
+        Ok(report)
+    }
+
+    async fn declare_protocol(&self, connection: &Connection) -> Result<(), TopologyError> {
+        if let Some(claims) = &self.claims_queue {
+            let mut args = FieldTable::default();
+            args.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString(LongString::from("classic")),
+            );
+            args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+            declare_queue(connection, claims, args).await?;
         }
+        if let Some(ledger) = &self.ledger_stream {
+            declare_queue(connection, ledger, stream_args(LEDGER_RETENTION)).await?;
+        }
+        Ok(())
     }
 
     async fn declare_all(&self, connection: &Connection) -> Result<(), TopologyError> {
@@ -212,21 +218,8 @@ impl Topology {
             );
             declare_queue(connection, name, args).await?;
         }
-        if let Some(launches) = &self.launches_stream {
-            declare_queue(connection, launches, stream_args(LAUNCHES_RETENTION)).await?;
-        }
         if let Some(events) = &self.events_exchange {
             declare_exchange(connection, events).await?;
-            if let Some(stops) = &self.stops_stream {
-                declare_queue(connection, stops, stream_args(STOPS_RETENTION)).await?;
-                bind(
-                    connection,
-                    stops,
-                    events,
-                    crate::events::EventType::BuildStopped.suffix(),
-                )
-                .await?;
-            }
         }
         Ok(())
     }
@@ -431,38 +424,20 @@ mod tests {
     }
 
     #[test]
-    fn the_stops_stream_exists_only_with_a_declared_topology_and_events() {
-        assert_eq!(topo(&[5]).stops_stream.as_deref(), Some("q.stops"));
-        let mut s = Settings::default();
+    fn the_claims_queue_and_the_ledger_exist_in_both_layouts_with_build_locks() {
+        let t = topo(&[5]);
+        assert_eq!(t.claims_queue.as_deref(), Some("q.claims"));
+        assert_eq!(t.ledger_stream.as_deref(), Some("q.ledger"));
+        let mut s = crate::config::Settings::default();
         s.rabbitmq.queue = "q".into();
         s.rabbitmq.declare_topology = false;
-        assert_eq!(Topology::from_settings(&s).stops_stream, None);
-        s.rabbitmq.declare_topology = true;
-        s.events.enabled = false;
-        assert_eq!(Topology::from_settings(&s).stops_stream, None);
-    }
-
-    #[test]
-    fn the_launches_stream_exists_only_with_a_declared_topology_and_build_locks() {
-        let mut s = Settings::default();
-        s.rabbitmq.queue = "q".into();
-        let t = Topology::from_settings(&s);
-        assert_eq!(t.launches_stream.as_deref(), Some("q.launches"));
-        // maxWait (one hour by default) plus ten minutes, within the stream's retention.
         assert_eq!(
-            t.launches_window,
-            s.rabbitmq.max_wait + Duration::from_secs(600)
-        );
-        s.rabbitmq.max_wait = Duration::from_secs(24 * 3600);
-        assert_eq!(
-            Topology::from_settings(&s).launches_window,
-            LAUNCHES_RETENTION
+            Topology::from_settings(&s).claims_queue.as_deref(),
+            Some("q.claims")
         );
         s.rabbitmq.build_locks = false;
-        assert_eq!(Topology::from_settings(&s).launches_stream, None);
-        s.rabbitmq.build_locks = true;
-        s.rabbitmq.declare_topology = false;
-        assert_eq!(Topology::from_settings(&s).launches_stream, None);
+        assert_eq!(Topology::from_settings(&s).claims_queue, None);
+        assert_eq!(Topology::from_settings(&s).ledger_stream, None);
     }
 
     #[test]

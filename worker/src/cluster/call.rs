@@ -80,6 +80,12 @@ pub enum CallError {
         /// An attempt may have written despite the failure.
         ambiguous: bool,
     },
+    /// The send deadline passed before the next attempt: it was not sent.
+    #[error("not sent: the send deadline passed")]
+    Expired {
+        /// An earlier attempt may have written.
+        ambiguous: bool,
+    },
     /// 409 AlreadyExists.
     #[error("already exists")]
     AlreadyExists,
@@ -118,6 +124,7 @@ impl CallError {
             self,
             CallError::BreakerOpen { .. }
                 | CallError::Unavailable { .. }
+                | CallError::Expired { .. }
                 | CallError::QuotaExceeded(_)
         )
     }
@@ -132,7 +139,7 @@ impl CallError {
             } | CallError::Unavailable {
                 ambiguous: true,
                 ..
-            }
+            } | CallError::Expired { ambiguous: true }
         )
     }
 
@@ -149,6 +156,7 @@ impl CallError {
         match self {
             CallError::BreakerOpen { .. } => "breaker_open",
             CallError::Unavailable { .. } => "unavailable",
+            CallError::Expired { .. } => "expired",
             CallError::AlreadyExists => "already_exists",
             CallError::Conflict(_) => "conflict",
             CallError::NotFound(_) => "not_found",
@@ -232,6 +240,17 @@ impl Caller {
         verb: Verb,
         request: impl Fn() -> Result<http::Request<Vec<u8>>, kube::core::request::Error>,
     ) -> Result<Answer, CallError> {
+        self.call_before(verb, None, request).await
+    }
+
+    /// As [`Caller::call`], but no attempt is sent after `send_by` (the launch protocol's S):
+    /// past it the call fails as unavailable, ambiguous only if an earlier attempt was.
+    pub async fn call_before(
+        &self,
+        verb: Verb,
+        send_by: Option<Instant>,
+        request: impl Fn() -> Result<http::Request<Vec<u8>>, kube::core::request::Error>,
+    ) -> Result<Answer, CallError> {
         let mut ambiguous = false;
         let mut attempt = 0u32;
         loop {
@@ -251,6 +270,11 @@ impl Caller {
             let waited = self.budget.acquire().await;
             if !waited.is_zero() {
                 metrics::budget_wait(&self.executor, waited);
+            }
+            if send_by.is_some_and(|by| Instant::now() > by) {
+                // Not sent: the permission to send it has lapsed.
+                call.record(Outcome::Neutral, &mut rand::rng());
+                return Err(CallError::Expired { ambiguous });
             }
             let req = request().map_err(|e| CallError::Refused {
                 status: 0,
@@ -442,7 +466,9 @@ fn refused_code(e: &CallError) -> String {
         | CallError::QuotaExceeded(_)
         | CallError::Forbidden(_) => "403".into(),
         CallError::Refused { status, .. } => status.to_string(),
-        CallError::BreakerOpen { .. } | CallError::Unavailable { .. } => "error".into(),
+        CallError::BreakerOpen { .. }
+        | CallError::Unavailable { .. }
+        | CallError::Expired { .. } => "error".into(),
     }
 }
 

@@ -16,6 +16,7 @@ use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::core::{ObjectList, Request};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 pub use call::{BreakerSignal, CallError, Caller, Verb};
 
@@ -132,13 +133,17 @@ impl Cluster {
         ))
     }
 
-    /// Creates a pod. `AlreadyExists` is an error here: the caller decides about adoption.
-    pub async fn create_pod(&self, pod: &Pod) -> Result<Pod, CallError> {
+    /// Creates a pod; no attempt is sent after `send_by`. The request carries the call
+    /// timeout as `?timeout=`, so the API server abandons it when the worker does.
+    /// `AlreadyExists` is an error here: the caller decides about adoption.
+    pub async fn create_pod(&self, pod: &Pod, send_by: Option<Instant>) -> Result<Pod, CallError> {
         let body = serde_json::to_vec(pod).map_err(|e| refused(0, e))?;
+        let timeout = self.caller.timeout;
         let answer = self
             .caller
-            .call(Verb::Create, || {
-                self.pods().create(&PostParams::default(), body.clone())
+            .call_before(Verb::Create, send_by, || {
+                let req = self.pods().create(&PostParams::default(), body.clone())?;
+                Ok(with_server_timeout(req, timeout))
             })
             .await?;
         parse(&answer.body)
@@ -285,6 +290,20 @@ impl Cluster {
             }
         }
     }
+}
+
+/// The request with `timeout=<seconds>s` in its query: the API server's own deadline for it.
+fn with_server_timeout(
+    mut req: http::Request<Vec<u8>>,
+    timeout: Duration,
+) -> http::Request<Vec<u8>> {
+    let uri = req.uri().to_string();
+    let sep = if uri.contains('?') { '&' } else { '?' };
+    let secs = timeout.as_secs().max(1);
+    if let Ok(with) = format!("{uri}{sep}timeout={secs}s").parse() {
+        *req.uri_mut() = with;
+    }
+    req
 }
 
 fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, CallError> {

@@ -495,6 +495,11 @@ pub struct KubernetesOptions {
     /// Finished pods are deleted this long after they finish.
     #[serde(deserialize_with = "de::seconds", serialize_with = "de::ser_duration")]
     pub pod_ttl: Duration,
+    /// H of the launch protocol: a create sent to this API server lands within this, or never
+    /// (docs/protocol.md). The worker sends its call timeout with every create, which a real
+    /// API server honours; this is the margin for one that holds a create longer.
+    #[serde(deserialize_with = "de::seconds", serialize_with = "de::ser_duration")]
+    pub create_lands_within: Duration,
 }
 
 impl Default for KubernetesOptions {
@@ -536,6 +541,7 @@ impl Default for KubernetesOptions {
             pending_timeout: Duration::from_secs(600),
             image_pull_grace_period: Duration::from_secs(30),
             pod_ttl: Duration::from_secs(600),
+            create_lands_within: Duration::from_secs(60),
         }
     }
 }

@@ -116,6 +116,7 @@ const KUBERNETES: &[Field] = &[
     leaf("pending_timeout"),
     leaf("image_pull_grace_period"),
     leaf("pod_ttl"),
+    leaf("create_lands_within"),
 ];
 const OPTIONS: &[Field] = &[
     f("kubernetes", Struct(KUBERNETES)),

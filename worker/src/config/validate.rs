@@ -273,6 +273,7 @@ fn retry(r: &RequestRetry, at: &str, v: &mut Issues) {
 
 fn kubernetes(k: &KubernetesOptions, at: &str, v: &mut Issues) {
     let p = |key: &str| format!("{at}.{key}");
+    v.nonzero_duration(k.create_lands_within, p("create_lands_within"));
     if k.host.trim().is_empty() && k.kubeconfig.trim().is_empty() {
         v.at(p("host"), "set host (the API server URL) or kubeconfig");
     }

@@ -93,12 +93,6 @@ impl EventType {
     pub fn from_suffix(s: &str) -> Option<EventType> {
         EventType::ALL.into_iter().find(|t| t.suffix() == s)
     }
-
-    /// Whether other replicas read this type from the events exchange (the launch feed and
-    /// the stops), so it is published as a CloudEvent whatever `events.format` says.
-    pub fn read_by_replicas(self) -> bool {
-        matches!(self, EventType::BuildLaunched | EventType::BuildStopped)
-    }
 }
 
 /// `data` of every `build.*` event.

@@ -244,8 +244,8 @@ impl Layout<'_> {
         ];
         objects.extend(t.retry_queues.iter().map(|(q, _)| Object::Queue(q)));
         objects.extend(t.events_exchange.as_deref().map(Object::Exchange));
-        objects.extend(t.stops_stream.as_deref().map(Object::Queue));
-        objects.extend(t.launches_stream.as_deref().map(Object::Queue));
+        objects.extend(t.claims_queue.as_deref().map(Object::Queue));
+        objects.extend(t.ledger_stream.as_deref().map(Object::Queue));
         let mut lines = Vec::new();
         let mut missing = 0;
         for object in objects {

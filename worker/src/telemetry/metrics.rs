@@ -51,6 +51,10 @@ pub const BROKER_CONNECTED: &str = "bcw_broker_connected";
 pub const BROKER_RECONNECTS_TOTAL: &str = "bcw_broker_reconnects_total";
 /// `bcw_status_updates_total{outcome}`: Screwdriver API build updates.
 pub const STATUS_UPDATES_TOTAL: &str = "bcw_status_updates_total";
+/// 1 while this replica is the launch protocol's sequencer.
+pub const PROTOCOL_SEQUENCER: &str = "bcw_protocol_sequencer";
+/// Questions the sequencer answered, by answer.
+pub const PROTOCOL_ANSWERS_TOTAL: &str = "bcw_protocol_answers_total";
 
 /// Buckets of latency histograms (seconds): launch, kube calls, budget waits.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -83,6 +87,8 @@ pub const ALL: &[&str] = &[
     BROKER_CONNECTED,
     BROKER_RECONNECTS_TOTAL,
     STATUS_UPDATES_TOTAL,
+    PROTOCOL_SEQUENCER,
+    PROTOCOL_ANSWERS_TOTAL,
 ];
 
 /// Builds the Prometheus recorder with explicit buckets for every histogram (never summaries).
@@ -178,6 +184,14 @@ pub fn describe() {
     describe_counter!(
         STATUS_UPDATES_TOTAL,
         "Build status updates sent to the Screwdriver API, by outcome."
+    );
+    describe_gauge!(
+        PROTOCOL_SEQUENCER,
+        "1 while this replica is the launch protocol's sequencer (the claims queue's active consumer)."
+    );
+    describe_counter!(
+        PROTOCOL_ANSWERS_TOTAL,
+        "Questions the sequencer answered, by answer (go, wait, look, ...)."
     );
 }
 
@@ -287,4 +301,14 @@ pub fn broker_reconnected() {
 /// A Screwdriver API status update finished.
 pub fn status_update(outcome: &'static str) {
     counter!(STATUS_UPDATES_TOTAL, "outcome" => outcome).increment(1);
+}
+
+/// This replica became, or stopped being, the sequencer.
+pub fn protocol_sequencer(active: bool) {
+    gauge!(PROTOCOL_SEQUENCER).set(if active { 1.0 } else { 0.0 });
+}
+
+/// The sequencer answered a question.
+pub fn protocol_answer(answer: &'static str) {
+    counter!(PROTOCOL_ANSWERS_TOTAL, "answer" => answer).increment(1);
 }

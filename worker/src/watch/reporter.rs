@@ -23,15 +23,17 @@ use super::assess::{Policy, Verdict, assess, trouble_key};
 use crate::broker::Publisher;
 use crate::cluster::Cluster;
 use crate::config::ExecutorConfig;
-use crate::events::{BuildEventData, EventType, build_event, build_event_id};
+use crate::events::{BuildEventData, EventType, build_event};
 use crate::intake::BuildId;
 use crate::naming;
+use crate::protocol::client::Protocol;
+use crate::protocol::{Answer, LaunchState, Question};
 use crate::secret::Secret;
 use crate::status::{StatusUpdater, Update};
 use crate::telemetry::metrics;
 
-/// A pod younger than this whose launch this process did not confirm gets its `build.launched`
-/// from the reporter before any other event (the creating replica may not have published yet).
+/// How long the reporter waits for a pod's launch to be recorded before it announces (and
+/// records) the launch itself: its launcher died, or is late.
 const LAUNCH_ANNOUNCE_WITHIN: Duration = Duration::from_secs(30);
 /// Watch events taken at once, and pods evaluated concurrently.
 const EVENT_BATCH: usize = 256;
@@ -40,38 +42,6 @@ const WAITING_AFTER: Duration = Duration::from_secs(5);
 /// How long after first seeing a pod its token Secret may still be missing (the launcher
 /// creates it right after the pod); past this, updates that need the token are skipped.
 const TOKEN_WAIT: Duration = Duration::from_secs(30);
-
-/// What the reporter can tell about a pod's `build.launched` it has not seen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Knowledge {
-    /// Published long ago (or its start will be handled again): nothing to do.
-    Announced,
-    /// The launch feed will show it: look again at the next evaluation.
-    WaitForFeed,
-    /// Cannot know: publish the identical event.
-    Unknown,
-}
-
-/// Seconds before the launch feed started in which a pod's launch may have gone by unseen.
-const FEED_MARGIN_SECS: i64 = 2;
-
-/// Pure decision of [`Reporter::announce_launch`] for a launch not seen: `created` is the pod's
-/// creation second, `young` whether it is younger than [`LAUNCH_ANNOUNCE_WITHIN`], `feed_since`
-/// since when the launch feed runs.
-fn launch_knowledge(created: i64, young: bool, feed_since: Option<jiff::Timestamp>) -> Knowledge {
-    match feed_since {
-        // Created well before the feed started: announced then, unseen by this process.
-        Some(since) if created < since.as_second() - FEED_MARGIN_SECS => Knowledge::Announced,
-        // Created while the feed ran (or just before it started): its launch shows on the feed;
-        // wait for it while the pod is young. Past that its launcher died and the build's
-        // redelivery is late, or (just before the feed started) it went by unseen: announce it.
-        Some(_) if young => Knowledge::WaitForFeed,
-        Some(_) => Knowledge::Unknown,
-        // No feed: a young pod gets the identical event, an old one was announced long ago.
-        None if young => Knowledge::Unknown,
-        None => Knowledge::Announced,
-    }
-}
 
 /// Whether a status update is done with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +76,11 @@ pub struct Reporter {
     pub status: Option<Arc<StatusUpdater>>,
     /// How often pods are re-assessed (time-based verdicts, garbage collection).
     pub resync: Duration,
+    /// The launch protocol: whether a pod's launch is announced, and its record.
+    pub protocol: Protocol,
+    /// S + H of this executor: a build's pod is deleted only this long after its launch was
+    /// recorded (every create permitted before then has landed).
+    pub busy_for: Duration,
 }
 
 /// What the reporter remembers of one pod.
@@ -129,8 +104,10 @@ struct Track {
     terminal_at: Option<Instant>,
     deleted: bool,
     token: Option<Secret>,
-    /// `build.launched` is known to be on the stream.
+    /// `build.launched` is known to be on the stream (events about the pod may follow).
     launch_announced: bool,
+    /// When the reporter learned that the launch is recorded (deleting the pod waits S + H).
+    launch_recorded: Option<Instant>,
     /// A finished pod needs nothing until its TTL: the resync skips it until then (a watch
     /// update still evaluates it at once).
     idle_until: Option<Instant>,
@@ -153,6 +130,7 @@ impl Track {
             deleted: false,
             token: None,
             launch_announced: false,
+            launch_recorded: None,
             idle_until: None,
         }
     }
@@ -450,8 +428,11 @@ impl Reporter {
                         }
                         track.failure_sent = true;
                     }
-                    // A pod that cannot start is removed, so nothing hangs and nothing is retried.
-                    if self.cluster.delete_pod(&pod_name, Some(0)).await.is_ok() {
+                    // A pod that cannot start is removed, so nothing hangs and nothing is retried
+                    // (once no create permitted before its launch was recorded can land).
+                    if self.may_delete(track)
+                        && self.cluster.delete_pod(&pod_name, Some(0)).await.is_ok()
+                    {
                         track.deleted = true;
                     }
                 }
@@ -525,13 +506,18 @@ impl Reporter {
                         .unwrap_or_else(|| {
                             track.terminal_at.map(|t| t.elapsed()).unwrap_or_default()
                         });
-                    if finished_for >= ttl && self.cluster.delete_pod(&pod_name, None).await.is_ok()
-                    {
+                    let collectable = finished_for >= ttl && self.may_delete(track);
+                    if collectable && self.cluster.delete_pod(&pod_name, None).await.is_ok() {
                         metrics::gc_deleted(&self.cluster.executor, "finished");
                         debug!(pod = %pod_name, "finished pod collected");
                         track.deleted = true;
-                    } else if finished_for < ttl {
-                        track.idle_until = Some(Instant::now() + (ttl - finished_for));
+                    } else if !collectable {
+                        let recorded_wait = track
+                            .launch_recorded
+                            .map(|t| (t + self.busy_for).saturating_duration_since(Instant::now()))
+                            .unwrap_or(self.resync);
+                        let wait = ttl.saturating_sub(finished_for).max(recorded_wait);
+                        track.idle_until = Some(Instant::now() + wait);
                     }
                 }
             }
@@ -572,37 +558,31 @@ impl Reporter {
         }
     }
 
+    /// True once the build's launch was recorded S + H ago: its pod may be deleted (no create
+    /// permitted before can land and take its name again).
+    fn may_delete(&self, track: &Track) -> bool {
+        track
+            .launch_recorded
+            .is_some_and(|t| t.elapsed() >= self.busy_for)
+    }
+
     /// Makes sure `build.launched` is on the stream before the reporter's first event about the
-    /// pod: a pod may start before the replica that created it had its launch confirmed.
+    /// pod, and that the launch is recorded before the pod can be deleted.
     ///
-    /// Every replica's `build.launched` reaches this process through the launch feed (a queue
-    /// bound to the events exchange), so the reporter waits until it has seen the pod's launch
-    /// and publishes nothing twice. Only when it cannot know does it publish the very same event
-    /// (same id, same data), which consumers that deduplicate by id see once: the feed is down
-    /// and the pod is young, or the launch of a pod created while the feed ran has not shown
-    /// within [`LAUNCH_ANNOUNCE_WITHIN`] of its creation (its launcher died and the build's
-    /// redelivery is late, or it went by in the seconds before the feed started).
+    /// The launching replica publishes `build.launched`, then records the launch with the
+    /// sequencer; the reporter asks the sequencer, and waits while the pod is young. A pod whose
+    /// launch is still pending after [`LAUNCH_ANNOUNCE_WITHIN`] lost its launcher: the reporter
+    /// publishes the very same event (same id, same data) and records the launch itself. One the
+    /// sequencer knows nothing of was launched by a replica of an earlier version, which
+    /// announced it: the reporter only records it.
     async fn announce_launch(
         &self,
         track: &mut Track,
         base: &BuildEventData,
         now_unix: i64,
     ) -> bool {
-        if track.launch_announced {
+        if track.launch_announced && track.launch_recorded.is_some() {
             return true;
-        }
-        let id = build_event_id(
-            BuildId(base.build_id),
-            EventType::BuildLaunched,
-            base.attempt,
-        );
-        if self.publisher.launched_lately(&id) {
-            track.launch_announced = true;
-            return true;
-        }
-        if self.publisher.is_launching(&id) {
-            // This process creates the pod and is about to announce it: look again shortly.
-            return false;
         }
         let created = track
             .pod
@@ -611,25 +591,55 @@ impl Reporter {
             .as_ref()
             .map_or(now_unix, |t| t.0.as_second());
         let young = now_unix.saturating_sub(created) < LAUNCH_ANNOUNCE_WITHIN.as_secs() as i64;
-        match launch_knowledge(created, young, self.publisher.launch_feed_since()) {
-            Knowledge::Announced => {
+        let state = self.protocol.state(base.build_id).await;
+        match state {
+            Some(LaunchState::Launched) => {
+                track.launch_announced = true;
+                track.launch_recorded.get_or_insert_with(Instant::now);
+                return true;
+            }
+            // Ask again at the next evaluation.
+            None | Some(LaunchState::Pending | LaunchState::Unknown) if young => return false,
+            // The sequencer cannot be asked: events may flow, deletion waits for a record.
+            None => {
                 track.launch_announced = true;
                 return true;
             }
-            Knowledge::WaitForFeed => return false,
-            Knowledge::Unknown => {}
+            Some(LaunchState::Pending) if !track.launch_announced => {
+                let data = BuildEventData {
+                    build_id: base.build_id,
+                    job_id: base.job_id,
+                    executor: base.executor.clone(),
+                    namespace: base.namespace.clone(),
+                    pod: base.pod.clone(),
+                    attempt: base.attempt,
+                    ..Default::default()
+                };
+                if !self.publish(EventType::BuildLaunched, data).await {
+                    return false;
+                }
+            }
+            Some(_) => {}
         }
-        let data = BuildEventData {
-            build_id: base.build_id,
-            job_id: base.job_id,
-            executor: base.executor.clone(),
-            namespace: base.namespace.clone(),
-            pod: base.pod.clone(),
-            attempt: base.attempt,
-            ..Default::default()
+        track.launch_announced = true;
+        self.record_launch(track, base.build_id).await;
+        true
+    }
+
+    /// Records the launch of a pod the reporter sees (its launcher did not).
+    async fn record_launch(&self, track: &mut Track, build: u64) {
+        let question = Question::Launched {
+            build,
+            exec: self.cluster.executor.clone(),
+            version: None,
         };
-        track.launch_announced = self.publish(EventType::BuildLaunched, data).await;
-        track.launch_announced
+        match self.protocol.ask(question).await {
+            Ok(a) if matches!(a.answer, Answer::Noted | Answer::StopNoted { .. }) => {
+                track.launch_recorded = Some(Instant::now());
+            }
+            Ok(a) => warn!(answer = ?a.answer, "unexpected answer to a launch record"),
+            Err(e) => warn!(error = %e, "cannot record the launch yet; will try again"),
+        }
     }
 
     async fn publish(&self, ty: EventType, data: BuildEventData) -> bool {
@@ -1052,33 +1062,6 @@ mod tests {
         assert!(spec.init_containers.is_none() && spec.volumes.is_none());
         assert_eq!(spec.containers.len(), 1);
         assert!(spec.containers[0].env.is_none());
-    }
-
-    #[test]
-    fn a_launch_not_seen_is_awaited_from_the_feed_assumed_or_announced_by_when_the_pod_came() {
-        let since = jiff::Timestamp::from_second(1_000).unwrap();
-        let feed = Some(since);
-        // Created after the feed started, or in the seconds before: the feed shows its launch;
-        // wait for it while young, announce it once old (its launcher died and the redelivery
-        // is late, or it went by just before the feed started).
-        for created in [1_001, 1_000, 999, 998] {
-            assert_eq!(
-                launch_knowledge(created, true, feed),
-                Knowledge::WaitForFeed,
-                "{created}"
-            );
-            assert_eq!(
-                launch_knowledge(created, false, feed),
-                Knowledge::Unknown,
-                "{created}"
-            );
-        }
-        // Created well before the feed: announced then.
-        assert_eq!(launch_knowledge(997, true, feed), Knowledge::Announced);
-        assert_eq!(launch_knowledge(997, false, feed), Knowledge::Announced);
-        // No feed: young pods get the identical event, old ones are assumed announced.
-        assert_eq!(launch_knowledge(1_001, true, None), Knowledge::Unknown);
-        assert_eq!(launch_knowledge(1_001, false, None), Knowledge::Announced);
     }
 
     #[test]
