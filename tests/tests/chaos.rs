@@ -4,8 +4,13 @@
 //! twice, some builds are stopped and poison messages are mixed in. At the end every invariant is
 //! checked and printed as a figure.
 //!
-//! Short form (part of `./scripts/test`): 300 builds. Long form: `./scripts/chaos` runs 10,000
-//! (`CHAOS_BUILDS`, `CHAOS_SEED` select the size and the random sequence).
+//! A second scenario aims at the riskiest case for the launch protocol: cluster `a` holds pod
+//! creates three times longer than the client's call timeout and then carries them out, while
+//! 30 % of the builds are published twice and replicas are killed mid-create.
+//!
+//! Short form (part of `./scripts/test`): 300 builds each. Long form: `./scripts/chaos` runs
+//! 10,000 (`CHAOS_BUILDS`, `CHAOS_SEED` select the size and the random sequence,
+//! `CHAOS_SCENARIO=mixed|held` the scenario).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -14,7 +19,9 @@ use bcw_tests::harness::{
     ExecutorSpec, Knobs, Names, Rabbit, StartMsg, TcpProxy, WorkerProcess, eventually,
     settings_json, stop,
 };
-use bcw_tests::kube_sim::{ClusterConfig, ClusterHandle, Fault, KubeSim, SimConfig, Timeline};
+use bcw_tests::kube_sim::{
+    ClusterConfig, ClusterHandle, Fault, KubeSim, SimConfig, Timeline, Verb,
+};
 use nix::sys::signal::Signal;
 use rand::{RngExt, SeedableRng};
 use serde_json::json;
@@ -52,8 +59,68 @@ struct Figures {
     windows: BTreeMap<&'static str, u32>,
 }
 
+/// The call timeout of the chaos workers.
+const CALL_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// What goes wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scenario {
+    /// Cluster `a` fails, hangs and throttles; 5 % of the builds are published twice.
+    Mixed,
+    /// Cluster `a` holds creates three call timeouts and then carries them out; 30 % of the
+    /// builds are published twice.
+    HeldCreates,
+}
+
+impl Scenario {
+    fn from_env() -> Option<Scenario> {
+        match std::env::var("CHAOS_SCENARIO").ok()?.as_str() {
+            "held" => Some(Scenario::HeldCreates),
+            _ => Some(Scenario::Mixed),
+        }
+    }
+
+    /// Percent of the builds published twice.
+    fn duplicates(self) -> u32 {
+        match self {
+            Scenario::Mixed => 5,
+            Scenario::HeldCreates => 30,
+        }
+    }
+
+    /// A fault for cluster `a`, with the name it is counted under.
+    fn fault(self, rng: &mut impl rand::Rng) -> (&'static str, Fault) {
+        match (self, rng.random_range(0..3)) {
+            (Scenario::HeldCreates, _) => (
+                "held",
+                Fault::latency(CALL_TIMEOUT * 3)
+                    .on_verbs([Verb::Create])
+                    .on_resources(["pods"]),
+            ),
+            (Scenario::Mixed, 0) => ("fail", Fault::status(500)),
+            (Scenario::Mixed, 1) => ("hang", Fault::hang()),
+            (Scenario::Mixed, _) => ("throttle", Fault::status(429).retry_after(1)),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_nothing_lost_nothing_launched_twice() {
+    if Scenario::from_env().is_some_and(|s| s != Scenario::Mixed) {
+        return;
+    }
+    chaos(Scenario::Mixed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_held_creates_carried_out_late_never_double_a_build() {
+    if Scenario::from_env().is_some_and(|s| s != Scenario::HeldCreates) {
+        return;
+    }
+    chaos(Scenario::HeldCreates).await;
+}
+
+async fn chaos(scenario: Scenario) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let builds = env_u64("CHAOS_BUILDS", 300);
     let seed = env_u64("CHAOS_SEED", 7);
@@ -88,7 +155,9 @@ async fn chaos_nothing_lost_nothing_launched_twice() {
     ];
     let knobs = Knobs {
         lifecycle: true,
-        breaker_timeout_ms: 1000,
+        breaker_timeout_ms: CALL_TIMEOUT.as_millis() as u64,
+        // H: a create lands within this, or never; above what cluster `a` holds one.
+        create_lands_within_s: 5,
         max_failures: 3,
         reset_timeout_ms: 500,
         retry_delay_ms: 50,
@@ -98,9 +167,6 @@ async fn chaos_nothing_lost_nothing_launched_twice() {
         // build may meet several, so give it room (the default delays are minutes, not seconds).
         reprocess_limit: 20,
         extra: json!({
-            // The stop re-checks must outlast a start that waits for an executor (the default 3
-            // re-checks span minutes with the default delays; these delays are seconds).
-            "rabbitmq": {"stopRechecks": 30},
             "executor": {
                 "a": {"options": {"kubernetes": {"podTTL": 120}}},
                 "b": {"options": {"kubernetes": {"podTTL": 120}}},
@@ -136,7 +202,7 @@ async fn chaos_nothing_lost_nothing_launched_twice() {
         rabbit
             .publish_json(&names.exchange, &names.queue, &StartMsg::new(id).json())
             .await;
-        if rng.random_range(0..100) < 5 {
+        if rng.random_range(0..100) < scenario.duplicates() {
             rabbit
                 .publish_json(&names.exchange, &names.queue, &StartMsg::new(id).json())
                 .await;
@@ -187,11 +253,7 @@ async fn chaos_nothing_lost_nothing_launched_twice() {
                     figures.cuts += 1;
                 }
                 _ if fault_until.is_none() => {
-                    let (kind, fault) = match rng.random_range(0..3) {
-                        0 => ("fail", Fault::status(500)),
-                        1 => ("hang", Fault::hang()),
-                        _ => ("throttle", Fault::status(429).retry_after(1)),
-                    };
+                    let (kind, fault) = scenario.fault(&mut rng);
                     a.inject(fault);
                     fault_until =
                         Some(Instant::now() + Duration::from_millis(rng.random_range(1000..3000)));
@@ -369,7 +431,7 @@ async fn chaos_nothing_lost_nothing_launched_twice() {
         .sum();
 
     println!(
-        "chaos figures (seed {seed}, {:.0} s)",
+        "chaos figures ({scenario:?}, seed {seed}, {:.0} s)",
         started.elapsed().as_secs_f64()
     );
     println!("  valid builds                 {builds}");

@@ -543,6 +543,51 @@ async fn finished_pods_and_orphans_are_collected() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_duplicate_of_a_finished_and_collected_build_is_not_launched_again() {
+    let sim = one_cluster(Timeline {
+        run_for: Some(Duration::from_millis(200)),
+        ..Timeline::fast()
+    })
+    .await;
+    let a = sim.cluster("a");
+    let (rabbit, names, tap) = broker("latedup").await;
+    let knobs = reporting(json!({"executor": {"a": {"options": {"kubernetes": {"podTTL": 1}}}}}));
+    let worker = InProcessWorker::start(settings(
+        &names,
+        &[ExecutorSpec::new("a", &a.url())],
+        &knobs,
+    ))
+    .await;
+    rabbit
+        .publish_json(&names.exchange, &names.queue, &StartMsg::new(61).json())
+        .await;
+    tap.wait_count("build.succeeded", 1, SOON).await;
+    eventually(SOON, "the finished pod to be collected", || async {
+        a.pods().is_empty().then_some(())
+    })
+    .await;
+    // The producer publishes the start again, long after: its pod's name is free.
+    rabbit
+        .publish_json(&names.exchange, &names.queue, &StartMsg::new(61).json())
+        .await;
+    queue_drained(&rabbit, &names).await;
+    worker.stop().await.expect("clean shutdown");
+    assert_eq!(
+        a.create_log().len(),
+        1,
+        "the build was launched a second time"
+    );
+    assert!(a.pods().is_empty());
+    assert_eq!(
+        tap.of("build.launched").len(),
+        1,
+        "a second launch was announced"
+    );
+    rabbit.cleanup(&names).await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_answers_with_the_build_state() {
     let sim = one_cluster(Timeline {
         run_for: None,
