@@ -51,11 +51,11 @@ pub fn verdicts(all: &[Outcome]) -> Vec<Verdict> {
     for (name, what) in [
         (
             "burst-no-locks",
-            "same, with the cross-replica build locks off",
+            "same, with the launch protocol in process (rabbitmq.buildLocks: false)",
         ),
         (
             "burst-launch-only",
-            "same, like for like: build locks and lifecycle reporter off (the baseline's work)",
+            "same, like for like: protocol in process, lifecycle reporter off (the baseline's work)",
         ),
     ] {
         if let (Some(w), Some(b)) = (find(all, name), find(all, "burst-baseline"))

@@ -147,7 +147,7 @@ pub fn standard(scale: f64) -> Vec<Scenario> {
             worker_extra: Some(r#"{"rabbitmq": {"buildLocks": false}}"#),
             ..Scenario::new(
                 "burst-no-locks",
-                "Worker, burst, token in a Secret, build locks off (rabbitmq.buildLocks: false)",
+                "Worker, burst, token in a Secret, the launch protocol in process (rabbitmq.buildLocks: false)",
                 WORKER,
                 Load::Burst { builds: burst },
             )
@@ -156,7 +156,7 @@ pub fn standard(scale: f64) -> Vec<Scenario> {
             worker_extra: Some(r#"{"rabbitmq": {"buildLocks": false}}"#),
             ..Scenario::new(
                 "burst-launch-only",
-                "Worker, burst, the baseline's work only: build locks and lifecycle reporter off",
+                "Worker, burst, the baseline's work only: protocol in process, lifecycle reporter off",
                 Target::Worker {
                     replicas: 1,
                     token_secret: true,

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
@@ -90,15 +91,19 @@ pub struct PodRef {
 
 impl PodRef {
     fn of(pod: &Pod, attempt: u32) -> PodRef {
+        Self::from_meta(&pod.metadata, attempt)
+    }
+
+    fn from_meta(meta: &ObjectMeta, attempt: u32) -> PodRef {
         let mut owner = Pod::default();
-        owner.metadata.name = pod.metadata.name.clone();
-        owner.metadata.namespace = pod.metadata.namespace.clone();
-        owner.metadata.labels = pod.metadata.labels.clone();
-        owner.metadata.annotations = pod.metadata.annotations.clone();
+        owner.metadata.name = meta.name.clone();
+        owner.metadata.namespace = meta.namespace.clone();
+        owner.metadata.labels = meta.labels.clone();
+        owner.metadata.annotations = meta.annotations.clone();
         PodRef {
-            name: pod.metadata.name.clone().unwrap_or_default(),
-            uid: pod.metadata.uid.clone().unwrap_or_default(),
-            attempt: naming::pod_attempt(&pod.metadata).unwrap_or(attempt),
+            name: meta.name.clone().unwrap_or_default(),
+            uid: meta.uid.clone().unwrap_or_default(),
+            attempt: naming::pod_attempt(meta).unwrap_or(attempt),
             owner,
         }
     }
@@ -302,7 +307,7 @@ impl Launcher {
         });
         let send_by = asked_at + ex.send_within();
         match ex.cluster.create_pod(&pod, Some(send_by)).await {
-            Ok(created) => (Fact::Created(PodRef::of(&created, attempt)), None),
+            Ok(created) => (Fact::Created(PodRef::from_meta(&created, attempt)), None),
             Err(CallError::AlreadyExists) => {
                 let name = pod.metadata.name.clone().unwrap_or_default();
                 (existing(ex, &name, build, attempt).await, None)
@@ -354,7 +359,6 @@ impl Launcher {
             .launched(build, exec, &ex.cluster.namespace, pod)
             .await
         {
-            info!(executor = %exec, pod = %pod.name, "build launched");
             Fact::Announced
         } else {
             Fact::AnnounceFailed

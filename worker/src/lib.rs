@@ -18,21 +18,23 @@
 //! - [`podspec`]: the build pod (Screwdriver executor-k8s parity) and its token Secret.
 //! - [`routing`]: which executor a build goes to (annotation, weights, exclusions, default),
 //!   as a deterministic per-build preference order.
+//! - [`protocol`]: whether, where and when a build's pod may be created, once across every
+//!   executor and replica (the sequencer and its ledger; the decisions are the pure state
+//!   machines of the `bcw-protocol` crate).
+//! - [`launch`]: `start`, `stop` and `verify` against the clusters, driving the protocol.
+//! - [`dispatch`]: one delivery from bytes to ack: decode, carry out, make durable, settle.
+//! - [`cluster`]: an executor's Kubernetes API as typed calls, each through its breaker, budget,
+//!   deadline and retry.
 //! - [`breaker`]: the long-lived circuit breaker per executor (pure state machine + shared wrapper).
 //! - [`backoff`]: exponential backoff with full jitter, and `Retry-After` parsing.
 //! - [`budget`]: the per-cluster client-side request budget (`qps`/`burst`).
-//! - [`cluster`]: an executor's Kubernetes API as typed calls, each through breaker, budget,
-//!   deadline and retry.
-//! - [`launch`]: `start`, `stop` and `verify` against the clusters, exactly once.
-//! - [`launches`]: launch records (where a create was about to be sent), shared by every replica.
-//! - [`dispatch`]: one delivery from bytes to ack: decode, carry out, make durable, settle.
 //! - [`events`]: lifecycle CloudEvents and their deterministic ids.
-//! - [`broker`]: connection supervisor, topology, consuming, confirmed publishing.
+//! - [`broker`]: RabbitMQ as transport: connection supervisor, topology, consuming, confirmed
+//!   publishing, streams.
 //! - [`status`]: build status updates to the Screwdriver API.
 //! - [`health`]: readiness flags behind `/readyz`.
 //! - [`telemetry`]: metric names and recording functions, log set-up.
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`.
-//! - [`tombstones`]: builds known to be stopped.
 //! - [`cache`]: `clear` messages (disk cache removal), path-safe.
 //! - [`watch`]: pod watching, failure classification, reporting, garbage collection.
 //!

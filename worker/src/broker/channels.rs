@@ -1,6 +1,5 @@
-//! Pools of channels on one connection (deadpool): the confirm-mode channels of the publisher
-//! and the plain channels of the build locks. A channel that closed (a refused lock, a broker
-//! error) is found at checkout and replaced.
+//! The publisher's pool of confirm-mode channels on one connection (deadpool). A channel that
+//! closed (a broker error) is found at checkout and replaced.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,20 +12,10 @@ use lapin::{Channel, Connection};
 /// (confirms are awaited without it), so a few suffice.
 const CONFIRM_CHANNELS: usize = 8;
 
-/// What the channels of a pool are for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Publisher confirms on (`confirm.select`).
-    Confirm,
-    /// Plain channels.
-    Plain,
-}
-
-/// Opens channels of one mode on one connection.
+/// Opens confirm-mode channels on one connection.
 #[derive(Debug)]
 pub struct ChannelManager {
     connection: Arc<Connection>,
-    mode: Mode,
 }
 
 impl managed::Manager for ChannelManager {
@@ -35,11 +24,9 @@ impl managed::Manager for ChannelManager {
 
     async fn create(&self) -> Result<Channel, lapin::Error> {
         let channel = self.connection.create_channel().await?;
-        if self.mode == Mode::Confirm {
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
-                .await?;
-        }
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         Ok(channel)
     }
 
@@ -57,13 +44,8 @@ pub type ChannelPool = Pool<ChannelManager>;
 
 /// Builds the pool of confirm-mode channels of a connection.
 pub fn confirm_pool(connection: Arc<Connection>) -> ChannelPool {
-    pool_of(connection, Mode::Confirm, CONFIRM_CHANNELS)
-}
-
-/// Builds a pool of at most `size` channels of `mode` on a connection.
-pub fn pool_of(connection: Arc<Connection>, mode: Mode, size: usize) -> ChannelPool {
-    Pool::builder(ChannelManager { connection, mode })
-        .max_size(size)
+    Pool::builder(ChannelManager { connection })
+        .max_size(CONFIRM_CHANNELS)
         .wait_timeout(Some(Duration::from_secs(10)))
         .create_timeout(Some(Duration::from_secs(10)))
         .runtime(deadpool::Runtime::Tokio1)

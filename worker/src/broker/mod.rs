@@ -42,9 +42,8 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 /// Reconnect backoff bounds.
 const RECONNECT_MIN: Duration = Duration::from_millis(500);
 const RECONNECT_MAX: Duration = Duration::from_secs(30);
-/// Longest wait for the broker's answer to a cancel or a close on the way out, a build lock's
-/// release included (and for a stream acknowledgement to be sent from the session's loop). A
-/// broker that stopped answering (a partition, a hung node) would otherwise hold the caller
+/// Longest wait for the broker's answer to a cancel or a close on the way out. A broker that
+/// stopped answering (a partition, a hung node) would otherwise hold the caller
 /// until heartbeats time out (minutes with long heartbeats), and lapin 4.12 can leave a close
 /// unanswered for good after a connection error (the broker's close crossing ours: "invalid
 /// channel state: Closing").

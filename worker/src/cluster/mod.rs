@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::core::{ObjectList, Request};
 use serde::de::DeserializeOwned;
@@ -135,8 +136,14 @@ impl Cluster {
 
     /// Creates a pod; no attempt is sent after `send_by`. The request carries the call
     /// timeout as `?timeout=`, so the API server abandons it when the worker does.
-    /// `AlreadyExists` is an error here: the caller decides about adoption.
-    pub async fn create_pod(&self, pod: &Pod, send_by: Option<Instant>) -> Result<Pod, CallError> {
+    /// `AlreadyExists` is an error here: the caller decides about adoption. Only the created
+    /// pod's identity is read back (the whole pod, managed fields and all, would cost more to
+    /// parse than the rest of the launch).
+    pub async fn create_pod(
+        &self,
+        pod: &Pod,
+        send_by: Option<Instant>,
+    ) -> Result<ObjectMeta, CallError> {
         let body = serde_json::to_vec(pod).map_err(|e| refused(0, e))?;
         let timeout = self.caller.timeout;
         let answer = self
@@ -146,7 +153,7 @@ impl Cluster {
                 Ok(with_server_timeout(req, timeout))
             })
             .await?;
-        parse(&answer.body)
+        parse::<Identified>(&answer.body).map(|p| p.metadata.into())
     }
 
     /// Reads a pod; `None` when it does not exist.
@@ -288,6 +295,35 @@ impl Cluster {
                 Some(t) => token = Some(t),
                 None => return Ok(items),
             }
+        }
+    }
+}
+
+/// An object of which only the identity is read.
+#[derive(serde::Deserialize)]
+struct Identified {
+    metadata: Identity,
+}
+
+/// The identity of an object: what a launch needs of the pod it created.
+#[derive(serde::Deserialize)]
+struct Identity {
+    name: Option<String>,
+    namespace: Option<String>,
+    uid: Option<String>,
+    labels: Option<std::collections::BTreeMap<String, String>>,
+    annotations: Option<std::collections::BTreeMap<String, String>>,
+}
+
+impl From<Identity> for ObjectMeta {
+    fn from(i: Identity) -> ObjectMeta {
+        ObjectMeta {
+            name: i.name,
+            namespace: i.namespace,
+            uid: i.uid,
+            labels: i.labels,
+            annotations: i.annotations,
+            ..Default::default()
         }
     }
 }

@@ -10,7 +10,8 @@ use bcw_protocol::{Answer, LaunchState, Question};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use super::sequencer::Decider;
+use super::decider::Decider;
+use super::sequencer::Core;
 
 /// Longest a question waits for its answer (and for a connection to ask on).
 pub const ASK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,6 +40,8 @@ pub(crate) struct Pending {
 #[derive(Clone)]
 pub(crate) struct Link {
     pub(crate) inbox: mpsc::UnboundedSender<Pending>,
+    /// Decides here once this replica is the sequencer.
+    pub(crate) core: Arc<Core>,
 }
 
 /// Asks the sequencer.
@@ -120,6 +123,13 @@ async fn ask_shared(
         .map_err(|_| Unanswered("the worker is stopping".into()))?
         .clone()
         .ok_or_else(|| Unanswered("no broker connection".into()))?;
+    let local = tokio::time::timeout_at(deadline, link.core.answer(&question));
+    if let Some(answer) = local
+        .await
+        .map_err(|_| Unanswered(format!("not recorded within {ASK_TIMEOUT:?}")))?
+    {
+        return answer;
+    }
     let (reply, answer) = oneshot::channel();
     link.inbox
         .send(Pending { question, reply })

@@ -3,7 +3,9 @@
 //! the sequencer's table over the claims queue and the ledger ([`sequencer`]) and lets a handler
 //! ask it ([`client`]). It never talks to a Kubernetes API.
 
+mod asker;
 pub mod client;
+pub(crate) mod decider;
 pub mod sequencer;
 
 pub use bcw_protocol::*;
