@@ -364,6 +364,14 @@ pub const IGNORED: &[IgnoredKey] = &[
         canonical: "",
     },
     IgnoredKey {
+        key: "rabbitmq.stopRechecks",
+        env: "",
+        reason: "a stop is recorded with the launch protocol's sequencer and deletes the build's \
+                 pods once no create permitted before it can land (docs/protocol.md); there is \
+                 nothing left to re-check",
+        canonical: "rabbitmq.stop_rechecks",
+    },
+    IgnoredKey {
         key: "httpd.uri",
         env: "URI",
         reason: "the worker's public address was only used by the original's hapi server",

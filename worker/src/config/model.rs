@@ -102,12 +102,12 @@ pub struct RabbitSettings {
     /// Screwdriver's init timeout (minutes); accepted and not acted on (see `config::IGNORED`).
     #[serde(deserialize_with = "de::minutes", serialize_with = "de::ser_duration")]
     pub init_timeout: Duration,
-    /// How many times a `stop` that found no pod is re-checked through the delay queues.
+    /// Accepted and ignored (see `config::IGNORED`): stops no longer re-check.
     #[serde(deserialize_with = "de::number")]
     pub stop_rechecks: u32,
-    /// Take a per-build lock on the broker (an exclusive consumer on a lock queue) around each launch, so two
-    /// deliveries of one build handled at once by two replicas cannot launch it on two
-    /// executors. Only builds with more than one candidate executor need it.
+    /// Run the launch protocol across replicas (docs/protocol.md): the sequencer on
+    /// `<queue>.claims` and its ledger `<queue>.ledger`. `false`: decisions in this process
+    /// only, which is safe for a single replica.
     #[serde(deserialize_with = "de::boolean")]
     pub build_locks: bool,
 }
