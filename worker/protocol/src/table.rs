@@ -664,6 +664,15 @@ mod tests {
     }
 
     #[test]
+    fn a_placed_build_goes_to_its_placement_whatever_the_order_of_preferences() {
+        let mut t = table();
+        t.decide(&claim(&[X, Y], None), 0);
+        // A retry copy that prefers Y (it created on X before) but can use X: X, at once.
+        let d = t.decide(&claim(&[Y, X], None), 10);
+        assert_eq!(go(&d).0, X);
+    }
+
+    #[test]
     fn a_copy_that_cannot_use_the_placement_waits_out_its_creates_then_looks_then_moves() {
         let mut t = table();
         let (_, v) = go(&t.decide(&claim(&[X, Y], None), 0));
