@@ -121,7 +121,7 @@ func up(args []string) error {
 	return nil
 }
 
-// printKubeconfigs prints the two lines of the contract, and nothing else, on stdout.
+// printKubeconfigs prints the two lines of docs/interface.md §9, and nothing else, on stdout.
 func printKubeconfigs(l layout) {
 	fmt.Printf("ADMIN_KUBECONFIG=%s\nWORKER_KUBECONFIG=%s\n", l.admin(), l.worker())
 }

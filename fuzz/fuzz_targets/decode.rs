@@ -1,7 +1,7 @@
 //! Fuzz target: any bytes through `intake::decode`; a decoded `start`/`verify` is built into a
 //! pod and its token Secret, a decoded `clear` into a cache path, and each is checked for what
-//! the worker promises (contract section 4 and 6): no panic, a refusal always has a reason and a
-//! sentence, every name, label and annotation key is valid Kubernetes syntax, the pod
+//! the worker promises (docs/interface.md §3 and §6): no panic, a refusal always has a reason
+//! and a sentence, every name, label and annotation key is valid Kubernetes syntax, the pod
 //! serialises and reads back, and a cache path never leaves the cache root.
 #![no_main]
 

@@ -265,7 +265,7 @@ impl Bench {
             .iter()
             .map(|c| ExecutorSpec::new(c, &self.sim.cluster(c).url()).weight(50))
             .collect();
-        // The product's defaults for breaker and retries (contract section 3).
+        // The product's defaults for breaker and retries (docs/interface.md §2).
         let knobs = Knobs {
             prefetch: sc.prefetch,
             breaker_timeout_ms: 10_000,

@@ -1,4 +1,4 @@
-//! The operations HTTP server: `/healthz`, `/readyz` and `/metrics` (contract section 8), and
+//! The operations HTTP server: `/healthz`, `/readyz` and `/metrics` (docs/interface.md §8), and
 //! the original buildcluster-queue-worker's `/health`, so its Deployment's probes keep working.
 //!
 //! Serves state owned elsewhere (readiness flags, the Prometheus handle); it never changes it.

@@ -1,4 +1,4 @@
-//! `buildcluster-worker`: the command line (contract section 2). Only wiring lives here.
+//! `buildcluster-worker`: the command line (docs/interface.md §1). Only wiring lives here.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

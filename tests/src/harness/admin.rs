@@ -1,5 +1,5 @@
 //! The broker layout a Screwdriver administrator provisions for buildcluster-queue-worker
-//! (reference section 1.2), declared for one test with unique names.
+//! (docs/interface.md §5.2), declared for one test with unique names.
 //!
 //! For a cluster queue `X` on the topic exchange `build`: `X` dead-letters to `Xdlr`, which
 //! holds a message for its TTL and dead-letters it back to `X` (the nack delay loop);

@@ -13,7 +13,7 @@ pub struct StartMsg {
 }
 
 impl StartMsg {
-    /// A realistic start for `build_id` (contract section 4 example).
+    /// A realistic start for `build_id` (the example of docs/interface.md §3).
     pub fn new(build_id: u64) -> Self {
         Self {
             body: json!({"job": "start", "buildConfig": {

@@ -76,7 +76,7 @@ async fn two_hundred_builds_launch_by_weight_then_stop() {
         assert_eq!(pod.spec.as_ref().unwrap().runtime_class_name, None);
     }
 
-    // 200 distinct event ids, each equal to the AMQP message id, with the contract's shape.
+    // 200 distinct event ids, each equal to the AMQP message id, with the documented shape (docs/interface.md §4).
     let ids: BTreeSet<_> = launched.iter().map(|e| e.id.clone()).collect();
     assert_eq!(ids.len(), 200);
     for e in &launched {

@@ -1,4 +1,4 @@
-//! The broker topology of contract section 7: declared idempotently, or (admin-provisioned)
+//! The broker topology of docs/interface.md §5: declared idempotently, or (admin-provisioned)
 //! only checked passively.
 //!
 //! Every declare or check runs on a throwaway channel: a refused declare (406

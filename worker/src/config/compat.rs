@@ -6,7 +6,7 @@
 //! of keys the original layout has and the worker accepts without acting on them. It never reads
 //! the process environment itself: the loader hands it the map.
 //!
-//! Deliberate differences from the original (reference sections 5, 7 and 11):
+//! Deliberate differences from the original (docs/migration.md):
 //! - booleans are real booleans: `"false"` is false everywhere (the original treated
 //!   `DOCKER_FEATURE_ENABLED="false"` as enabled and only the string `'true'` as a true
 //!   `automountServiceAccountToken`);

@@ -29,7 +29,7 @@ use super::schema::{self, Node};
 /// Which configuration layout the worker reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Compat {
-    /// This worker's own layout (contract section 3) and the `BCW_` environment.
+    /// This worker's own layout (docs/interface.md §2) and the `BCW_` environment.
     #[default]
     Native,
     /// The original buildcluster-queue-worker's files and environment variables, unchanged
@@ -89,6 +89,8 @@ pub const NON_CONFIG_ENV: &[&str] = &[
     "BCW_COMPAT",
     "BCW_LOG_LEVEL",
     "BCW_LOG_FORMAT",
+    // `enqueue --token`: a secret for one command, never part of the tree.
+    "BCW_BUILD_TOKEN",
 ];
 
 /// A valid configuration and what was accepted but ignored on the way.

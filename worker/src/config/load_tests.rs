@@ -47,7 +47,7 @@ executor:
         host: https://10.0.0.1:6443
 ";
 
-/// Contract section 3's example, without the kubeconfig line (that file does not exist here).
+/// The example of docs/interface.md §2 Configuration (its kubeconfig line is commented out there).
 const CONTRACT_EXAMPLE: &str = r#"
 rabbitmq:
   url: amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=20

@@ -1,4 +1,4 @@
-//! Configuration: the typed tree of contract section 3, how it is loaded (YAML file plus `BCW_`
+//! Configuration: the typed tree of docs/interface.md §2, how it is loaded (YAML file plus `BCW_`
 //! environment, Screwdriver spellings and, with `--compat screwdriver`, the original worker's
 //! files and variables), how it is validated and how it is shown.
 //!

@@ -1,4 +1,4 @@
-//! The typed configuration tree (contract section 3).
+//! The typed configuration tree (docs/interface.md §2 Configuration).
 //!
 //! Field names are the canonical snake_case spellings; the loader (`config::load`) maps the
 //! Screwdriver camelCase spellings and the `BCW_` environment onto them before these types are
@@ -186,11 +186,11 @@ impl Default for EventsSettings {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EventsFormat {
-    /// The worker's CloudEvents (`dev.buildcluster.*`, contract section 5).
+    /// The worker's CloudEvents (`dev.buildcluster.*`, docs/interface.md §4 Lifecycle events).
     #[default]
     Cloudevents,
-    /// CDEvents (`dev.cdevents.taskrun.*`); the CloudEvents other replicas read
-    /// (`build.launched`, `build.stopped`) are still published.
+    /// CDEvents (`dev.cdevents.taskrun.*`) only; no CloudEvents are published (no replica
+    /// reads them).
     Cdevents,
     /// Both, every event in each standard it has a form in.
     Both,

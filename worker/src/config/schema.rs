@@ -104,7 +104,8 @@ const KUBERNETES: &[Field] = &[
     leaf("lifecycle_hooks"),
     leaf("volume_mounts"),
     leaf("build_secrets"),
-    // Screwdriver's default.yaml misspells it `buildSecretFile` (reference section 7).
+    // Screwdriver's default.yaml misspells it `buildSecretFile`; both spellings are accepted
+    // (docs/interface.md §2.4).
     Field {
         name: "build_secrets_file",
         aliases: &["buildSecretFile"],

@@ -1,6 +1,6 @@
 //! Validation: the rules a typed configuration must meet before the worker starts.
 //!
-//! Owns every rule of contract section 3 and the ones a production service needs on top
+//! Owns every rule of docs/interface.md §2.6, including those a production service needs on top
 //! (addresses parse, files exist, Kubernetes names are valid), each reported once with the path of
 //! the value at fault, all of them together. It reads files only to check they can be read, never
 //! prints a secret, and never changes the settings.

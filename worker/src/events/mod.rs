@@ -1,4 +1,4 @@
-//! Lifecycle events (contract section 5): CloudEvents 1.0 in structured JSON mode, and their
+//! Lifecycle events (docs/interface.md §4): CloudEvents 1.0 in structured JSON mode, and their
 //! CDEvents form ([`cdevents`]) when `events.format` asks for it.
 //!
 //! Owns the event types, their `data` shapes (also published as JSON Schemas in `schemas/`) and
@@ -244,7 +244,7 @@ pub fn source(queue: &str) -> String {
 }
 
 fn now_rfc3339() -> String {
-    // Millisecond precision, as in the contract's example.
+    // Millisecond precision, as in the example of docs/interface.md §4.1.
     let now = jiff::Timestamp::now();
     format!("{:.3}", now)
 }

@@ -32,7 +32,7 @@ const MAX_IMAGE_LEN: usize = 4096;
 /// Longest value quoted back in an error sentence.
 const QUOTE_LEN: usize = 60;
 
-/// Decodes one message body (contract section 4).
+/// Decodes one message body (docs/interface.md §3 Build messages).
 pub fn decode(body: &[u8], limits: Limits) -> Result<Job, Poison> {
     let mut ctx = Ctx {
         job: JobKind::Unknown,

@@ -1,8 +1,9 @@
 //! Intake: turns the bytes of one broker message into a typed job, or says precisely why not.
 //!
-//! Owns the Screwdriver wire format (contract section 4). It never talks to the network and never
-//! panics on any input: anything it cannot accept becomes a [`Poison`] with a bounded reason code
-//! (a metric label and the `x-bcw-reason` header) and a sentence for a human (`x-bcw-error`).
+//! Owns the Screwdriver wire format (docs/interface.md §3). It never talks to the network and
+//! never panics on any input: anything it cannot accept becomes a [`Poison`] with a bounded
+//! reason code (a metric label and the `x-bcw-reason` header) and a sentence for a human
+//! (`x-bcw-error`).
 
 mod annotations;
 mod decode;

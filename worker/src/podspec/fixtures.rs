@@ -1,5 +1,5 @@
-//! Test fixtures of the build pod: the contract's example build, executors, and the named
-//! scenarios that the snapshot tests record and the dump writes out.
+//! Test fixtures of the build pod: the example build of docs/interface.md §3, executors, and
+//! the named scenarios that the snapshot tests record and the dump writes out.
 
 use std::collections::BTreeMap;
 
@@ -13,7 +13,7 @@ use crate::secret::Secret as SecretValue;
 
 // === fixtures ===
 
-/// The build of the contract's example message.
+/// The build of the example message of docs/interface.md §3.
 pub(super) fn example_build() -> StartBuild {
     StartBuild {
         build_id: BuildId(987654),
@@ -44,7 +44,7 @@ pub(super) fn annotations(v: Value) -> Annotations {
     Annotations::new(serde_json::from_value(v).unwrap_or_default())
 }
 
-/// A plain runc executor with the contract's defaults.
+/// A plain runc executor with the documented defaults (docs/interface.md §2.4).
 pub(super) fn runc_executor() -> ExecutorConfig {
     let mut config = ExecutorConfig::default();
     config.options.kubernetes.host = "https://10.0.0.1:6443".into();

@@ -1,5 +1,5 @@
 //! The build pod: everything the Kubernetes executor creates for one build, field for field
-//! compatible with Screwdriver's executor-k8s (reference section 4), plus the Secret that
+//! compatible with Screwdriver's executor-k8s (docs/interface.md §6 Pods), plus the Secret that
 //! carries the build token.
 //!
 //! Owns the shape of the pod: names, labels, annotations, scheduling, resources, containers,

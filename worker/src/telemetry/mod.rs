@@ -1,4 +1,4 @@
-//! Telemetry: every metric the worker exports (contract section 8), and log set-up.
+//! Telemetry: every metric the worker exports (docs/interface.md §7 Metrics), and log set-up.
 //!
 //! Each observable occurrence has one function here that records the metric (vector's
 //! "internal events" habit), so names and label sets live in one place. No label ever takes an

@@ -1,7 +1,7 @@
 //! The message corpus shared by the schema and bad-input tests: messages the worker must accept
-//! (contract and Screwdriver reference examples and their variants), messages it must refuse
-//! (one or more per kind of poison), and the JSON Schemas of `schemas/messages/` loaded into a
-//! validator.
+//! (the example of docs/interface.md §3, Screwdriver's messages and their variants), messages it
+//! must refuse (one or more per kind of poison), and the JSON Schemas of `schemas/messages/`
+//! loaded into a validator.
 //!
 //! Test support only: it decides nothing about the worker's behaviour, it only lists inputs.
 

@@ -1,4 +1,4 @@
-//! One message built from `enqueue`'s flags, in Screwdriver's wire format (contract section 4).
+//! One message built from `enqueue`'s flags, in Screwdriver's wire format (docs/interface.md §3).
 
 use std::path::PathBuf;
 
