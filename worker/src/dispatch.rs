@@ -736,7 +736,18 @@ impl Handler for Dispatcher {
     }
 
     fn topology_checked(&self, report: &crate::broker::TopologyReport) {
-        self.set_dead_queue_exists(report.dead_queue_exists);
+        let had = self
+            .dead_queue_exists
+            .swap(report.dead_queue_exists, Ordering::SeqCst);
+        // Once at start (and again only if it disappears later): a correct layout, not an error.
+        if had && !report.dead_queue_exists {
+            warn!(
+                queue = %self.topology.dead_queue,
+                "the dead-letter queue does not exist: a message that cannot be processed is \
+                 logged and acknowledged (dropped), as by the original worker; declare the \
+                 queue to keep such messages for `buildcluster-worker dead`"
+            );
+        }
     }
 }
 

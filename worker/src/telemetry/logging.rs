@@ -8,11 +8,14 @@
 use std::fmt;
 
 use serde_json::{Map, Value};
-use tracing::{Event, Subscriber};
-use tracing_subscriber::EnvFilter;
+use tracing::{Event, Level, Metadata, Subscriber};
+use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::fmt::format::DefaultFields;
 use tracing_subscriber::fmt::format::{JsonFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::prelude::*;
 use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// Output format of the logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -29,16 +32,31 @@ pub fn init(format: LogFormat, level: Option<&str>) {
         Some(l) => EnvFilter::new(l),
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let layer = match format {
+        LogFormat::Json => layer
             .fmt_fields(JsonFields::new())
             .event_format(FlatJson)
-            .init(),
-        LogFormat::Text => builder.init(),
-    }
+            .boxed(),
+        LogFormat::Text => layer.fmt_fields(DefaultFields::new()).boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(
+            layer
+                .with_filter(filter)
+                .with_filter(filter_fn(not_a_close_by_the_broker)),
+        )
+        .init();
+}
+
+/// lapin logs every channel or connection the broker closes at ERROR, expected ones included
+/// (a passive check of a queue that does not exist closes its channel with 404). The same
+/// error reaches the worker from the call on that channel, which logs it with its context and
+/// its true level, so lapin's own line is left out.
+fn not_a_close_by_the_broker(meta: &Metadata<'_>) -> bool {
+    !(meta.target() == "lapin::channel"
+        && *meta.level() == Level::ERROR
+        && meta.fields().field("method").is_some())
 }
 
 /// One JSON object per event: `timestamp`, `level`, `target`, `message`, the event's fields and

@@ -268,6 +268,23 @@ async fn a_worker_configured_by_the_originals_environment_runs_on_the_admins_que
         !log.contains(K8S_TOKEN),
         "the Kubernetes token appears in the log"
     );
+    // The stock layout has no `X.dead`: said once, as a WARN, and no ERROR but the one for the
+    // refused clear (a message lost for want of that queue).
+    let lines = |level: &str| -> Vec<&str> {
+        log.lines()
+            .filter(|l| l.contains(&format!("\"level\":\"{level}\"")))
+            .collect()
+    };
+    let said = lines("WARN")
+        .into_iter()
+        .filter(|l| l.contains("the dead-letter queue does not exist"))
+        .count();
+    assert_eq!(said, 1, "{log}");
+    let errors: Vec<_> = lines("ERROR")
+        .into_iter()
+        .filter(|l| !l.contains("message refused; no dead-letter queue exists"))
+        .collect();
+    assert!(errors.is_empty(), "unexpected ERROR lines: {errors:#?}");
     topology.cleanup(&rabbit).await;
     rabbit.cleanup(&names).await;
     api.shutdown().await;
