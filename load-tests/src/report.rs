@@ -232,6 +232,7 @@ pub fn write(dir: &Path, all: &[Outcome], command: &str, date: &str) -> anyhow::
          the throughput matters there.\n"
     );
     cpu_budget(&mut md, all);
+    by_replicas(&mut md, all);
     let _ = writeln!(md, "## Charts\n");
     let _ = writeln!(md, "![throughput](throughput.svg)\n");
     std::fs::write(dir.join("throughput.svg"), throughput_svg(all))?;
@@ -324,6 +325,43 @@ fn cpu_budget(md: &mut String, all: &[Outcome]) {
     if let Some(line) = bound(all) {
         let _ = writeln!(md, "{line}\n");
     }
+}
+
+/// CPU per build at one steady rate over 1, 2 and 4 replicas, and of nearly idle replicas:
+/// what the pool's size costs, per build and per second.
+fn by_replicas(md: &mut String, all: &[Outcome]) {
+    let rows: Vec<_> = all
+        .iter()
+        .filter(|o| {
+            let name = o.scenario.name;
+            name == "steady-100" || name.starts_with("steady-100-") || name.starts_with("idle-")
+        })
+        .filter_map(|o| Some((o, CpuSplit::of(o)?)))
+        .collect();
+    if rows.len() < 2 {
+        return;
+    }
+    let _ = writeln!(md, "## CPU by number of replicas\n");
+    let _ = writeln!(
+        md,
+        "| Scenario | Replicas | Builds/s | Workers (all) ms/build | RabbitMQ ms/build | RabbitMQ ms per second |\n|---|---|---|---|---|---|"
+    );
+    for (o, cpu) in &rows {
+        let replicas = match o.scenario.target {
+            Target::Worker { replicas, .. } => replicas,
+            Target::Baseline { .. } => 0,
+        };
+        let _ = writeln!(
+            md,
+            "| `{}` | {replicas} | {:.0} | {:.2} | {:.2} | {:.0} |",
+            o.scenario.name,
+            o.throughput_per_s,
+            cpu.consumer,
+            cpu.broker,
+            cpu.broker * o.throughput_per_s
+        );
+    }
+    let _ = writeln!(md);
 }
 
 /// An upper bound on what the default burst could reach against the baseline, from what

@@ -272,6 +272,39 @@ pub fn standard(scale: f64) -> Vec<Scenario> {
             Load::Burst { builds: n(10_000) },
         ));
     }
+    // The same steady load over more replicas: the protocol's broker work per build must not
+    // grow with the pool (docs/protocol.md, "Cost").
+    for (name, replicas) in [("steady-100-replicas-2", 2), ("steady-100-replicas-4", 4)] {
+        out.push(Scenario::new(
+            name,
+            "Workers sharing one queue, steady 100 builds/s",
+            Target::Worker {
+                replicas,
+                token_secret: true,
+                lifecycle: true,
+            },
+            Load::Rate {
+                per_sec: 100.0,
+                secs: s(30.0),
+            },
+        ));
+    }
+    // Nearly idle replicas: what a replica costs the broker whatever the load.
+    for (name, replicas) in [("idle-replicas-1", 1), ("idle-replicas-4", 4)] {
+        out.push(Scenario::new(
+            name,
+            "Workers nearly idle (1 build/s): a replica's fixed cost",
+            Target::Worker {
+                replicas,
+                token_secret: true,
+                lifecycle: true,
+            },
+            Load::Rate {
+                per_sec: 1.0,
+                secs: 30.0,
+            },
+        ));
+    }
     out.push(Scenario {
         pod_runs_ms: None,
         idle_memory: true,
