@@ -217,6 +217,21 @@ impl Launcher {
         }
     }
 
+    /// Of the executors an earlier handling created on, those whose creates still fail here.
+    /// One whose creates land again is not avoided: a build placed there goes back at once
+    /// instead of waiting out the placement's busy window, which every new sequencer starts
+    /// afresh (with sequencers changing faster than that window, it would wait until `maxWait`).
+    fn still_failing(&self, avoid: BTreeSet<String>) -> BTreeSet<String> {
+        avoid
+            .into_iter()
+            .filter(|x| {
+                self.executors
+                    .get(x)
+                    .is_none_or(|ex| !ex.cluster.creates_land())
+            })
+            .collect()
+    }
+
     /// Executors whose breaker admits calls now.
     fn usable(&self) -> BTreeSet<String> {
         self.executors
@@ -236,7 +251,8 @@ impl Launcher {
         attempt: u32,
         announce: &impl Announce,
     ) -> Started {
-        let mut machine = Start::new(build.build_id.0, candidates).avoiding(avoid);
+        let mut machine =
+            Start::new(build.build_id.0, candidates).avoiding(self.still_failing(avoid));
         let mut touched = BTreeSet::new();
         let mut last_error = None;
         let mut asked_at = Instant::now();

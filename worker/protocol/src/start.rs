@@ -352,18 +352,20 @@ impl<E: Clone + Eq + Ord + std::fmt::Debug, P: Clone + std::fmt::Debug> Start<E,
     }
 
     /// The build's candidates usable now, best first, without those that failed certainly
-    /// in this handling, and those to avoid last. Last, not left out: a build already placed
-    /// on a usable executor it is avoiding goes there again (create or adopt) instead of
-    /// waiting for the placement's busy window, which a sequencer change starts afresh; its
-    /// breaker, not this list, takes a failing executor out.
+    /// in this handling, and without those to avoid unless nothing else is left.
     fn prefs(&self, usable: &BTreeSet<E>) -> Vec<E> {
-        let (fresh, avoided): (Vec<E>, Vec<E>) = self
+        let open: Vec<E> = self
             .candidates
             .iter()
             .filter(|e| usable.contains(e) && !self.failed.iter().any(|(f, _)| f == *e))
             .cloned()
-            .partition(|e| !self.avoid.contains(e));
-        fresh.into_iter().chain(avoided).collect()
+            .collect();
+        let fresh: Vec<E> = open
+            .iter()
+            .filter(|e| !self.avoid.contains(e))
+            .cloned()
+            .collect();
+        if fresh.is_empty() { open } else { fresh }
     }
 
     fn ask(&mut self, q: Question<E>) -> Step<E, P> {
@@ -689,13 +691,13 @@ mod tests {
     }
 
     #[test]
-    fn an_executor_an_earlier_handling_created_on_comes_last_in_the_preferences() {
+    fn an_executor_an_earlier_handling_created_on_is_asked_for_only_when_nothing_else_is_usable() {
         let mut m: Start<u8, &str> = Start::new(1, vec![X, Y]).avoiding([X].into());
         assert_eq!(
             m.begin(&both()),
             Step::Ask(Question::Claim {
                 build: 1,
-                prefs: vec![Y, X],
+                prefs: vec![Y],
                 failed: None
             })
         );

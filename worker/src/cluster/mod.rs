@@ -56,6 +56,9 @@ pub struct Cluster {
     pub executor: String,
     /// Namespace of the build pods.
     pub namespace: String,
+    /// Whether this replica's last pod create here was answered by the API server (created,
+    /// or already there) rather than failing or timing out.
+    creates_land: Arc<std::sync::atomic::AtomicBool>,
     caller: Caller,
     watch_client: kube::Client,
 }
@@ -91,6 +94,7 @@ impl Cluster {
         Ok(Cluster {
             executor: executor.to_string(),
             namespace: opts.kubernetes.jobs_namespace.clone(),
+            creates_land: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             caller: Caller {
                 executor: executor.to_string(),
                 client,
@@ -152,8 +156,16 @@ impl Cluster {
                 let req = self.pods().create(&PostParams::default(), body.clone())?;
                 Ok(with_server_timeout(req, timeout))
             })
-            .await?;
-        parse::<Identified>(&answer.body).map(|p| p.metadata.into())
+            .await;
+        let landed = matches!(answer, Ok(_) | Err(CallError::AlreadyExists));
+        self.creates_land
+            .store(landed, std::sync::atomic::Ordering::Relaxed);
+        parse::<Identified>(&answer?.body).map(|p| p.metadata.into())
+    }
+
+    /// True when this replica's last pod create here was answered (created or already there).
+    pub fn creates_land(&self) -> bool {
+        self.creates_land.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Reads a pod; `None` when it does not exist.
