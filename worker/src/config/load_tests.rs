@@ -459,7 +459,7 @@ executor:
             "executor.k8s.weightage: -1 is negative",
             "executor.k8s.options.kubernetes.host: set host (the API server URL) or kubeconfig",
             "executor.k8s.options.kubernetes.dns_policy: \"Sometimes\" is not one of ClusterFirst, \
-             ClusterFirstWithHostNet, Default, None",
+             ClusterFirstWithHostNet, Default",
         ]
     );
 }

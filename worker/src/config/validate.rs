@@ -21,7 +21,9 @@ pub const SUPPORTED_PLUGINS: &[&str] = &["k8s", "k8s-vm"];
 /// Kubernetes' image pull policies.
 const PULL_POLICIES: &[&str] = &["Always", "IfNotPresent", "Never"];
 /// Kubernetes' pod DNS policies.
-const DNS_POLICIES: &[&str] = &["ClusterFirst", "ClusterFirstWithHostNet", "Default", "None"];
+/// `None` is left out: it needs `spec.dnsConfig`, which the worker does not set, so the API
+/// server would refuse every build pod.
+const DNS_POLICIES: &[&str] = &["ClusterFirst", "ClusterFirstWithHostNet", "Default"];
 /// Longest `prefix`: pod names are `<prefix><buildId>-xxxxx` and must stay DNS labels.
 const MAX_PREFIX_LEN: usize = 20;
 
@@ -345,7 +347,13 @@ fn kubernetes(k: &KubernetesOptions, at: &str, v: &mut Issues) {
             ),
         );
     }
-    if !DNS_POLICIES.contains(&k.dns_policy.as_str()) {
+    if k.dns_policy == "None" {
+        v.at(
+            p("dns_policy"),
+            "\"None\" needs a dnsConfig, which the worker does not set (the API server would \
+             refuse every build pod); use ClusterFirst, ClusterFirstWithHostNet or Default",
+        );
+    } else if !DNS_POLICIES.contains(&k.dns_policy.as_str()) {
         v.at(
             p("dns_policy"),
             format!(

@@ -363,6 +363,14 @@ fn an_unknown_image_pull_policy() {
 }
 
 #[test]
+fn dns_policy_none_is_refused_with_the_reason() {
+    let mut s = valid();
+    kube(&mut s).dns_policy = "None".into();
+    let m = only(&s, &format!("{KUBE}.dns_policy"));
+    assert!(m.contains("needs a dnsConfig"), "{m}");
+}
+
+#[test]
 fn an_unknown_dns_policy() {
     let mut s = valid();
     kube(&mut s).dns_policy = "ClusterLast".into();
