@@ -34,7 +34,7 @@ pub fn real() -> Option<Real> {
     };
     match (var("ADMIN_KUBECONFIG"), var("WORKER_KUBECONFIG")) {
         (Some(admin), Some(worker)) => Some(Real { admin, worker }),
-        _ if std::env::var("BCW_REAL_API_REQUIRED").as_deref() == Ok("1") => panic!(
+        _ if std::env::var("REAL_API_REQUIRED").as_deref() == Ok("1") => panic!(
             "ADMIN_KUBECONFIG and WORKER_KUBECONFIG must be set (scripts/control-plane up prints them)"
         ),
         _ => {

@@ -237,7 +237,12 @@ async fn readiness_follows_the_broker_connection_and_the_drain() {
     doc["httpd"] = json!({"host": "127.0.0.1", "port": port});
     let path = dir.path().join("config.yaml");
     std::fs::write(&path, serde_json::to_string(&doc).unwrap()).unwrap();
-    let mut child = tokio::process::Command::new(bcw_tests::harness::worker_binary())
+    let mut command = tokio::process::Command::new(bcw_tests::harness::worker_binary());
+    // Only the test configures the worker: no BCW_ variable of the caller's shell leaks in.
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("BCW_")) {
+        command.env_remove(k);
+    }
+    let mut child = command
         .args(["run", "--config"])
         .arg(&path)
         .stderr(std::process::Stdio::from(
