@@ -108,36 +108,9 @@ async fn step(cluster: &Cluster, e: &Election, seen: &mut Option<Seen>) -> Resul
         };
     };
     let spec = lease.spec.clone().unwrap_or_default();
-    let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
-    let renew = spec.renew_time.as_ref().map(|t| t.0.to_string());
-    let observed = Seen {
-        holder: holder.clone(),
-        renew: renew.clone(),
-        at: Instant::now(),
-    };
-    let changed = seen
-        .as_ref()
-        .is_none_or(|s| s.holder != observed.holder || s.renew != observed.renew);
-    if changed {
-        *seen = Some(observed);
-    }
-    let duration = spec
-        .lease_duration_seconds
-        .map(|s| Duration::from_secs(s.max(1) as u64))
-        .unwrap_or(e.duration);
-    let mine = holder.as_deref() == Some(e.identity.as_str());
-    let expired = holder.is_none() || seen.as_ref().is_some_and(|s| s.at.elapsed() >= duration);
-    if !mine && !expired {
+    let Some(spec) = plan(spec, seen, e, now, Instant::now()) else {
         return Ok(false);
-    }
-    let mut spec = spec;
-    if !mine {
-        spec.holder_identity = Some(e.identity.clone());
-        spec.acquire_time = Some(now.clone());
-        spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
-    }
-    spec.renew_time = Some(now);
-    spec.lease_duration_seconds = Some(e.duration.as_secs().max(1) as i32);
+    };
     lease.spec = Some(spec);
     match cluster.replace_lease(&lease).await {
         Ok(updated) => {
@@ -152,6 +125,48 @@ async fn step(cluster: &Cluster, e: &Election, seen: &mut Option<Seen>) -> Resul
         Err(CallError::Conflict(_)) => Ok(false),
         Err(err) => Err(err),
     }
+}
+
+/// Decides a round from the lease as read at `at`: `None` while another replica holds it,
+/// else the spec to write (a renewal, or a takeover of a released or expired lease). `seen`
+/// remembers when this replica last saw the holder or renew time change.
+fn plan(
+    mut spec: LeaseSpec,
+    seen: &mut Option<Seen>,
+    e: &Election,
+    now: MicroTime,
+    at: Instant,
+) -> Option<LeaseSpec> {
+    let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
+    let renew = spec.renew_time.as_ref().map(|t| t.0.to_string());
+    let changed = seen
+        .as_ref()
+        .is_none_or(|s| s.holder != holder || s.renew != renew);
+    if changed {
+        *seen = Some(Seen {
+            holder: holder.clone(),
+            renew,
+            at,
+        });
+    }
+    let duration = spec
+        .lease_duration_seconds
+        .map(|s| Duration::from_secs(s.max(1) as u64))
+        .unwrap_or(e.duration);
+    let mine = holder.as_deref() == Some(e.identity.as_str());
+    // Judged on this replica's clock only: unchanged for the whole duration since it saw it.
+    let expired = holder.is_none() || seen.as_ref().is_some_and(|s| at - s.at >= duration);
+    if !mine && !expired {
+        return None;
+    }
+    if !mine {
+        spec.holder_identity = Some(e.identity.clone());
+        spec.acquire_time = Some(now.clone());
+        spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+    }
+    spec.renew_time = Some(now);
+    spec.lease_duration_seconds = Some(e.duration.as_secs().max(1) as i32);
+    Some(spec)
 }
 
 /// Gives the lease up (holder cleared) so another replica can take it without waiting.
@@ -174,4 +189,83 @@ async fn release(cluster: &Cluster, e: &Election) {
 
 fn now_micro() -> MicroTime {
     MicroTime(jiff::Timestamp::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn election(identity: &str) -> Election {
+        Election {
+            name: "bcw-reporter-a".into(),
+            identity: identity.into(),
+            duration: Duration::from_secs(15),
+            renew_every: Duration::from_secs(5),
+        }
+    }
+
+    fn held_by(holder: &str, renewed: &str) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some(holder.into()),
+            renew_time: Some(MicroTime(renewed.parse().unwrap())),
+            lease_duration_seconds: Some(15),
+            lease_transitions: Some(3),
+            ..Default::default()
+        }
+    }
+
+    fn now() -> MicroTime {
+        MicroTime("2026-12-06T12:00:00Z".parse().unwrap())
+    }
+
+    #[test]
+    fn a_lease_another_replica_renews_is_left_alone() {
+        let (e, t0) = (election("me"), Instant::now());
+        let mut seen = None;
+        let spec = held_by("other", "2026-12-06T11:59:55Z");
+        assert_eq!(plan(spec, &mut seen, &e, now(), t0), None);
+        // Renewed again later: still not ours, however long ago we first saw the holder.
+        let spec = held_by("other", "2026-12-06T12:00:10Z");
+        let later = t0 + Duration::from_secs(20);
+        assert_eq!(plan(spec, &mut seen, &e, now(), later), None);
+    }
+
+    #[test]
+    fn expiry_is_judged_by_this_replicas_clock_not_the_renew_time() {
+        let (e, t0) = (election("me"), Instant::now());
+        let mut seen = None;
+        // A renew time an hour old (a holder whose clock is behind) is not expired on sight.
+        let stale = held_by("other", "2026-12-06T11:00:00Z");
+        assert_eq!(plan(stale.clone(), &mut seen, &e, now(), t0), None);
+        let almost = t0 + Duration::from_secs(14);
+        assert_eq!(plan(stale.clone(), &mut seen, &e, now(), almost), None);
+        // Unchanged for the whole duration since first seen: taken over.
+        let taken = plan(stale, &mut seen, &e, now(), t0 + Duration::from_secs(15)).unwrap();
+        assert_eq!(taken.holder_identity.as_deref(), Some("me"));
+        assert_eq!(taken.lease_transitions, Some(4));
+        assert_eq!(taken.acquire_time, Some(now()));
+        assert_eq!(taken.renew_time, Some(now()));
+    }
+
+    #[test]
+    fn a_released_lease_is_taken_at_once() {
+        let (e, t0) = (election("me"), Instant::now());
+        let mut released = held_by("other", "2026-12-06T11:59:59Z");
+        released.holder_identity = None;
+        let taken = plan(released, &mut None, &e, now(), t0).unwrap();
+        assert_eq!(taken.holder_identity.as_deref(), Some("me"));
+        assert_eq!(taken.lease_transitions, Some(4));
+    }
+
+    #[test]
+    fn the_holder_renews_without_a_transition() {
+        let (e, t0) = (election("me"), Instant::now());
+        let mine = held_by("me", "2026-12-06T11:59:55Z");
+        let renewed = plan(mine, &mut None, &e, now(), t0).unwrap();
+        assert_eq!(renewed.holder_identity.as_deref(), Some("me"));
+        assert_eq!(renewed.lease_transitions, Some(3));
+        assert_eq!(renewed.acquire_time, None);
+        assert_eq!(renewed.renew_time, Some(now()));
+        assert_eq!(renewed.lease_duration_seconds, Some(15));
+    }
 }
