@@ -212,21 +212,21 @@ impl StatusUpdater {
             })
             .await;
             let (outcome, transient) = match result {
-                Ok(Ok(s)) if s.is_success() => {
-                    let _ = call.record(Outcome::Success, &mut rand::rng());
-                    return Ok(Sent::Accepted);
-                }
-                Ok(Ok(s)) if s == 403 || s == 404 => {
-                    let _ = call.record(Outcome::Success, &mut rand::rng());
-                    return Ok(Sent::Gone);
-                }
-                Ok(Ok(s)) if s.is_server_error() || s == 408 || s == 429 || s == 413 => {
-                    (Outcome::Failure, format!("status {s}"))
-                }
-                Ok(Ok(s)) => {
-                    let _ = call.record(Outcome::Neutral, &mut rand::rng());
-                    return Err(StatusError::Refused(s.as_u16()));
-                }
+                Ok(Ok(s)) => match answer(s.as_u16()) {
+                    Answer::Accepted => {
+                        let _ = call.record(Outcome::Success, &mut rand::rng());
+                        return Ok(Sent::Accepted);
+                    }
+                    Answer::Gone => {
+                        let _ = call.record(Outcome::Success, &mut rand::rng());
+                        return Ok(Sent::Gone);
+                    }
+                    Answer::Transient => (Outcome::Failure, format!("status {s}")),
+                    Answer::Refused => {
+                        let _ = call.record(Outcome::Neutral, &mut rand::rng());
+                        return Err(StatusError::Refused(s.as_u16()));
+                    }
+                },
                 Ok(Err(e)) => (Outcome::Failure, format!("transport error: {e}")),
                 Err(_) => (
                     Outcome::Failure,
@@ -240,5 +240,67 @@ impl StatusUpdater {
             let delay = self.backoff.delay_with(attempt, &mut rand::rng());
             tokio::time::sleep(delay).await;
         }
+    }
+}
+
+/// What an HTTP status from the Screwdriver API means for an update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// 2xx.
+    Accepted,
+    /// 403 or 404: the build finished or does not exist.
+    Gone,
+    /// 5xx, 408 or 429: worth another try.
+    Transient,
+    /// Any other status: the same request would be refused again.
+    Refused,
+}
+
+fn answer(status: u16) -> Answer {
+    match status {
+        200..=299 => Answer::Accepted,
+        403 | 404 => Answer::Gone,
+        408 | 429 | 500..=599 => Answer::Transient,
+        _ => Answer::Refused,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_server_errors_timeouts_and_throttling_are_retried() {
+        assert_eq!(answer(200), Answer::Accepted);
+        assert_eq!(answer(204), Answer::Accepted);
+        assert_eq!(answer(403), Answer::Gone);
+        assert_eq!(answer(404), Answer::Gone);
+        for s in [408, 429, 500, 502, 503, 504] {
+            assert_eq!(answer(s), Answer::Transient, "{s}");
+        }
+        // A body too large (413) or an invalid one (400, 422) would be refused again.
+        for s in [400, 401, 409, 413, 422, 301] {
+            assert_eq!(answer(s), Answer::Refused, "{s}");
+        }
+    }
+
+    #[test]
+    fn each_update_has_the_body_screwdriver_expects() {
+        assert_eq!(
+            Update::Failure("no cluster".into()).body(),
+            json!({"status": "FAILURE", "statusMessage": "no cluster"})
+        );
+        assert_eq!(
+            Update::Waiting.body(),
+            json!({"statusMessage": WAITING_MESSAGE})
+        );
+        let scheduled = Update::Scheduled {
+            hostname: "node-1".into(),
+            image_pull_start: "2026-12-06T12:00:00Z".into(),
+        };
+        assert_eq!(
+            scheduled.body(),
+            json!({"stats": {"hostname": "node-1", "imagePullStartTime": "2026-12-06T12:00:00Z"}})
+        );
     }
 }
