@@ -274,8 +274,15 @@ fn retry(r: &RequestRetry, at: &str, v: &mut Issues) {
 }
 
 fn kubernetes(k: &KubernetesOptions, at: &str, v: &mut Issues) {
+    kube_connection(k, at, v);
+    kube_names(k, at, v);
+    kube_policies(k, at, v);
+    kube_limits(k, at, v);
+}
+
+/// How the worker reaches the API server.
+fn kube_connection(k: &KubernetesOptions, at: &str, v: &mut Issues) {
     let p = |key: &str| format!("{at}.{key}");
-    v.nonzero_duration(k.create_lands_within, p("create_lands_within"));
     if k.host.trim().is_empty() && k.kubeconfig.trim().is_empty() {
         v.at(p("host"), "set host (the API server URL) or kubeconfig");
     }
@@ -290,6 +297,11 @@ fn kubernetes(k: &KubernetesOptions, at: &str, v: &mut Issues) {
     if !k.token.is_empty() && !k.token_file.is_empty() {
         v.at(p("token_file"), "set token or token_file, not both");
     }
+}
+
+/// Names, labels and annotations the pods and their objects carry.
+fn kube_names(k: &KubernetesOptions, at: &str, v: &mut Issues) {
+    let p = |key: &str| format!("{at}.{key}");
     if !is_dns1123_label(&k.jobs_namespace) {
         v.at(
             p("jobs_namespace"),
@@ -337,6 +349,11 @@ fn kubernetes(k: &KubernetesOptions, at: &str, v: &mut Issues) {
             );
         }
     }
+}
+
+/// The pod's pull and DNS policies.
+fn kube_policies(k: &KubernetesOptions, at: &str, v: &mut Issues) {
+    let p = |key: &str| format!("{at}.{key}");
     if !PULL_POLICIES.contains(&k.image_pull_policy.as_str()) {
         v.at(
             p("image_pull_policy"),
@@ -363,6 +380,12 @@ fn kubernetes(k: &KubernetesOptions, at: &str, v: &mut Issues) {
             ),
         );
     }
+}
+
+/// Durations, resources and the request budget.
+fn kube_limits(k: &KubernetesOptions, at: &str, v: &mut Issues) {
+    let p = |key: &str| format!("{at}.{key}");
+    v.nonzero_duration(k.create_lands_within, p("create_lands_within"));
     if k.termination_grace_period_seconds < 0 {
         v.at(p("termination_grace_period_seconds"), "is negative");
     }

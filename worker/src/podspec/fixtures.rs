@@ -193,45 +193,27 @@ pub(super) fn every_option_build() -> StartBuild {
     }
 }
 
+/// The annotations of the scenarios that differ from the example only by them.
+fn scenario_annotations(name: &str) -> Option<serde_json::Value> {
+    Some(match name {
+        "tier_micro" => json!({"screwdriver.cd/cpu": "MICRO", "screwdriver.cd/ram": "MICRO"}),
+        "tier_high" => json!({"screwdriver.cd/cpu": "HIGH", "screwdriver.cd/ram": "HIGH"}),
+        "tier_turbo" => json!({"screwdriver.cd/cpu": "TURBO", "screwdriver.cd/ram": "TURBO"}),
+        "integers" => json!({"screwdriver.cd/cpu": 4, "screwdriver.cd/ram": 6}),
+        "integers_above_max" => json!({"screwdriver.cd/cpu": 64, "screwdriver.cd/ram": 100}),
+        "timeout_above_max" => json!({"screwdriver.cd/timeout": 600}),
+        _ => return None,
+    })
+}
+
 pub(super) fn scenario(name: &str) -> Pod {
     let none: &[String] = &[];
+    if let Some(annotations) = scenario_annotations(name) {
+        return pod(&runc_executor(), &with_annotations(annotations), none);
+    }
     match name {
         "runc" => pod(&runc_executor(), &example_build(), none),
         "kata" => pod(&kata_executor(), &example_build(), none),
-        "tier_micro" => pod(
-            &runc_executor(),
-            &with_annotations(
-                json!({"screwdriver.cd/cpu": "MICRO", "screwdriver.cd/ram": "MICRO"}),
-            ),
-            none,
-        ),
-        "tier_high" => pod(
-            &runc_executor(),
-            &with_annotations(json!({"screwdriver.cd/cpu": "HIGH", "screwdriver.cd/ram": "HIGH"})),
-            none,
-        ),
-        "tier_turbo" => pod(
-            &runc_executor(),
-            &with_annotations(
-                json!({"screwdriver.cd/cpu": "TURBO", "screwdriver.cd/ram": "TURBO"}),
-            ),
-            none,
-        ),
-        "integers" => pod(
-            &runc_executor(),
-            &with_annotations(json!({"screwdriver.cd/cpu": 4, "screwdriver.cd/ram": 6})),
-            none,
-        ),
-        "integers_above_max" => pod(
-            &runc_executor(),
-            &with_annotations(json!({"screwdriver.cd/cpu": 64, "screwdriver.cd/ram": 100})),
-            none,
-        ),
-        "timeout_above_max" => pod(
-            &runc_executor(),
-            &with_annotations(json!({"screwdriver.cd/timeout": 600})),
-            none,
-        ),
         "node_selectors" => {
             let mut config = runc_executor();
             let k = &mut config.options.kubernetes;

@@ -192,6 +192,29 @@ pub(crate) fn lifecycle(value: &Value) -> Option<Lifecycle> {
 /// check is expected to report these at start-up.
 pub fn check_options(options: &KubernetesOptions) -> Vec<String> {
     let mut problems = Vec::new();
+    check_lists(options, &mut problems);
+    check_volume_names(options, &mut problems);
+    if secret_envs(&options.build_secrets)
+        .iter()
+        .any(|s| s.env == super::TOKEN_ENV)
+    {
+        problems.push(format!(
+            "buildSecrets: {} is reserved for the build token; that item would be ignored",
+            super::TOKEN_ENV
+        ));
+    }
+    if !is_unset(&options.lifecycle_hooks)
+        && let Err(e) = serde_json::from_value::<Lifecycle>(camel_keys(&options.lifecycle_hooks))
+    {
+        problems.push(format!(
+            "lifecycleHooks: not a Kubernetes container lifecycle ({e}); it would be ignored"
+        ));
+    }
+    problems
+}
+
+/// List options whose items would be skipped as incomplete.
+fn check_lists(options: &KubernetesOptions, problems: &mut Vec<String>) {
     let mut check_list = |option: &str,
                           value: &Value,
                           wanted: &str,
@@ -235,6 +258,10 @@ pub fn check_options(options: &KubernetesOptions) -> Vec<String> {
         "name, mountPath, secretName",
         &|o| secret_file(o).is_some(),
     );
+}
+
+/// Operator volumes whose names collide with the pod's own or each other.
+fn check_volume_names(options: &KubernetesOptions, problems: &mut Vec<String>) {
     let mut names: Vec<String> = super::volumes::BUILT_IN_VOLUMES
         .iter()
         .map(|n| n.to_string())
@@ -256,23 +283,6 @@ pub fn check_options(options: &KubernetesOptions) -> Vec<String> {
             names.push(name);
         }
     }
-    if secret_envs(&options.build_secrets)
-        .iter()
-        .any(|s| s.env == super::TOKEN_ENV)
-    {
-        problems.push(format!(
-            "buildSecrets: {} is reserved for the build token; that item would be ignored",
-            super::TOKEN_ENV
-        ));
-    }
-    if !is_unset(&options.lifecycle_hooks)
-        && let Err(e) = serde_json::from_value::<Lifecycle>(camel_keys(&options.lifecycle_hooks))
-    {
-        problems.push(format!(
-            "lifecycleHooks: not a Kubernetes container lifecycle ({e}); it would be ignored"
-        ));
-    }
-    problems
 }
 
 #[cfg(test)]

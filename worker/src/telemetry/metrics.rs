@@ -114,6 +114,11 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
 
 /// HELP lines.
 pub fn describe() {
+    describe_intake_and_clusters();
+    describe_lifecycle_and_broker();
+}
+
+fn describe_intake_and_clusters() {
     describe_counter!(MESSAGES_TOTAL, "Messages handled, by job type and outcome.");
     describe_gauge!(
         INFLIGHT_BUILDS,
@@ -155,6 +160,9 @@ pub fn describe() {
         RUNTIME_CLASS_REJECTIONS_TOTAL,
         "Pods refused because the executor's RuntimeClass does not exist (a configuration error)."
     );
+}
+
+fn describe_lifecycle_and_broker() {
     describe_counter!(
         LAUNCH_FAILURES_TOTAL,
         "Builds whose pod could not start, by Kubernetes reason."

@@ -136,6 +136,14 @@ impl Track {
     }
 }
 
+/// What every branch of an evaluation needs of the pod it assesses.
+struct Seen<'a> {
+    info: &'a BuildInfo,
+    base: BuildEventData,
+    pod_name: &'a str,
+    now_unix: i64,
+}
+
 /// The build a pod belongs to, read from the pod.
 #[derive(Debug, Clone)]
 struct BuildInfo {
@@ -359,171 +367,221 @@ impl Reporter {
         };
         let span = info_span!("build", buildId = info.build.0, executor = %self.cluster.executor, attempt = info.attempt);
         // Instrumented, not entered: evaluations of different pods run concurrently on one task.
+        let seen = Seen {
+            info: &info,
+            base,
+            pod_name: &pod_name,
+            now_unix,
+        };
         async move {
             match &verdict {
-                Verdict::Pending { scheduled } => {
-                    if *scheduled && !track.scheduled_sent {
-                        track.scheduled_at.get_or_insert_with(jiff::Timestamp::now);
-                        self.scheduled_update(track, &info).await;
-                    } else if !*scheduled
-                        && !track.waiting_sent
-                        && track.first_seen.elapsed() >= WAITING_AFTER
-                    {
-                        track.waiting_sent =
-                            self.status_update(track, &info, Update::Waiting).await
-                                == Reported::Done;
-                    }
-                    self.collect_orphan(track, &pod_name, now_unix, false).await;
-                }
-                Verdict::Running => {
-                    track.saw_running = true;
-                    if !track.running_sent && !self.announce_launch(track, &base, now_unix).await {
-                        return;
-                    }
-                    if !track.running_sent && self.publish(EventType::BuildRunning, base).await {
-                        track.running_sent = true;
-                        if let Some(created) = &track.pod.metadata.creation_timestamp {
-                            let age = now_unix.saturating_sub(created.0.as_second()).max(0) as u64;
-                            metrics::pod_started(&self.cluster.executor, Duration::from_secs(age));
-                        }
-                        info!(pod = %pod_name, "build running");
-                    }
-                    if !track.scheduled_sent {
-                        if track.scheduled_at.is_some() {
-                            // Scheduled earlier, but the token was not readable yet: still owed.
-                            self.scheduled_update(track, &info).await;
-                        } else {
-                            // First seen running (a reporter that took over): another reporter
-                            // told the API when the pod was scheduled.
-                            track.scheduled_sent = true;
-                        }
-                    }
-                    self.collect_orphan(track, &pod_name, now_unix, false).await;
-                }
+                Verdict::Pending { scheduled } => self.on_pending(track, &seen, *scheduled).await,
+                Verdict::Running => self.on_running(track, seen).await,
                 Verdict::LaunchFailed { reason, message } => {
-                    if !track.terminal_sent && !self.announce_launch(track, &base, now_unix).await {
-                        return;
-                    }
-                    if !track.terminal_sent {
-                        let data = BuildEventData {
-                            reason: Some(reason.clone()),
-                            message: Some(message.clone()),
-                            ..base
-                        };
-                        if !self.publish(EventType::BuildLaunchFailed, data).await {
-                            return;
-                        }
-                        track.terminal_sent = true;
-                        metrics::launch_failed(&self.cluster.executor, reason);
-                        warn!(pod = %pod_name, %reason, "build failed to start");
-                    }
-                    if !track.failure_sent {
-                        // The pod (and its token Secret) stays until the user has been told.
-                        if self
-                            .status_update(track, &info, Update::Failure(message.clone()))
-                            .await
-                            == Reported::NotYet
-                        {
-                            return;
-                        }
-                        track.failure_sent = true;
-                    }
-                    // A pod that cannot start is removed, so nothing hangs and nothing is retried
-                    // (once no create permitted before its launch was recorded can land).
-                    if self.may_delete(track)
-                        && self.cluster.delete_pod(&pod_name, Some(0)).await.is_ok()
-                    {
-                        track.deleted = true;
-                    }
+                    self.on_launch_failed(track, seen, reason, message).await;
                 }
                 Verdict::Succeeded | Verdict::Failed { .. } | Verdict::TimedOut { .. } => {
-                    if !track.terminal_sent && !self.announce_launch(track, &base, now_unix).await {
-                        return;
-                    }
-                    // A build that ran and finished between two looks (or while its launch was
-                    // not on the stream yet) still reports that it ran, before its outcome.
-                    if !track.terminal_sent
-                        && !track.running_sent
-                        && (track.saw_running || build_container_ran(&track.pod))
-                    {
-                        if !self.publish(EventType::BuildRunning, base.clone()).await {
-                            return;
-                        }
-                        track.running_sent = true;
-                    }
-                    if !track.terminal_sent {
-                        let (ty, outcome, data) = match &verdict {
-                            Verdict::Succeeded => (EventType::BuildSucceeded, "succeeded", base),
-                            Verdict::Failed {
-                                exit_code,
-                                reason,
-                                message,
-                            } => (
-                                EventType::BuildFailed,
-                                "failed",
-                                BuildEventData {
-                                    exit_code: Some(*exit_code),
-                                    reason: Some(reason.clone()),
-                                    message: Some(message.clone()),
-                                    ..base
-                                },
-                            ),
-                            Verdict::TimedOut { message } => (
-                                EventType::BuildTimedOut,
-                                "timed_out",
-                                BuildEventData {
-                                    reason: Some("DeadlineExceeded".into()),
-                                    message: Some(message.clone()),
-                                    ..base
-                                },
-                            ),
-                            _ => unreachable!("matched above"),
-                        };
-                        if !self.publish(ty, data).await {
-                            return;
-                        }
-                        track.terminal_sent = true;
-                        track.terminal_at = Some(Instant::now());
-                        metrics::build_completed(&self.cluster.executor, outcome);
-                        info!(pod = %pod_name, outcome, "build finished");
-                        // The launcher reports its own result; only deaths it cannot report are told.
-                        if let Verdict::Failed {
-                            reason, message, ..
-                        } = &verdict
-                            && matches!(reason.as_str(), "OOMKilled" | "Evicted" | "Failed")
-                        {
-                            self.status_update(track, &info, Update::Failure(message.clone()))
-                                .await;
-                        }
-                        if let Verdict::TimedOut { message } = &verdict {
-                            self.status_update(track, &info, Update::Failure(message.clone()))
-                                .await;
-                        }
-                    }
-                    let ttl = self.config.options.kubernetes.pod_ttl;
-                    let finished_for = finished_at(&track.pod)
-                        .map(|t| Duration::from_secs(now_unix.saturating_sub(t).max(0) as u64))
-                        .unwrap_or_else(|| {
-                            track.terminal_at.map(|t| t.elapsed()).unwrap_or_default()
-                        });
-                    let collectable = finished_for >= ttl && self.may_delete(track);
-                    if collectable && self.cluster.delete_pod(&pod_name, None).await.is_ok() {
-                        metrics::gc_deleted(&self.cluster.executor, "finished");
-                        debug!(pod = %pod_name, "finished pod collected");
-                        track.deleted = true;
-                    } else if !collectable {
-                        let recorded_wait = track
-                            .launch_recorded
-                            .map(|t| (t + self.busy_for).saturating_duration_since(Instant::now()))
-                            .unwrap_or(self.resync);
-                        let wait = ttl.saturating_sub(finished_for).max(recorded_wait);
-                        track.idle_until = Some(Instant::now() + wait);
-                    }
+                    self.on_finished(track, seen, &verdict).await;
                 }
             }
         }
         .instrument(span)
         .await;
+    }
+
+    /// A pod waiting to start: tell the API it was scheduled, or that it waits for resources.
+    async fn on_pending(&self, track: &mut Track, seen: &Seen<'_>, scheduled: bool) {
+        let Seen {
+            info,
+            pod_name,
+            now_unix,
+            ..
+        } = *seen;
+        if scheduled && !track.scheduled_sent {
+            track.scheduled_at.get_or_insert_with(jiff::Timestamp::now);
+            self.scheduled_update(track, info).await;
+        } else if !scheduled && !track.waiting_sent && track.first_seen.elapsed() >= WAITING_AFTER {
+            track.waiting_sent =
+                self.status_update(track, info, Update::Waiting).await == Reported::Done;
+        }
+        self.collect_orphan(track, pod_name, now_unix, false).await;
+    }
+
+    /// The build container runs: `build.running` once, after the launch is announced.
+    async fn on_running(&self, track: &mut Track, seen: Seen<'_>) {
+        let Seen {
+            info,
+            base,
+            pod_name,
+            now_unix,
+        } = seen;
+        track.saw_running = true;
+        if !track.running_sent && !self.announce_launch(track, &base, now_unix).await {
+            return;
+        }
+        if !track.running_sent && self.publish(EventType::BuildRunning, base).await {
+            track.running_sent = true;
+            if let Some(created) = &track.pod.metadata.creation_timestamp {
+                let age = now_unix.saturating_sub(created.0.as_second()).max(0) as u64;
+                metrics::pod_started(&self.cluster.executor, Duration::from_secs(age));
+            }
+            info!(pod = %pod_name, "build running");
+        }
+        if !track.scheduled_sent {
+            if track.scheduled_at.is_some() {
+                // Scheduled earlier, but the token was not readable yet: still owed.
+                self.scheduled_update(track, info).await;
+            } else {
+                // First seen running (a reporter that took over): another reporter
+                // told the API when the pod was scheduled.
+                track.scheduled_sent = true;
+            }
+        }
+        self.collect_orphan(track, pod_name, now_unix, false).await;
+    }
+
+    /// The pod cannot start: `build.launch_failed`, the user told, the pod removed.
+    async fn on_launch_failed(
+        &self,
+        track: &mut Track,
+        seen: Seen<'_>,
+        reason: &str,
+        message: &str,
+    ) {
+        let Seen {
+            info,
+            base,
+            pod_name,
+            now_unix,
+        } = seen;
+        if !track.terminal_sent && !self.announce_launch(track, &base, now_unix).await {
+            return;
+        }
+        if !track.terminal_sent {
+            let data = BuildEventData {
+                reason: Some(reason.to_owned()),
+                message: Some(message.to_owned()),
+                ..base
+            };
+            if !self.publish(EventType::BuildLaunchFailed, data).await {
+                return;
+            }
+            track.terminal_sent = true;
+            metrics::launch_failed(&self.cluster.executor, reason);
+            warn!(pod = %pod_name, %reason, "build failed to start");
+        }
+        if !track.failure_sent {
+            // The pod (and its token Secret) stays until the user has been told.
+            if self
+                .status_update(track, info, Update::Failure(message.to_owned()))
+                .await
+                == Reported::NotYet
+            {
+                return;
+            }
+            track.failure_sent = true;
+        }
+        // A pod that cannot start is removed, so nothing hangs and nothing is retried
+        // (once no create permitted before its launch was recorded can land).
+        if self.may_delete(track) && self.cluster.delete_pod(pod_name, Some(0)).await.is_ok() {
+            track.deleted = true;
+        }
+    }
+
+    /// The build ended: its outcome once, then the pod collected after `podTTL`.
+    async fn on_finished(&self, track: &mut Track, seen: Seen<'_>, verdict: &Verdict) {
+        let Seen {
+            info,
+            base,
+            pod_name,
+            now_unix,
+        } = seen;
+        if !track.terminal_sent && !self.announce_launch(track, &base, now_unix).await {
+            return;
+        }
+        // A build that ran and finished between two looks (or while its launch was
+        // not on the stream yet) still reports that it ran, before its outcome.
+        if !track.terminal_sent
+            && !track.running_sent
+            && (track.saw_running || build_container_ran(&track.pod))
+        {
+            if !self.publish(EventType::BuildRunning, base.clone()).await {
+                return;
+            }
+            track.running_sent = true;
+        }
+        if !track.terminal_sent {
+            let (ty, outcome, data) = match &verdict {
+                Verdict::Succeeded => (EventType::BuildSucceeded, "succeeded", base),
+                Verdict::Failed {
+                    exit_code,
+                    reason,
+                    message,
+                } => (
+                    EventType::BuildFailed,
+                    "failed",
+                    BuildEventData {
+                        exit_code: Some(*exit_code),
+                        reason: Some(reason.clone()),
+                        message: Some(message.clone()),
+                        ..base
+                    },
+                ),
+                Verdict::TimedOut { message } => (
+                    EventType::BuildTimedOut,
+                    "timed_out",
+                    BuildEventData {
+                        reason: Some("DeadlineExceeded".into()),
+                        message: Some(message.clone()),
+                        ..base
+                    },
+                ),
+                _ => unreachable!("matched above"),
+            };
+            if !self.publish(ty, data).await {
+                return;
+            }
+            track.terminal_sent = true;
+            track.terminal_at = Some(Instant::now());
+            metrics::build_completed(&self.cluster.executor, outcome);
+            info!(pod = %pod_name, outcome, "build finished");
+            // The launcher reports its own result; only deaths it cannot report are told.
+            if let Verdict::Failed {
+                reason, message, ..
+            } = &verdict
+                && matches!(reason.as_str(), "OOMKilled" | "Evicted" | "Failed")
+            {
+                self.status_update(track, info, Update::Failure(message.clone()))
+                    .await;
+            }
+            if let Verdict::TimedOut { message } = &verdict {
+                self.status_update(track, info, Update::Failure(message.clone()))
+                    .await;
+            }
+        }
+        self.collect_finished(track, pod_name, now_unix).await;
+    }
+
+    /// Deletes a finished pod once its `podTTL` passed and no create can still land on its
+    /// name; until then, sets when to look again.
+    async fn collect_finished(&self, track: &mut Track, pod_name: &str, now_unix: i64) {
+        let ttl = self.config.options.kubernetes.pod_ttl;
+        let finished_for = finished_at(&track.pod)
+            .map(|t| Duration::from_secs(now_unix.saturating_sub(t).max(0) as u64))
+            .unwrap_or_else(|| track.terminal_at.map(|t| t.elapsed()).unwrap_or_default());
+        let collectable = finished_for >= ttl && self.may_delete(track);
+        if collectable && self.cluster.delete_pod(pod_name, None).await.is_ok() {
+            metrics::gc_deleted(&self.cluster.executor, "finished");
+            debug!(pod = %pod_name, "finished pod collected");
+            track.deleted = true;
+        } else if !collectable {
+            let recorded_wait = track
+                .launch_recorded
+                .map(|t| (t + self.busy_for).saturating_duration_since(Instant::now()))
+                .unwrap_or(self.resync);
+            let wait = ttl.saturating_sub(finished_for).max(recorded_wait);
+            track.idle_until = Some(Instant::now() + wait);
+        }
     }
 
     /// Deletes a pod that no build can still need: one without a build past the pending
