@@ -18,7 +18,7 @@ use tracing::{error, info, warn};
 
 use crate::breaker::Transition;
 use crate::broker::{self, BrokerOptions, Companion, Publisher, Topology};
-use crate::cluster::{BreakerSignal, Cluster};
+use crate::cluster::{BreakerSignal, Cluster, ExecutorState};
 use crate::config::Settings;
 use crate::dispatch::{Dispatcher, Policy};
 use crate::events::{ClusterEventData, EventType, cluster_event};
@@ -130,8 +130,23 @@ pub async fn run(
         source.clone(),
         identity.clone(),
         executors.clone(),
-        background.clone(),
+        (background.clone(), tasks.clone()),
     ));
+    readiness.watch_executors(executors.values().map(|e| e.cluster.clone()).collect());
+    if !settings.lifecycle.enabled {
+        // Without the reporter's Lease nothing calls a cluster until the first build: one read
+        // at start-up shows a misconfigured executor (TLS, host, credentials) at once.
+        for ex in executors.values() {
+            let (cluster, stop) = (ex.cluster.clone(), background.clone());
+            let lease = lease_name(&cluster.executor);
+            tasks.spawn(async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = cluster.get_lease(&lease) => {}
+                }
+            });
+        }
+    }
 
     if settings.lifecycle.enabled {
         for (name, ex) in executors.iter() {
@@ -170,20 +185,23 @@ pub async fn run(
         settings.intake.pod_annotation_allow_list.clone(),
         protocol,
     );
-    let dispatcher = Arc::new(Dispatcher::new(
-        launcher,
-        publisher,
-        topology.clone(),
-        Policy {
-            limits: Limits {
-                max_bytes: settings.intake.max_message_bytes,
+    let dispatcher = Arc::new(
+        Dispatcher::new(
+            launcher,
+            publisher,
+            topology.clone(),
+            Policy {
+                limits: Limits {
+                    max_bytes: settings.intake.max_message_bytes,
+                },
+                reprocess_limit: settings.rabbitmq.message_reprocess_limit,
+                max_wait: settings.rabbitmq.max_wait,
+                cache: settings.ecosystem.cache.clone(),
             },
-            reprocess_limit: settings.rabbitmq.message_reprocess_limit,
-            max_wait: settings.rabbitmq.max_wait,
-            cache: settings.ecosystem.cache.clone(),
-        },
-        status,
-    ));
+            status,
+        )
+        .with_readiness(readiness.clone()),
+    );
 
     let ca_pem = if settings.rabbitmq.ca_file.is_empty() {
         None
@@ -239,8 +257,10 @@ pub async fn run(
         stop_background(background.clone(), tasks.clone()),
     )
     .await;
-    // Without a connection at the end (or on a broker problem) that did not run; else a no-op.
-    stop_background(background, tasks).await;
+    // Without a connection at the end (or on a broker problem) that did not run.
+    if !background.is_cancelled() {
+        stop_background(background, tasks).await;
+    }
     match result {
         Ok(_) => {
             info!("drained; bye");
@@ -281,7 +301,7 @@ async fn breaker_signals(
     source: String,
     identity: String,
     executors: Arc<BTreeMap<String, Executor>>,
-    stop: CancellationToken,
+    (stop, tasks): (CancellationToken, TaskTracker),
 ) {
     let mut sequence = 0u64;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -294,7 +314,9 @@ async fn breaker_signals(
                     if ex.cluster.poll_breaker().is_some() {
                         info!(executor = %name, "breaker half-open: the next call probes the cluster");
                     }
-                    metrics::breaker_state(name, ex.cluster.breaker_state().as_gauge());
+                    let breaker = ex.cluster.breaker_state();
+                    metrics::breaker_state(name, breaker.as_gauge());
+                    metrics::executor_state(name, ExecutorState::of(&ex.cluster));
                 }
                 continue;
             }
@@ -338,7 +360,7 @@ async fn breaker_signals(
         sequence += 1;
         let ev = cluster_event(&source, &identity, sequence, ty, data);
         let publisher = publisher.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             if let Err(e) = publisher.publish_event(&ev).await {
                 warn!(error = %e, "breaker event not published");
             }

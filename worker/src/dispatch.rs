@@ -19,6 +19,7 @@ use crate::broker::{Handler, Inbound, Outgoing, Publisher, Source, Topology};
 use crate::cache::{self, ClearError, ClearOutcome};
 use crate::config::CacheSettings;
 use crate::events::{BuildEventData, EventType, OutgoingEvent, build_event};
+use crate::health::Readiness;
 use crate::intake::{self, BuildId, Job, JobKind, Limits, StartBuild};
 use crate::launch::{Announce, Launcher, PodRef, StopOutcome};
 use crate::protocol::{Outcome, WaitReason};
@@ -26,9 +27,10 @@ use crate::status::{StatusUpdater, Update};
 use crate::telemetry::metrics;
 use crate::watch::assess::Verdict;
 
-/// Longest a build is held in process while waiting for an executor (admin-provisioned
-/// topology, which has no delay queues of its own for waiting).
-const IN_PROCESS_WAIT: Duration = Duration::from_secs(30);
+/// Longest a build is held in process while waiting for an executor (administrator's layout,
+/// which has no delay queues of its own for waiting): then it goes back to the end of its
+/// queue, with the time it has waited, so that a replica whose executors work can take it.
+pub const HOLD_AT_MOST: Duration = Duration::from_secs(30);
 /// How long a build waits before it is looked at again when nothing says otherwise.
 const DEFAULT_WAIT: Duration = Duration::from_secs(5);
 
@@ -55,6 +57,23 @@ pub struct Dispatcher {
     source: String,
     status: Option<Arc<StatusUpdater>>,
     dead_queue_exists: AtomicBool,
+    readiness: Readiness,
+}
+
+/// A build counted as waiting in memory (metric and `/readyz`) while this lives.
+struct Holding<'a>(&'a Readiness);
+
+impl<'a> Holding<'a> {
+    fn start(readiness: &'a Readiness) -> Holding<'a> {
+        readiness.build_waiting(true);
+        Holding(readiness)
+    }
+}
+
+impl Drop for Holding<'_> {
+    fn drop(&mut self) {
+        self.0.build_waiting(false);
+    }
 }
 
 /// What to do with a delivery once its job was carried out.
@@ -117,7 +136,14 @@ impl Dispatcher {
             policy,
             status,
             dead_queue_exists: AtomicBool::new(true),
+            readiness: Readiness::default(),
         }
+    }
+
+    /// Where builds held in memory are counted (`/readyz`, `bcw_builds_waiting`).
+    pub fn with_readiness(mut self, readiness: Readiness) -> Self {
+        self.readiness = readiness;
+        self
     }
 
     /// Records whether `<queue>.dead` exists (admin-provisioned topology may lack it).
@@ -180,22 +206,38 @@ impl Dispatcher {
         }
         span.record("job", kind.as_str());
         let started = tokio::time::Instant::now();
+        let mut holding = None;
         loop {
             let decision = self.decide(&job, inbound, &carried).await;
-            // Without delay queues of our own, waiting for an executor happens in process.
+            // Without delay queues of our own, waiting for an executor happens in process, for
+            // a bounded time (then `later` hands it back to the queue).
             if self.admin()
                 && let Decision::Later(l) = &decision
                 && !l.uses_attempt
-                && started.elapsed() < self.policy.max_wait
+                && !l.recheck
             {
-                carried.executors = l.next.executors.clone();
-                tokio::time::sleep(l.retry_in.clamp(Duration::from_secs(1), IN_PROCESS_WAIT)).await;
-                continue;
+                let now_ms = jiff::Timestamp::now().as_millisecond();
+                carried.waiting_since_ms.get_or_insert(now_ms);
+                let left = HOLD_AT_MOST.saturating_sub(started.elapsed());
+                if !left.is_zero() && !self.waited_too_long(&carried, now_ms) {
+                    holding.get_or_insert_with(|| Holding::start(&self.readiness));
+                    carried.executors = l.next.executors.clone();
+                    tokio::time::sleep(l.retry_in.clamp(Duration::from_secs(1), left)).await;
+                    continue;
+                }
             }
+            drop(holding.take());
             let outcome = self.settle(inbound, &carried, decision).await;
             metrics::message_handled(kind.as_str(), outcome);
             return;
         }
+    }
+
+    /// True once a build waiting for an executor since `carried.waiting_since_ms` has waited
+    /// `maxWait`.
+    fn waited_too_long(&self, carried: &Carried, now_ms: i64) -> bool {
+        let since = carried.waiting_since_ms.unwrap_or(now_ms);
+        Duration::from_millis(now_ms.saturating_sub(since).max(0) as u64) > self.policy.max_wait
     }
 
     async fn decide(&self, job: &Job, inbound: &Inbound, carried: &Carried) -> Decision {
@@ -509,12 +551,7 @@ impl Dispatcher {
             next.waiting_since_ms = None;
         } else if !later.recheck {
             let since = carried.waiting_since_ms.unwrap_or(now_ms);
-            // Without delay queues of its own, an admin-provisioned worker holds a waiting
-            // build in process (`process`) and settles it only once `maxWait` has passed.
-            let expired = self.admin()
-                || Duration::from_millis(now_ms.saturating_sub(since).max(0) as u64)
-                    > self.policy.max_wait;
-            if expired {
+            if self.waited_too_long(carried, now_ms) {
                 let fail = match intake::decode(&inbound.data, self.policy.limits) {
                     Ok(Job::Start(b)) => Some(b),
                     _ => None,
@@ -538,6 +575,9 @@ impl Dispatcher {
                     .await;
             }
             next.waiting_since_ms = Some(since);
+        }
+        if self.admin() && !later.uses_attempt && !later.recheck {
+            return self.hand_back(inbound, next, &later.events).await;
         }
         if self.admin() {
             // A stop re-check without delay queues: done for now (waits expired above).
@@ -649,6 +689,40 @@ impl Dispatcher {
         }
         inbound.settle.ack().await;
         "dead_lettered"
+    }
+
+    /// The administrator's layout: a build that waited [`HOLD_AT_MOST`] here for an executor
+    /// goes back to the end of its queue, with the time it has waited and the executors it may
+    /// have touched, confirmed before the delivery is acknowledged (a crash in between leaves
+    /// two copies, which the launch protocol absorbs).
+    async fn hand_back(
+        &self,
+        inbound: &Inbound,
+        next: Carried,
+        events: &[OutgoingEvent],
+    ) -> &'static str {
+        let queue = match inbound.source {
+            Source::Main => self.topology.queue.as_str(),
+            Source::Verify => self.topology.verify_queue.as_deref().unwrap_or_default(),
+        };
+        let mut table = inbound.properties.headers().clone().unwrap_or_default();
+        next.write(&mut table);
+        if !self.publish_all(events).await {
+            inbound.settle.requeue().await;
+            return "requeued";
+        }
+        match self.copy_to(inbound, queue, table).await {
+            Ok(()) => {
+                info!(queue = %queue, "no executor can take the build here yet; handed back to its queue");
+                inbound.settle.ack().await;
+                "retried"
+            }
+            Err(e) => {
+                warn!(error = %e, "could not hand the build back; returning it to the queue");
+                inbound.settle.requeue().await;
+                "requeued"
+            }
+        }
     }
 
     async fn copy_to(

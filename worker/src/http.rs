@@ -35,12 +35,20 @@ pub fn router(readiness: Readiness, metrics: Option<PrometheusHandle>) -> Router
         .with_state(AppState { readiness, metrics })
 }
 
+/// The first line is the state (docs/interface.md §8); the lines after it say what else keeps
+/// builds from this replica: executors that cannot take them, builds waiting for one.
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
-    match s.readiness.check() {
-        Ok(()) => (StatusCode::OK, "ready\n"),
-        Err(NotReady::NotConsuming) => (StatusCode::SERVICE_UNAVAILABLE, "not consuming\n"),
-        Err(NotReady::Draining) => (StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
+    let (status, first) = match s.readiness.check() {
+        Ok(()) => (StatusCode::OK, "ready"),
+        Err(NotReady::NotConsuming) => (StatusCode::SERVICE_UNAVAILABLE, "not consuming"),
+        Err(NotReady::Draining) => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
+    };
+    let mut body = format!("{first}\n");
+    for note in s.readiness.notes() {
+        body.push_str(&note);
+        body.push('\n');
     }
+    (status, body)
 }
 
 async fn render_metrics(State(s): State<AppState>) -> impl IntoResponse {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use tokio::time::Instant;
-use tracing::{error, info, warn};
+use tracing::{debug, info, warn};
 
 use crate::breaker::State;
 use crate::cluster::{CallError, Cluster};
@@ -534,12 +534,9 @@ fn classify(exec: &str, e: &CallError, down: bool) -> CreateFailure {
     }
 }
 
+/// Said at ERROR once per executor by its health (`cluster::health`), not once per build.
 fn misconfigured(exec: &str, e: &CallError) {
-    error!(
-        executor = %exec,
-        error = %e,
-        "executor configuration error: the cluster refuses its pods; fix the executor's configuration"
-    );
+    debug!(executor = %exec, error = %e, "the executor refused the build's pod");
 }
 
 /// True when the pod carries the build's `sdbuild` label.

@@ -430,7 +430,8 @@ async fn an_unknown_runtime_class_is_refused_by_admission_and_dead_lettered() {
     let log = worker.log_text();
     assert!(
         log.lines().any(|l| l.contains("\"level\":\"ERROR\"")
-            && l.contains("executor configuration error")
+            && l.contains("executor misconfigured")
+            && l.contains("\"cause\":\"runtime_class_missing\"")
             && l.contains("gvisor")),
         "no loud log line naming the RuntimeClass:\n{log}"
     );
@@ -458,6 +459,89 @@ async fn a_pod_the_api_server_refuses_is_dead_lettered_as_invalid() {
     let dead = event_of(&tap, "build.dead_lettered", build).await;
     assert_eq!(dead.data["reason"], "invalid_pod", "{:?}", dead.data);
     assert!(tap.of("build.launched").is_empty());
+    drop(worker);
+    rabbit.cleanup(&names).await;
+}
+
+/// The ERROR lines of a worker's log.
+fn error_lines(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.contains("\"level\":\"ERROR\""))
+        .collect()
+}
+
+/// Issue 20: with the real API server's own answers, a missing jobs namespace is said once at
+/// ERROR (for every build it refuses), naming the executor, the cause and the fix. The worker's
+/// Role lives in its own namespace, so RBAC answers first (403 for the Lease, then for the
+/// pods): one ERROR, the rest at WARN, and the fix names both remedies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_namespace_is_said_once_with_its_fix() {
+    let real = real_or_skip!();
+    let (rabbit, names, tap) = broker("real-ns").await;
+    let name = unique("no-ns");
+    let executors =
+        [RealExecutor::new(&name).kubernetes(json!({"jobsNamespace": "no-such-namespace-bcw"}))];
+    let worker = WorkerProcess::spawn(
+        &config(&names, &real.worker, &executors, &Knobs::default()),
+        &[],
+    )
+    .await;
+    let base = build_base();
+    for i in 1..=3 {
+        publish(&rabbit, &names, &StartMsg::new(base + i).json()).await;
+    }
+    for i in 1..=3 {
+        event_of(&tap, "build.dead_lettered", base + i).await;
+    }
+    let log = worker.log_text();
+    let errors = error_lines(&log);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    for part in [
+        format!("\"executor\":\"{name}\""),
+        "\"cause\":\"forbidden\"".to_string(),
+        "in namespace no-such-namespace-bcw (if that namespace does not exist, create it"
+            .to_string(),
+    ] {
+        assert!(errors[0].contains(&part), "no {part:?} in {}", errors[0]);
+    }
+    drop(worker);
+    rabbit.cleanup(&names).await;
+}
+
+/// Issue 20: a token the real API server refuses (401) is said once at ERROR at start-up,
+/// before any build, and not again when builds meet it; `/readyz` says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_token_is_said_once_at_start_up() {
+    let real = real_or_skip!();
+    let (rabbit, names, tap) = broker("real-token").await;
+    let name = unique("bad-token");
+    let executors = [RealExecutor::new(&name).kubernetes(json!({"token": "not-a-valid-token"}))];
+    let worker = WorkerProcess::spawn(
+        &config(&names, &real.worker, &executors, &Knobs::default()),
+        &[],
+    )
+    .await;
+    let body = bcw_tests::harness::eventually(SOON, "/readyz to say why", || async {
+        let (_, body) = worker.get("/readyz").await?;
+        body.contains("misconfigured").then_some(body)
+    })
+    .await;
+    assert!(body.contains("401"), "{body}");
+    let build = build_base() + 1;
+    publish(&rabbit, &names, &StartMsg::new(build).json()).await;
+    event_of(&tap, "build.dead_lettered", build).await;
+    let log = worker.log_text();
+    let errors = error_lines(&log);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(
+        errors[0].contains("\"cause\":\"unauthorized\"") && errors[0].contains(&name),
+        "{}",
+        errors[0]
+    );
+    assert!(
+        !log.contains("not-a-valid-token"),
+        "the token reached the log"
+    );
     drop(worker);
     rabbit.cleanup(&names).await;
 }

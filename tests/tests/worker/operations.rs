@@ -653,13 +653,36 @@ async fn an_unknown_runtime_class_is_counted_and_logged_without_tripping_the_bre
     );
     assert_eq!(value("bcw_breaker_state"), 0.0, "the breaker is closed");
     assert!(tap.of("cluster.breaker_opened").is_empty());
-    let log = worker.log_text();
+    // The state gauge follows within a second.
+    eventually(SOON, "the executor shown as misconfigured", || async {
+        let (_, body) = worker.get("/metrics").await?;
+        let m = parse_metrics(&body);
+        (metric_sum(&m, "bcw_executor_state", |s| s["executor"] == "a") == 2.0).then_some(())
+    })
+    .await;
+    let (status, body) = worker.get("/readyz").await.expect("/readyz answers");
+    assert_eq!(status, 200, "the replica still consumes: {body}");
     assert!(
-        log.lines().any(
-            |l| l.contains("\"level\":\"ERROR\"") && l.contains("executor configuration error")
-        ),
-        "no loud log line"
+        body.contains("executor a (") && body.contains("RuntimeClass kata"),
+        "/readyz does not say why executor a cannot take builds:\n{body}"
     );
+    // Issue 20: loud once, not once per build: one ERROR line naming the executor, the host,
+    // the cause and the fix, for four refused builds.
+    let log = worker.log_text();
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("\"level\":\"ERROR\""))
+        .collect();
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    for part in [
+        "executor misconfigured",
+        "\"executor\":\"a\"",
+        &format!("\"host\":\"{}\"", a.url()),
+        "\"cause\":\"runtime_class_missing\"",
+        "create RuntimeClass kata",
+    ] {
+        assert!(errors[0].contains(part), "no {part:?} in {}", errors[0]);
+    }
     drop(worker);
     rabbit.cleanup(&names).await;
     sim.shutdown().await;

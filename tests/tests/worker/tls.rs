@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use bcw_tests::harness::tls::TestPki;
 use bcw_tests::harness::worker::http_status;
-use bcw_tests::harness::{ExecutorSpec, InProcessWorker, Knobs, StartMsg, eventually, settings};
+use bcw_tests::harness::{
+    ExecutorSpec, InProcessWorker, Knobs, StartMsg, WorkerProcess, eventually, settings,
+    settings_json,
+};
 use bcw_tests::kube_sim::{ClusterConfig, KubeSim, SimConfig, Timeline};
 use serde_json::json;
 use tokio::sync::oneshot;
@@ -92,6 +95,66 @@ async fn without_the_ca_bundle_the_cluster_is_not_trusted() {
     );
     assert!(tap.of("build.launched").is_empty());
     worker.stop().await.expect("clean shutdown");
+    rabbit.cleanup(&names).await;
+    sim.shutdown().await;
+}
+
+/// Issue 20: a cluster certificate the worker cannot verify is said once, at ERROR, naming the
+/// executor, the host, the cause and the fix (not once per call, not by a dependency's line),
+/// and `bcw_executor_state` and `/readyz` show why the executor takes no builds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_cluster_certificate_is_said_once_and_shown_on_readyz_and_metrics() {
+    let pki = TestPki::new();
+    let sim = sim().await;
+    let a = sim.cluster("a");
+    let cluster_port = pki
+        .proxy(a.url().trim_start_matches("http://").parse().unwrap())
+        .await;
+    let (rabbit, names, tap) = broker("tls-said-once").await;
+    let host = format!("https://127.0.0.1:{cluster_port}");
+    let config = settings_json(&names, &[ExecutorSpec::new("a", &host)], &Knobs::default());
+    let worker = WorkerProcess::spawn(&config, &[]).await;
+    for id in 1..=3u64 {
+        rabbit
+            .publish_json(&names.exchange, &names.queue, &StartMsg::new(id).json())
+            .await;
+    }
+    tap.wait(SOON, "the builds to wait", |evs| {
+        evs.iter().filter(|e| e.ty == "build.retrying").count() >= 3
+    })
+    .await;
+    let body = eventually(SOON, "/readyz to say why", || async {
+        let (status, body) = worker.get("/readyz").await?;
+        (status == 200 && body.contains("misconfigured")).then_some(body)
+    })
+    .await;
+    assert!(
+        body.contains(&format!("executor a ({host})")) && body.contains("caFile"),
+        "{body}"
+    );
+    eventually(SOON, "the executor state gauge", || async {
+        let (_, metrics) = worker.get("/metrics").await?;
+        metrics
+            .lines()
+            .any(|l| l.starts_with("bcw_executor_state{executor=\"a\"} 2"))
+            .then_some(())
+    })
+    .await;
+    let log = worker.log_text();
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("\"level\":\"ERROR\""))
+        .collect();
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    for part in [
+        "\"executor\":\"a\"",
+        &format!("\"host\":\"{host}\""),
+        "\"cause\":\"tls_unknown_issuer\"",
+        "BCW_EXECUTOR__A__OPTIONS__KUBERNETES__CA_FILE",
+    ] {
+        assert!(errors[0].contains(part), "no {part:?} in {}", errors[0]);
+    }
+    drop(worker);
     rabbit.cleanup(&names).await;
     sim.shutdown().await;
 }

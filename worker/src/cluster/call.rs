@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use super::health::{self, Health};
 use crate::backoff::{Backoff, parse_retry_after};
 use crate::breaker::{Outcome, SharedBreaker, Transition};
 use crate::budget::Budget;
@@ -220,6 +221,8 @@ pub struct Caller {
     pub timeout: Duration,
     /// Where breaker transitions go.
     pub signals: mpsc::UnboundedSender<BreakerSignal>,
+    /// What the answers say about the executor's set-up.
+    pub health: std::sync::Arc<Health>,
 }
 
 impl std::fmt::Debug for Caller {
@@ -281,16 +284,17 @@ impl Caller {
                 message: format!("cannot build the request: {e}"),
             })?;
             let started = Instant::now();
-            let attempt_result = match tokio::time::timeout(self.timeout, self.send(req)).await {
-                Ok(r) => r,
-                Err(_) => Attempt::Transient {
-                    status: None,
-                    message: format!("no answer within {:?}", self.timeout),
-                    ambiguous: verb.may_have_written(),
-                    retry_after: None,
-                    code: "timeout".into(),
-                },
-            };
+            let attempt_result =
+                match tokio::time::timeout(self.timeout, self.send(verb, req)).await {
+                    Ok(r) => r,
+                    Err(_) => Attempt::Transient {
+                        status: None,
+                        message: format!("no answer within {:?}", self.timeout),
+                        ambiguous: verb.may_have_written(),
+                        retry_after: None,
+                        code: "timeout".into(),
+                    },
+                };
             let took = started.elapsed();
             let (outcome, code) = match &attempt_result {
                 Attempt::Done(a) => (Outcome::Success, a.status.as_u16().to_string()),
@@ -355,14 +359,17 @@ impl Caller {
         });
     }
 
-    async fn send(&self, req: http::Request<Vec<u8>>) -> Attempt {
+    async fn send(&self, verb: Verb, req: http::Request<Vec<u8>>) -> Attempt {
+        let resource = health::resource_of(req.uri().path()).to_string();
         let response = match self.client.send(req.map(kube::client::Body::from)).await {
             Ok(r) => r,
             Err(e) => {
                 let refused = connection_refused(&e);
+                let (seen, text) = health::judge_transport(&e);
+                self.health.judge(seen);
                 return Attempt::Transient {
                     status: None,
-                    message: format!("transport error: {e}"),
+                    message: format!("transport error: {text}"),
                     // A connection that was never made sent nothing.
                     ambiguous: !refused,
                     retry_after: None,
@@ -392,7 +399,18 @@ impl Caller {
                 };
             }
         };
-        classify(status, body, retry_after)
+        let attempt = classify(status, body, retry_after);
+        let refusal = match &attempt {
+            Attempt::Refused(e) => Some(e),
+            _ => None,
+        };
+        self.health.judge(health::judge_answer(
+            verb,
+            &resource,
+            status.as_u16(),
+            refusal,
+        ));
+        attempt
     }
 }
 

@@ -6,6 +6,7 @@
 //! deadline, classification, retry. It never decides what a failure means for a build.
 
 pub mod call;
+pub mod health;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 pub use call::{BreakerSignal, CallError, Caller, Verb};
+pub use health::Health;
 
 use crate::backoff::Backoff;
 use crate::breaker::{BreakerPolicy, SharedBreaker, State};
@@ -47,6 +49,40 @@ pub enum SetupError {
     /// Anything else about the connection settings.
     #[error("{0}")]
     Settings(String),
+}
+
+/// An executor's state, as `bcw_executor_state` and `/readyz` show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecutorState {
+    /// Nothing known against it.
+    Usable,
+    /// Its breaker is open: the cluster fails or does not answer.
+    Unreachable,
+    /// Its set-up is wrong (TLS, host, credentials, namespace, RuntimeClass, Role): calls
+    /// will go on failing until the configuration or the cluster is fixed.
+    Misconfigured,
+}
+
+impl ExecutorState {
+    /// The state of `cluster` now: a set-up problem wins over an open breaker.
+    pub fn of(cluster: &Cluster) -> ExecutorState {
+        if cluster.health().misconfigured() {
+            ExecutorState::Misconfigured
+        } else if cluster.breaker_state() == State::Open {
+            ExecutorState::Unreachable
+        } else {
+            ExecutorState::Usable
+        }
+    }
+
+    /// The gauge's value: 0 usable, 1 unreachable, 2 misconfigured.
+    pub fn as_gauge(self) -> f64 {
+        match self {
+            ExecutorState::Usable => 0.0,
+            ExecutorState::Unreachable => 1.0,
+            ExecutorState::Misconfigured => 2.0,
+        }
+    }
 }
 
 /// One executor's cluster.
@@ -83,6 +119,12 @@ impl Cluster {
         let opts = &config.options;
         let timeout = opts.fusebox.breaker.timeout;
         let (call_config, watch_config) = client_configs(config, timeout).await?;
+        let host = call_config.cluster_url.to_string();
+        let health = Arc::new(health::Health::new(
+            executor,
+            host.trim_end_matches('/'),
+            crate::preflight::executor::fixes(executor, config),
+        ));
         let client =
             kube::Client::try_from(call_config).map_err(|e| SetupError::Settings(e.to_string()))?;
         let watch_client = kube::Client::try_from(watch_config)
@@ -103,6 +145,7 @@ impl Cluster {
                 backoff,
                 timeout,
                 signals,
+                health,
             },
             watch_client,
         })
@@ -116,6 +159,11 @@ impl Cluster {
     /// Reports (once) an open period that ended, for the state gauge.
     pub fn poll_breaker(&self) -> Option<crate::breaker::Transition> {
         self.caller.breaker.poll()
+    }
+
+    /// What this replica knows of the executor's set-up.
+    pub fn health(&self) -> &health::Health {
+        &self.caller.health
     }
 
     /// A client without read timeout, for long-lived watches.
@@ -365,6 +413,20 @@ fn refused(status: u16, e: impl std::fmt::Display) -> CallError {
     }
 }
 
+/// True when `url` is the API server of the cluster the worker runs in: `kubernetes.default`
+/// (any of its service names) or the address Kubernetes gives its pods.
+fn in_cluster_api(url: &http::Uri) -> bool {
+    if url.scheme_str() != Some("https") {
+        return false;
+    }
+    let host = url.host().unwrap_or_default();
+    let service = ["kubernetes", "kubernetes.default", "kubernetes.default.svc"];
+    service.contains(&host)
+        || host.starts_with("kubernetes.default.svc.")
+        || std::env::var("KUBERNETES_SERVICE_HOST")
+            .is_ok_and(|h| h.trim_matches(['[', ']']) == host.trim_matches(['[', ']']))
+}
+
 /// The kube configs of an executor: one for calls (read timeout, no built-in retry) and one
 /// for watches (no read timeout: a watch may be quiet for minutes). Also used by
 /// `preflight`, so that its checks reach the cluster exactly as the worker does.
@@ -400,12 +462,13 @@ pub(crate) async fn client_configs(
         let url: http::Uri = host
             .parse()
             .map_err(|e| SetupError::Settings(format!("host {host:?}: {e}")))?;
-        let mut cfg = kube::Config::new(url);
+        let mut cfg = kube::Config::new(url.clone());
         if !k.ca_file.is_empty() {
             cfg.root_cert_file = Some(k.ca_file.clone().into());
-        } else if host.starts_with("https://") && std::path::Path::new(SA_CA).exists() {
+        } else if in_cluster_api(&url) && std::path::Path::new(SA_CA).exists() {
             // Screwdriver's default (`kubernetes.default` with the pod's service account):
             // verify the API server with the service account's CA instead of skipping TLS.
+            // Other hosts keep the system's roots (a CA bundle would replace them).
             cfg.root_cert_file = Some(SA_CA.into());
         }
         if k.token.is_empty() && k.token_file.is_empty() && std::path::Path::new(SA_TOKEN).exists()
@@ -435,4 +498,20 @@ pub(crate) async fn client_configs(
     cfg.read_timeout = Some(timeout + Duration::from_secs(1));
     cfg.reset_reader_on_write = true;
     Ok((cfg, watch))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_the_in_cluster_api_gets_the_service_account_ca() {
+        let is = |u: &str| super::in_cluster_api(&u.parse().unwrap());
+        assert!(is("https://kubernetes.default.svc"));
+        assert!(is("https://kubernetes.default.svc.cluster.local:443"));
+        assert!(is("https://kubernetes.default"));
+        assert!(!is("http://kubernetes.default.svc"), "not over plain http");
+        assert!(
+            !is("https://api.example.com:6443"),
+            "a remote cluster keeps the system roots"
+        );
+    }
 }

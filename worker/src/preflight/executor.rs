@@ -311,21 +311,8 @@ impl Probe<'_> {
         out
     }
 
-    /// A pod the API server would admit if the namespace and RuntimeClass exist; never stored.
     fn probe_pod(&self) -> Value {
-        let mut spec = json!({
-            "restartPolicy": "Never",
-            "containers": [{"name": "preflight", "image": "busybox"}],
-        });
-        if !self.runtime_class.is_empty() {
-            spec["runtimeClassName"] = json!(self.runtime_class);
-        }
-        json!({
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"generateName": "buildcluster-worker-preflight-"},
-            "spec": spec,
-        })
+        probe_pod(&self.runtime_class)
     }
 
     /// One SelfSubjectAccessReview per verb the worker needs.
@@ -460,6 +447,35 @@ fn refusal(status: u16, body: &[u8]) -> (Cause, String) {
     (cause, format!("{status}: {message}"))
 }
 
+/// A pod the API server would admit if the namespace and RuntimeClass exist (also under the
+/// restricted Pod Security Standard); sent as a dry run only, never stored.
+pub fn probe_pod(runtime_class: &str) -> Value {
+    let mut spec = json!({
+        "restartPolicy": "Never",
+        "securityContext": {"runAsNonRoot": true, "runAsUser": 65534,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [{"name": "preflight", "image": "busybox",
+                        "securityContext": {"allowPrivilegeEscalation": false,
+                                            "capabilities": {"drop": ["ALL"]}}}],
+    });
+    if !runtime_class.is_empty() {
+        spec["runtimeClassName"] = json!(runtime_class);
+    }
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"generateName": "buildcluster-worker-preflight-"},
+        "spec": spec,
+    })
+}
+
+/// The fix sentence of each cause for one executor (naming its keys and variables), as the
+/// worker logs it when one of its calls meets the cause.
+pub fn fixes(name: &str, config: &ExecutorConfig) -> crate::cluster::health::FixFor {
+    let fixes = Fixes::new(name, config);
+    Box::new(move |cause| fixes.fix(cause))
+}
+
 /// The fix sentences of one executor, naming its keys and variables.
 struct Fixes {
     name: String,
@@ -490,8 +506,9 @@ impl Fixes {
 
     fn fix(&self, cause: Cause) -> String {
         let role = format!(
-            "bind the Role of deploy/base/role.yaml to the worker's identity in namespace {}",
-            self.namespace
+            "bind the Role of deploy/base/role.yaml to the worker's identity in namespace {} (if that namespace does not exist, create it or correct {})",
+            self.namespace,
+            self.key("jobsNamespace", "JOBS_NAMESPACE")
         );
         match cause {
             Cause::ClientSetup => format!(

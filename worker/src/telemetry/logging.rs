@@ -40,23 +40,29 @@ pub fn init(format: LogFormat, level: Option<&str>) {
             .boxed(),
         LogFormat::Text => layer.fmt_fields(DefaultFields::new()).boxed(),
     };
-    tracing_subscriber::registry()
-        .with(
-            layer
-                .with_filter(filter)
-                .with_filter(filter_fn(not_a_close_by_the_broker)),
-        )
-        .init();
+    let subscriber = tracing_subscriber::registry().with(
+        layer
+            .with_filter(filter)
+            .with_filter(filter_fn(not_said_better_by_the_worker)),
+    );
+    if tracing::subscriber::set_global_default(subscriber).is_ok() {
+        // The platform verifier logs each certificate it refuses at ERROR, naming neither the
+        // executor nor the host; the worker says it once with both (`cluster::health`).
+        let _ = tracing_log::LogTracer::builder()
+            .ignore_crate("rustls_platform_verifier")
+            .init();
+    }
 }
 
-/// lapin logs every channel or connection the broker closes at ERROR, expected ones included
-/// (a passive check of a queue that does not exist closes its channel with 404). The same
-/// error reaches the worker from the call on that channel, which logs it with its context and
-/// its true level, so lapin's own line is left out.
-fn not_a_close_by_the_broker(meta: &Metadata<'_>) -> bool {
-    !(meta.target() == "lapin::channel"
-        && *meta.level() == Level::ERROR
-        && meta.fields().field("method").is_some())
+/// Dependencies' ERROR lines about failures the worker reports itself, with their context
+/// and true level, are left out: lapin logs every channel the broker closes (a passive check
+/// of a queue that does not exist closes its channel with 404), kube's client every failed
+/// request (each meets the worker's retry, breaker and set-up judgement).
+fn not_said_better_by_the_worker(meta: &Metadata<'_>) -> bool {
+    let closed_by_broker =
+        meta.target() == "lapin::channel" && meta.fields().field("method").is_some();
+    let failed_request = meta.target() == "kube_client::client::builder";
+    !(*meta.level() == Level::ERROR && (closed_by_broker || failed_request))
 }
 
 /// One JSON object per event: `timestamp`, `level`, `target`, `message`, the event's fields and

@@ -19,6 +19,10 @@ pub const KUBE_REQUESTS_TOTAL: &str = "bcw_kube_requests_total";
 pub const KUBE_REQUEST_DURATION: &str = "bcw_kube_request_duration_seconds";
 /// `bcw_breaker_state{executor}`: 0 closed, 1 half-open, 2 open.
 pub const BREAKER_STATE: &str = "bcw_breaker_state";
+/// `bcw_executor_state{executor}`: 0 usable, 1 unreachable (breaker open), 2 misconfigured.
+pub const EXECUTOR_STATE: &str = "bcw_executor_state";
+/// `bcw_builds_waiting`: builds held in this replica's memory while no executor can take them.
+pub const BUILDS_WAITING: &str = "bcw_builds_waiting";
 /// `bcw_breaker_trips_total{executor}`.
 pub const BREAKER_TRIPS_TOTAL: &str = "bcw_breaker_trips_total";
 /// `bcw_retries_total{executor, reason}`.
@@ -71,6 +75,8 @@ pub const ALL: &[&str] = &[
     KUBE_REQUESTS_TOTAL,
     KUBE_REQUEST_DURATION,
     BREAKER_STATE,
+    EXECUTOR_STATE,
+    BUILDS_WAITING,
     BREAKER_TRIPS_TOTAL,
     RETRIES_TOTAL,
     DEAD_LETTERS_TOTAL,
@@ -141,6 +147,14 @@ fn describe_intake_and_clusters() {
     describe_gauge!(
         BREAKER_STATE,
         "Circuit breaker state per executor: 0 closed, 1 half-open, 2 open."
+    );
+    describe_gauge!(
+        EXECUTOR_STATE,
+        "Executor state: 0 usable, 1 unreachable (breaker open), 2 misconfigured (see the ERROR log and /readyz)."
+    );
+    describe_gauge!(
+        BUILDS_WAITING,
+        "Builds held in this replica's memory while no executor can take them (administrator's layout)."
     );
     describe_counter!(BREAKER_TRIPS_TOTAL, "Times an executor's breaker opened.");
     describe_counter!(RETRIES_TOTAL, "Retries, by executor and reason.");
@@ -234,6 +248,16 @@ pub fn budget_wait(executor: &str, waited: Duration) {
 /// A breaker's state (0 closed, 1 half-open, 2 open).
 pub fn breaker_state(executor: &str, value: f64) {
     gauge!(BREAKER_STATE, "executor" => executor.to_string()).set(value);
+}
+
+/// An executor's state now.
+pub fn executor_state(executor: &str, state: crate::cluster::ExecutorState) {
+    gauge!(EXECUTOR_STATE, "executor" => executor.to_string()).set(state.as_gauge());
+}
+
+/// The number of builds held in memory waiting for an executor.
+pub fn builds_waiting(count: usize) {
+    gauge!(BUILDS_WAITING).set(count as f64);
 }
 
 /// A breaker opened.

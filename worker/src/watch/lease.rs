@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::cluster::{CallError, Cluster};
 use crate::telemetry::metrics;
@@ -51,7 +51,13 @@ pub async fn run(
     let mut last_renew: Option<Instant> = None;
     let renew_deadline = election.duration.mul_f64(2.0 / 3.0);
     loop {
-        let leader = match step(&cluster, &election, &mut seen).await {
+        // A step against a cluster that does not answer can take its calls' retries; shutdown
+        // does not wait for them.
+        let stepped = tokio::select! {
+            _ = stop.cancelled() => break,
+            r = step(&cluster, &election, &mut seen) => r,
+        };
+        let leader = match stepped {
             Ok(true) => {
                 last_renew = Some(Instant::now());
                 true
@@ -61,7 +67,12 @@ pub async fn run(
                 // Keep leading only while the last renewal is recent enough.
                 let still =
                     *leading.borrow() && last_renew.is_some_and(|t| t.elapsed() < renew_deadline);
-                warn!(executor = %cluster.executor, error = %e, still_leading = still, "lease renewal failed");
+                if cluster.health().misconfigured() {
+                    // Said once at ERROR with the fix; every renewal would repeat it.
+                    debug!(executor = %cluster.executor, error = %e, still_leading = still, "lease renewal failed");
+                } else {
+                    warn!(executor = %cluster.executor, error = %e, still_leading = still, "lease renewal failed");
+                }
                 still
             }
         };

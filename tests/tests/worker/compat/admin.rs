@@ -444,3 +444,62 @@ async fn a_build_that_waits_past_max_wait_is_failed_not_dropped() {
     api.shutdown().await;
     sim.shutdown().await;
 }
+
+/// Issue 20: in the administrator's layout a build that no executor of this replica can take
+/// waits in its memory for at most 30 s, counted on `/readyz` (and `bcw_builds_waiting`), then
+/// goes back to the end of `X`, where a replica whose executors work takes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_waiting_in_memory_goes_back_to_the_queue_for_a_healthy_replica() {
+    let sim = one_cluster().await;
+    let a = sim.cluster("a");
+    let pki = bcw_tests::harness::tls::TestPki::new();
+    // The first replica reaches cluster `a` through TLS it cannot verify: no create lands.
+    let untrusted = pki
+        .proxy(a.url().trim_start_matches("http://").parse().unwrap())
+        .await;
+    let (rabbit, names, tap) = broker("sdhandback").await;
+    let topology = AdminTopology::for_names(&names);
+    topology.declare(&rabbit).await;
+    let knobs = Knobs {
+        max_failures: 1,
+        reset_timeout_ms: 600_000,
+        ..admin_knobs(json!({}))
+    };
+    let broken = format!("https://127.0.0.1:{untrusted}");
+    let first =
+        InProcessWorker::start(settings(&names, &[ExecutorSpec::new("a", &broken)], &knobs)).await;
+    rabbit
+        .publish_json(&names.exchange, &names.queue, &StartMsg::new(5201).json())
+        .await;
+    let body = eventually(SOON, "the first replica to hold the build", || async {
+        let (_, body) = bcw_tests::harness::worker::http_get(first.http, "/readyz").await?;
+        body.contains("1 build(s) waiting").then_some(body)
+    })
+    .await;
+    assert!(body.contains("executor a ("), "{body}");
+    let second = InProcessWorker::start(settings(
+        &names,
+        &[ExecutorSpec::new("a", &a.url())],
+        &knobs,
+    ))
+    .await;
+    let launched = tap
+        .wait_count("build.launched", 1, Duration::from_secs(90))
+        .await;
+    assert_eq!(launched[0].build_id(), 5201);
+    assert_eq!(
+        a.create_log().len(),
+        1,
+        "one pod, created by the second replica"
+    );
+    eventually(SOON, "the first replica to hold nothing", || async {
+        let (_, body) = bcw_tests::harness::worker::http_get(first.http, "/readyz").await?;
+        (!body.contains("waiting")).then_some(())
+    })
+    .await;
+    first.stop().await.expect("clean shutdown");
+    second.stop().await.expect("clean shutdown");
+    topology.cleanup(&rabbit).await;
+    rabbit.cleanup(&names).await;
+    sim.shutdown().await;
+}
