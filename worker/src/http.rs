@@ -79,9 +79,11 @@ pub async fn serve(
     metrics: Option<PrometheusHandle>,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    if let Some(handle) = metrics.clone() {
-        let stop = stop.clone();
-        tokio::spawn(async move {
+    // The recorder's upkeep runs beside the server and ends with it, so shutdown waits for both.
+    let upkeep = {
+        let (handle, stop) = (metrics.clone(), stop.clone());
+        async move {
+            let Some(handle) = handle else { return };
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
             loop {
                 tokio::select! {
@@ -89,11 +91,13 @@ pub async fn serve(
                     _ = stop.cancelled() => return,
                 }
             }
-        });
-    }
-    axum::serve(listener, router(readiness, metrics))
+        }
+    };
+    let server = axum::serve(listener, router(readiness, metrics))
         .with_graceful_shutdown(stop.cancelled_owned())
-        .await
+        .into_future();
+    let (served, ()) = tokio::join!(server, upkeep);
+    served
 }
 
 /// The address a listener is bound to.

@@ -16,7 +16,8 @@ pub mod stream;
 pub mod topology;
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use lapin::options::{BasicAckOptions, BasicNackOptions, QueueDeclareOptions};
@@ -92,20 +93,19 @@ pub struct Inbound {
 #[derive(Debug, Clone)]
 pub struct Settle {
     acker: Acker,
-    settled: Arc<Mutex<bool>>,
+    settled: Arc<AtomicBool>,
 }
 
 impl Settle {
     fn new(acker: Acker) -> Self {
         Self {
             acker,
-            settled: Arc::new(Mutex::new(false)),
+            settled: Arc::new(AtomicBool::new(false)),
         }
     }
 
     fn claim(&self) -> bool {
-        let mut s = self.settled.lock().expect("settle lock poisoned");
-        !std::mem::replace(&mut *s, true)
+        !self.settled.swap(true, Ordering::SeqCst)
     }
 
     /// Acknowledges: the message is done. Errors (a channel that died meanwhile) are logged:
@@ -283,7 +283,7 @@ impl<H: Handler> Supervisor<H> {
                 }
                 SessionEnd::Lost(reason) => {
                     lost.cancel();
-                    companion.stop();
+                    companion.stop().await;
                     self.control.disconnected();
                     // A session can end with its connection still open (a consumer cancelled):
                     // close it, or its consumers would keep their unacknowledged deliveries
@@ -358,7 +358,7 @@ impl<H: Handler> Supervisor<H> {
         if let Some(stop_the_rest) = before_disconnect {
             stop_the_rest.await;
         }
-        companion.stop();
+        companion.stop().await;
         let closing = consume_channel.close(200, "shutdown".into());
         bounded_wait("consume channel close", closing).await;
         self.control.disconnected();

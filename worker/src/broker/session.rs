@@ -33,12 +33,23 @@ pub(super) enum SessionEnd {
 /// The companion of a session, running as a task of its own until stopped.
 pub(super) struct CompanionHandle {
     stop: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl CompanionHandle {
-    /// Stops it (its task ends at its next await).
-    pub(super) fn stop(&self) {
+    fn idle() -> CompanionHandle {
+        CompanionHandle {
+            stop: CancellationToken::new(),
+            task: None,
+        }
+    }
+
+    /// Stops it and waits for its task, which ends at its next await.
+    pub(super) async fn stop(self) {
         self.stop.cancel();
+        if let Some(task) = self.task {
+            let _ = task.await;
+        }
     }
 }
 
@@ -49,18 +60,22 @@ async fn attach(
 ) -> Result<(CompanionHandle, Option<oneshot::Receiver<String>>), String> {
     let stop = CancellationToken::new();
     let Some(companion) = companion else {
-        return Ok((CompanionHandle { stop }, None));
+        return Ok((CompanionHandle::idle(), None));
     };
     let running = companion.attach(connection.clone()).await?;
     let (ended_tx, ended) = oneshot::channel();
     let token = stop.clone();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         tokio::select! {
             why = running => { let _ = ended_tx.send(why); }
             () = token.cancelled() => {}
         }
     });
-    Ok((CompanionHandle { stop }, Some(ended)))
+    let handle = CompanionHandle {
+        stop,
+        task: Some(task),
+    };
+    Ok((handle, Some(ended)))
 }
 
 /// Why the companion ended (never, without one).
@@ -84,10 +99,7 @@ impl<H: Handler> Supervisor<H> {
             match attach(self.companion.as_ref(), connection).await {
                 Ok(c) => c,
                 Err(why) => {
-                    let idle = CompanionHandle {
-                        stop: CancellationToken::new(),
-                    };
-                    return (SessionEnd::Lost(why), idle);
+                    return (SessionEnd::Lost(why), CompanionHandle::idle());
                 }
             };
         let ended = self
@@ -135,12 +147,13 @@ impl<H: Handler> Supervisor<H> {
             },
             None => None,
         };
+        // Read-only sampling that ends with the session, on every return path.
         let sampler = CancellationToken::new();
-        tokio::spawn(sample_queues(
+        let _sampling = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(sample_queues(
             connection.clone(),
             topology.sampled_queues(report),
             sampler.clone(),
-        ));
+        )));
         let _sampler_guard = sampler.drop_guard();
         self.readiness.set_consuming(true);
         metrics::broker_connected(true);
