@@ -25,6 +25,8 @@
 //! - [`dispatch`]: one delivery from bytes to ack: decode, carry out, make durable, settle.
 //! - [`cluster`]: an executor's Kubernetes API as typed calls, each through its breaker, budget,
 //!   deadline and retry.
+//! - [`outbound`]: the one call path of every outbound request (cluster calls, status
+//!   updates): breaker permit, budget, send deadline, retries on backoff or `Retry-After`.
 //! - [`breaker`]: the long-lived circuit breaker per executor (pure state machine + shared wrapper).
 //! - [`backoff`]: exponential backoff with full jitter, and `Retry-After` parsing.
 //! - [`budget`]: the per-cluster client-side request budget (`qps`/`burst`).
@@ -62,6 +64,7 @@ pub mod intake;
 pub mod launch;
 pub mod naming;
 pub mod ops;
+pub mod outbound;
 pub mod podspec;
 pub mod preflight;
 pub mod protocol;

@@ -1,9 +1,12 @@
 //! Build status updates to the Screwdriver API: `PUT <apiUri>/v4/builds/<id>` with the build's
 //! own token, as the original worker and executor-k8s send them.
 //!
-//! Has a breaker and a retry of its own (the API is not a cluster). 403 and 404 mean the build
-//! already finished or is gone: nothing to retry. An update never fails a message: a build
-//! whose status could not be updated is still launched, stopped or dead-lettered as it should.
+//! The API has a breaker of its own (it is not a cluster) on the one call path of every
+//! outbound request ([`crate::outbound`]: retries on backoff or `Retry-After`, stopping when
+//! the breaker opens). 403 and 404 mean the build already finished or is gone; any other 4xx
+//! but 408 and 429 would be refused again: neither is retried. An update never fails a
+//! message: a build whose status could not be updated is still launched, stopped or
+//! dead-lettered as it should.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,12 +19,13 @@ use hyper_util::rt::TokioExecutor;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use serde_json::json;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
-use crate::backoff::Backoff;
-use crate::breaker::{BreakerPolicy, Outcome, SharedBreaker};
+use crate::backoff::{Backoff, parse_retry_after};
+use crate::breaker::{BreakerPolicy, SharedBreaker, Transition};
 use crate::config::StatusUpdateSettings;
 use crate::intake::{BuildId, StartBuild};
+use crate::outbound::{Ended, Failure, Guard, Observer, Transient, Tried};
 use crate::secret::Secret;
 use crate::telemetry::metrics;
 
@@ -97,8 +101,7 @@ type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes
 #[derive(Debug, Clone)]
 pub struct StatusUpdater {
     client: HttpClient,
-    breaker: SharedBreaker,
-    backoff: Backoff,
+    guard: Guard,
     timeout: Duration,
 }
 
@@ -130,8 +133,11 @@ impl StatusUpdater {
             .map_err(|e| e.to_string())?;
         Ok(Arc::new(Self {
             client,
-            breaker: SharedBreaker::new(BreakerPolicy::from_settings(&settings.breaker)),
-            backoff,
+            guard: Guard {
+                breaker: SharedBreaker::new(BreakerPolicy::from_settings(&settings.breaker)),
+                budget: None,
+                backoff,
+            },
             timeout: settings.breaker.timeout,
         }))
     }
@@ -188,58 +194,96 @@ impl StatusUpdater {
             .parse()
             .map_err(|e| StatusError::BadUri(format!("{e}")))?;
         let body = Bytes::from(update.body().to_string());
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let call = self
-                .breaker
-                .try_acquire()
-                .map_err(|_| StatusError::BreakerOpen)?;
-            let request = http::Request::put(uri.clone())
-                .header(http::header::CONTENT_TYPE, "application/json")
-                .header(
-                    http::header::AUTHORIZATION,
-                    format!("Bearer {}", token.expose()),
-                )
-                .body(Full::new(body.clone()))
-                .map_err(|e| StatusError::BadUri(e.to_string()))?;
-            let result = tokio::time::timeout(self.timeout, async {
-                let resp = self.client.request(request).await?;
-                let status = resp.status();
-                // Drain the body so the connection can be reused.
-                let _ = resp.into_body().collect().await;
-                Ok::<_, hyper_util::client::legacy::Error>(status)
-            })
+        let ended = self
+            .guard
+            .call(None, &ApiObserver, |_| self.attempt(&uri, token, &body))
             .await;
-            let (outcome, transient) = match result {
-                Ok(Ok(s)) => match answer(s.as_u16()) {
-                    Answer::Accepted => {
-                        let _ = call.record(Outcome::Success, &mut rand::rng());
-                        return Ok(Sent::Accepted);
-                    }
-                    Answer::Gone => {
-                        let _ = call.record(Outcome::Success, &mut rand::rng());
-                        return Ok(Sent::Gone);
-                    }
-                    Answer::Transient => (Outcome::Failure, format!("status {s}")),
-                    Answer::Refused => {
-                        let _ = call.record(Outcome::Neutral, &mut rand::rng());
-                        return Err(StatusError::Refused(s.as_u16()));
-                    }
-                },
-                Ok(Err(e)) => (Outcome::Failure, format!("transport error: {e}")),
-                Err(_) => (
-                    Outcome::Failure,
-                    format!("no answer within {:?}", self.timeout),
-                ),
-            };
-            let _ = call.record(outcome, &mut rand::rng());
-            if !self.backoff.may_retry_after(attempt) {
-                return Err(StatusError::Unavailable(transient));
+        ended.map_err(|e| match e {
+            Ended::Refused(e) => e,
+            Ended::Failed(Failure::BreakerOpen { .. }) => StatusError::BreakerOpen,
+            Ended::Failed(Failure::Unavailable { message, .. }) => {
+                StatusError::Unavailable(message)
             }
-            let delay = self.backoff.delay_with(attempt, &mut rand::rng());
-            tokio::time::sleep(delay).await;
+            Ended::Failed(Failure::Expired { .. }) => {
+                StatusError::Unavailable("not sent in time".into())
+            }
+        })
+    }
+
+    /// One PUT within the timeout, its answer classified.
+    async fn attempt(
+        &self,
+        uri: &http::Uri,
+        token: &Secret,
+        body: &Bytes,
+    ) -> Tried<Sent, StatusError> {
+        let request = match http::Request::put(uri.clone())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", token.expose()),
+            )
+            .body(Full::new(body.clone()))
+        {
+            Ok(r) => r,
+            Err(e) => return Tried::Refused(StatusError::BadUri(e.to_string())),
+        };
+        let exchange = async {
+            let resp = self.client.request(request).await?;
+            let status = resp.status().as_u16();
+            let retry_after = resp
+                .headers()
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| parse_retry_after(v, jiff::Timestamp::now()));
+            // Drain the body so the connection can be reused.
+            let _ = resp.into_body().collect().await;
+            Ok::<_, hyper_util::client::legacy::Error>((status, retry_after))
+        };
+        let transient = |status, message, retry_after| {
+            // A PUT of the same status is idempotent: a repeat is harmless.
+            Tried::Transient(Transient {
+                status,
+                message,
+                ambiguous: false,
+                retry_after,
+            })
+        };
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(Ok((status, retry_after))) => match answer(status) {
+                Answer::Accepted => Tried::Done(Sent::Accepted),
+                Answer::Gone => Tried::Done(Sent::Gone),
+                Answer::Refused => Tried::Refused(StatusError::Refused(status)),
+                Answer::Transient => {
+                    transient(Some(status), format!("status {status}"), retry_after)
+                }
+            },
+            Ok(Err(e)) => transient(None, format!("transport error: {e}"), None),
+            Err(_) => transient(None, format!("no answer within {:?}", self.timeout), None),
         }
+    }
+}
+
+/// The Screwdriver API's breaker said in the log (it has no `cluster.*` events: it is not a
+/// cluster).
+struct ApiObserver;
+
+impl Observer for ApiObserver {
+    fn transition(&self, transition: Transition) {
+        match transition {
+            Transition::Opened { open_for, .. } => {
+                warn!(
+                    ?open_for,
+                    "Screwdriver API breaker opened: status updates wait"
+                );
+            }
+            Transition::HalfOpened => debug!("Screwdriver API breaker half-open"),
+            Transition::Closed => info!("Screwdriver API breaker closed"),
+        }
+    }
+
+    fn retrying(&self, attempt: u32, failed: &Transient, delay: Duration) {
+        debug!(attempt, ?delay, message = %failed.message, "retrying status update");
     }
 }
 

@@ -72,6 +72,8 @@ pub struct Reply {
     pub status: u16,
     /// Delay before answering.
     pub delay: Duration,
+    /// `Retry-After` seconds sent with the answer.
+    pub retry_after: Option<u32>,
 }
 
 impl Reply {
@@ -80,19 +82,33 @@ impl Reply {
         Reply {
             status,
             delay: Duration::ZERO,
+            retry_after: None,
+        }
+    }
+
+    /// Answer `status` with `Retry-After: <seconds>`.
+    pub fn retry_after(status: u16, seconds: u32) -> Reply {
+        Reply {
+            retry_after: Some(seconds),
+            ..Reply::status(status)
         }
     }
 
     /// Answer 200 after `delay` (a slow API).
     pub fn slow(delay: Duration) -> Reply {
-        Reply { status: 200, delay }
+        Reply {
+            status: 200,
+            delay,
+            retry_after: None,
+        }
     }
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     calls: Mutex<Vec<ApiCall>>,
-    replies: Mutex<HashMap<u64, Reply>>,
+    /// Per build: the answers in order, the last one repeated.
+    replies: Mutex<HashMap<u64, Vec<Reply>>>,
     notify: Notify,
 }
 
@@ -136,7 +152,17 @@ impl FakeApi {
 
     /// Answers every later call about `build` with `reply`.
     pub fn reply(&self, build: u64, reply: Reply) {
-        self.inner.replies.lock().unwrap().insert(build, reply);
+        self.inner
+            .replies
+            .lock()
+            .unwrap()
+            .insert(build, vec![reply]);
+    }
+
+    /// How the API answers a build's calls in turn; the last answer is kept for later ones.
+    pub fn replies(&self, build: u64, replies: Vec<Reply>) {
+        assert!(!replies.is_empty(), "at least one reply");
+        self.inner.replies.lock().unwrap().insert(build, replies);
     }
 
     /// Every call so far, in arrival order.
@@ -215,7 +241,15 @@ async fn record(
 ) -> Response {
     let path = uri.path().to_string();
     let reply = build_of_path(&path)
-        .and_then(|b| inner.replies.lock().unwrap().get(&b).copied())
+        .and_then(|b| {
+            let mut replies = inner.replies.lock().unwrap();
+            let queue = replies.get_mut(&b)?;
+            Some(if queue.len() > 1 {
+                queue.remove(0)
+            } else {
+                queue[0]
+            })
+        })
         .unwrap_or(Reply::status(200));
     let call = ApiCall {
         method: method.as_str().to_string(),
@@ -242,7 +276,13 @@ async fn record(
     } else {
         serde_json::json!({"statusCode": reply.status, "error": status.canonical_reason(), "message": "fake API"})
     };
-    (status, axum::Json(body)).into_response()
+    let mut response = (status, axum::Json(body)).into_response();
+    if let Some(seconds) = reply.retry_after {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, seconds.into());
+    }
+    response
 }
 
 fn build_of_path(path: &str) -> Option<u64> {

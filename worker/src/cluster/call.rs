@@ -1,10 +1,10 @@
-//! One Kubernetes call: what an answer means, and the retry loop around it.
+//! One Kubernetes call: what an answer means.
 //!
-//! Every call of the worker to a cluster goes through [`Caller::call`]: the executor's breaker
-//! admits it, the client-side budget paces it, a deadline cuts it off, the answer is
-//! classified, and transient failures are retried with exponential backoff and full jitter
-//! (honouring `Retry-After`), stopping at once when the breaker opens. Permanent errors are
-//! never retried.
+//! Every call of the worker to a cluster goes through [`Caller::call`], on the one call path
+//! of every outbound request ([`crate::outbound`]: the executor's breaker admits it, the
+//! client-side budget paces it, transient failures are retried with exponential backoff and
+//! full jitter or `Retry-After`, stopping at once when the breaker opens). Here: a deadline
+//! cuts each attempt off, and its answer is classified; refusals are never retried.
 
 use std::time::Duration;
 
@@ -16,13 +16,10 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::health::{self, Health};
-use crate::backoff::{Backoff, parse_retry_after};
-use crate::breaker::{Outcome, SharedBreaker, Transition};
-use crate::budget::Budget;
+use crate::backoff::parse_retry_after;
+use crate::breaker::Transition;
+use crate::outbound::{Ended, Failure, Guard, Observer, Transient, Tried};
 use crate::telemetry::metrics;
-
-/// Longest `Retry-After` the worker honours; a longer one is shortened to this.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 /// The RBAC verb of a call (metric label, and what the Role in `deploy/` must grant).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -211,12 +208,8 @@ pub struct Caller {
     pub executor: String,
     /// The kube client (its own retry is off).
     pub client: kube::Client,
-    /// The executor's breaker.
-    pub breaker: SharedBreaker,
-    /// The executor's request budget.
-    pub budget: std::sync::Arc<Budget>,
-    /// Retry schedule.
-    pub backoff: Backoff,
+    /// The executor's breaker, budget and retry schedule (the one call path, `outbound`).
+    pub guard: Guard,
     /// One attempt slower than this is cut off and counts as a failure.
     pub timeout: Duration,
     /// Where breaker transitions go.
@@ -229,7 +222,7 @@ impl std::fmt::Debug for Caller {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Caller")
             .field("executor", &self.executor)
-            .field("breaker", &self.breaker)
+            .field("breaker", &self.guard.breaker)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
@@ -254,101 +247,80 @@ impl Caller {
         send_by: Option<Instant>,
         request: impl Fn() -> Result<http::Request<Vec<u8>>, kube::core::request::Error>,
     ) -> Result<Answer, CallError> {
-        let mut ambiguous = false;
-        let mut attempt = 0u32;
-        loop {
-            attempt += 1;
-            let call = match self.breaker.try_acquire() {
-                Ok(c) => c,
-                Err(rejected) => {
-                    return Err(CallError::BreakerOpen {
-                        retry_in: rejected.retry_in,
-                        ambiguous,
-                    });
-                }
-            };
-            if let Some(t) = call.transition() {
-                self.signal(t);
+        let observer = Observed { caller: self, verb };
+        let ended = self
+            .guard
+            .call(send_by, &observer, |_| self.attempt(verb, &request))
+            .await;
+        ended.map_err(|e| match e {
+            Ended::Refused(e) => e,
+            Ended::Failed(Failure::BreakerOpen {
+                retry_in,
+                ambiguous,
+            }) => CallError::BreakerOpen {
+                retry_in,
+                ambiguous,
+            },
+            Ended::Failed(Failure::Unavailable {
+                status,
+                message,
+                ambiguous,
+            }) => CallError::Unavailable {
+                status,
+                message,
+                ambiguous,
+            },
+            Ended::Failed(Failure::Expired { ambiguous }) => CallError::Expired { ambiguous },
+        })
+    }
+
+    /// One attempt: sent within the timeout, counted, classified.
+    async fn attempt(
+        &self,
+        verb: Verb,
+        request: &impl Fn() -> Result<http::Request<Vec<u8>>, kube::core::request::Error>,
+    ) -> Tried<Answer, CallError> {
+        let req = match request() {
+            Ok(r) => r,
+            Err(e) => {
+                return Tried::Refused(CallError::Refused {
+                    status: 0,
+                    message: format!("cannot build the request: {e}"),
+                });
             }
-            let waited = self.budget.acquire().await;
-            if !waited.is_zero() {
-                metrics::budget_wait(&self.executor, waited);
-            }
-            if send_by.is_some_and(|by| Instant::now() > by) {
-                // Not sent: the permission to send it has lapsed.
-                call.record(Outcome::Neutral, &mut rand::rng());
-                return Err(CallError::Expired { ambiguous });
-            }
-            let req = request().map_err(|e| CallError::Refused {
-                status: 0,
-                message: format!("cannot build the request: {e}"),
-            })?;
-            let started = Instant::now();
-            let attempt_result =
-                match tokio::time::timeout(self.timeout, self.send(verb, req)).await {
-                    Ok(r) => r,
-                    Err(_) => Attempt::Transient {
-                        status: None,
-                        message: format!("no answer within {:?}", self.timeout),
-                        ambiguous: verb.may_have_written(),
-                        retry_after: None,
-                        code: "timeout".into(),
-                    },
-                };
-            let took = started.elapsed();
-            let (outcome, code) = match &attempt_result {
-                Attempt::Done(a) => (Outcome::Success, a.status.as_u16().to_string()),
-                Attempt::Refused(e) => (Outcome::Neutral, refused_code(e)),
-                Attempt::Transient { code, .. } => (Outcome::Failure, code.clone()),
-            };
-            metrics::kube_request(&self.executor, verb.as_str(), &code, took);
-            let transition = call.record(outcome, &mut rand::rng());
-            let opened = matches!(transition, Some(Transition::Opened { .. }));
-            if let Some(t) = transition {
-                self.signal(t);
-            }
-            match attempt_result {
-                Attempt::Done(a) => return Ok(a),
-                Attempt::Refused(e) => return Err(e),
-                Attempt::Transient {
-                    status,
-                    message,
-                    ambiguous: amb,
-                    retry_after,
-                    ..
-                } => {
-                    ambiguous |= amb && verb.may_have_written();
-                    if opened || !self.backoff.may_retry_after(attempt) {
-                        return Err(CallError::Unavailable {
-                            status,
-                            message,
-                            ambiguous,
-                        });
-                    }
-                    // The server's Retry-After wins over our own schedule (429/503).
-                    let delay = match retry_after {
-                        Some(ra) => ra.min(MAX_RETRY_AFTER),
-                        None => self.backoff.delay_with(attempt, &mut rand::rng()),
-                    };
-                    debug!(
-                        executor = %self.executor,
-                        verb = verb.as_str(),
-                        attempt,
-                        ?delay,
-                        %message,
-                        "retrying Kubernetes call"
-                    );
-                    metrics::retried(
-                        &self.executor,
-                        if status == Some(429) {
-                            "throttled"
-                        } else {
-                            "unavailable"
-                        },
-                    );
-                    tokio::time::sleep(delay).await;
-                }
-            }
+        };
+        let started = Instant::now();
+        let attempt = match tokio::time::timeout(self.timeout, self.send(verb, req)).await {
+            Ok(r) => r,
+            Err(_) => Attempt::Transient {
+                status: None,
+                message: format!("no answer within {:?}", self.timeout),
+                ambiguous: verb.may_have_written(),
+                retry_after: None,
+                code: "timeout".into(),
+            },
+        };
+        let code = match &attempt {
+            Attempt::Done(a) => a.status.as_u16().to_string(),
+            Attempt::Refused(e) => refused_code(e),
+            Attempt::Transient { code, .. } => code.clone(),
+        };
+        metrics::kube_request(&self.executor, verb.as_str(), &code, started.elapsed());
+        match attempt {
+            Attempt::Done(a) => Tried::Done(a),
+            Attempt::Refused(e) => Tried::Refused(e),
+            Attempt::Transient {
+                status,
+                message,
+                ambiguous,
+                retry_after,
+                ..
+            } => Tried::Transient(Transient {
+                status,
+                message,
+                ambiguous: ambiguous && verb.may_have_written(),
+                retry_after,
+            }),
         }
     }
 
@@ -411,6 +383,39 @@ impl Caller {
             refusal,
         ));
         attempt
+    }
+}
+
+/// The executor's logs, metrics and breaker signals for its calls.
+struct Observed<'a> {
+    caller: &'a Caller,
+    verb: Verb,
+}
+
+impl Observer for Observed<'_> {
+    fn transition(&self, transition: Transition) {
+        self.caller.signal(transition);
+    }
+
+    fn retrying(&self, attempt: u32, failed: &Transient, delay: Duration) {
+        debug!(
+            executor = %self.caller.executor,
+            verb = self.verb.as_str(),
+            attempt,
+            ?delay,
+            message = %failed.message,
+            "retrying Kubernetes call"
+        );
+        let reason = if failed.status == Some(429) {
+            "throttled"
+        } else {
+            "unavailable"
+        };
+        metrics::retried(&self.caller.executor, reason);
+    }
+
+    fn budget_waited(&self, waited: Duration) {
+        metrics::budget_wait(&self.caller.executor, waited);
     }
 }
 

@@ -140,9 +140,13 @@ impl Cluster {
             caller: Caller {
                 executor: executor.to_string(),
                 client,
-                breaker: SharedBreaker::new(BreakerPolicy::from_settings(&opts.fusebox.breaker)),
-                budget: Arc::new(budget),
-                backoff,
+                guard: crate::outbound::Guard {
+                    breaker: SharedBreaker::new(BreakerPolicy::from_settings(
+                        &opts.fusebox.breaker,
+                    )),
+                    budget: Some(Arc::new(budget)),
+                    backoff,
+                },
                 timeout,
                 signals,
                 health,
@@ -153,12 +157,12 @@ impl Cluster {
 
     /// The breaker state now.
     pub fn breaker_state(&self) -> State {
-        self.caller.breaker.state()
+        self.caller.guard.breaker.state()
     }
 
     /// Reports (once) an open period that ended, for the state gauge.
     pub fn poll_breaker(&self) -> Option<crate::breaker::Transition> {
-        self.caller.breaker.poll()
+        self.caller.guard.breaker.poll()
     }
 
     /// What this replica knows of the executor's set-up.

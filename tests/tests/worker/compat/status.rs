@@ -208,11 +208,13 @@ async fn api_refusals_are_final_and_outages_are_retried_then_given_up_without_fa
     refuse_pods(&sim);
     let api = FakeApi::start().await;
     // Builds 1 and 2 are finished or gone, 3 meets an API outage, 4 a slow API (the timeout is
-    // 1 s), 5 a healthy one.
+    // 1 s), 5 a healthy one, 6 is throttled once with Retry-After, 7 refused for good.
     api.reply(8101, Reply::status(403));
     api.reply(8102, Reply::status(404));
     api.reply(8103, Reply::status(500));
     api.reply(8104, Reply::slow(Duration::from_secs(3)));
+    api.replies(8106, vec![Reply::retry_after(429, 2), Reply::status(200)]);
+    api.reply(8107, Reply::status(400));
     let (rabbit, names, tap) = broker("sdapierr").await;
     let worker = InProcessWorker::start(settings(
         &names,
@@ -220,7 +222,7 @@ async fn api_refusals_are_final_and_outages_are_retried_then_given_up_without_fa
         &knobs_with(json!({})),
     ))
     .await;
-    for id in 8101..=8105u64 {
+    for id in 8101..=8107u64 {
         rabbit
             .publish_json(
                 &names.exchange,
@@ -230,11 +232,21 @@ async fn api_refusals_are_final_and_outages_are_retried_then_given_up_without_fa
             .await;
     }
     // Every message is settled as it would be with a healthy API.
-    tap.wait_count("build.dead_lettered", 5, SOON).await;
+    tap.wait_count("build.dead_lettered", 7, SOON).await;
     eventually(SOON, "every message to be dead-lettered", || async {
-        (rabbit.depth(&names.dead()).await == Some(5)).then_some(())
+        (rabbit.depth(&names.dead()).await == Some(7)).then_some(())
     })
     .await;
+    let throttled = eventually(SOON, "the throttled update to be sent again", || async {
+        let calls = failures(&api, 8106);
+        (calls.len() == 2).then_some(calls)
+    })
+    .await;
+    assert!(
+        throttled[1].at - throttled[0].at >= Duration::from_millis(1900),
+        "the API's Retry-After (2 s) was not honoured: {:?}",
+        throttled[1].at - throttled[0].at
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let count = |id: u64| failures(&api, id).len();
     assert_eq!(count(8101), 1, "403 means finished: no retry");
@@ -242,6 +254,8 @@ async fn api_refusals_are_final_and_outages_are_retried_then_given_up_without_fa
     assert_eq!(count(8103), 3, "500 is retried up to maxAttempts");
     assert_eq!(count(8104), 3, "a timeout is retried up to maxAttempts");
     assert_eq!(count(8105), 1);
+    assert_eq!(count(8106), 2, "429 is retried once the API allows");
+    assert_eq!(count(8107), 1, "a 400 would be refused again: no retry");
     for call in api.calls() {
         assert_put_with_token(&call, call.build_id().unwrap());
     }
