@@ -6,6 +6,7 @@
 //! on the way returns the message to its queue untouched, so nothing is lost; handling is
 //! idempotent, so nothing happens twice.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -20,9 +21,9 @@ use crate::cache::{self, ClearError, ClearOutcome};
 use crate::config::CacheSettings;
 use crate::events::{BuildEventData, EventType, OutgoingEvent, build_event};
 use crate::health::Readiness;
-use crate::intake::{self, BuildId, Job, JobKind, Limits, StartBuild};
+use crate::intake::{self, BuildId, Job, JobKind, Limits, PoisonReason, StartBuild};
 use crate::launch::{Announce, Launcher, PodRef, StopOutcome};
-use crate::protocol::{Outcome, WaitReason};
+use crate::protocol::{DeadReason, Outcome, WaitReason};
 use crate::status::{StatusUpdater, Update};
 use crate::telemetry::metrics;
 use crate::watch::assess::Verdict;
@@ -92,13 +93,63 @@ enum Decision {
     Requeue,
 }
 
+/// Why a message waits (`build.retrying`'s reason, the log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waiting {
+    /// A start (or a stop) waits, as the launch protocol said.
+    Build(WaitReason),
+    /// A stop looks again for a pod whose create may still land.
+    StopRecheck,
+}
+
+impl Waiting {
+    fn label(self) -> &'static str {
+        match self {
+            Waiting::Build(reason) => reason.label(),
+            Waiting::StopRecheck => "stop_recheck",
+        }
+    }
+}
+
+/// Why a message is dead-lettered (`x-bcw-reason`, `bcw_dead_letters_total{reason}`,
+/// `build.dead_lettered`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DeadWhy {
+    /// The message itself is unusable, for this reason, at this field.
+    Poison(PoisonReason, Option<&'static str>),
+    /// The launch protocol gave the build up.
+    Launch(DeadReason),
+    /// Its attempts were used up while it waited for this reason.
+    GaveUp(Waiting),
+    /// No executor was usable within `maxWait`.
+    NoExecutor,
+    /// Every executor excludes its image.
+    NoEligibleExecutor,
+    /// A `clear` with a path outside the cache.
+    InvalidCachePath,
+}
+
+impl DeadWhy {
+    /// The reason code: bounded (a poison code names one of a fixed set of fields).
+    fn label(self) -> Cow<'static, str> {
+        Cow::Borrowed(match self {
+            DeadWhy::Poison(reason, field) => return intake::poison_code(reason, field).into(),
+            DeadWhy::Launch(d) => d.label(),
+            DeadWhy::GaveUp(w) => w.label(),
+            DeadWhy::NoExecutor => "no_executor",
+            DeadWhy::NoEligibleExecutor => "no_eligible_executor",
+            DeadWhy::InvalidCachePath => "invalid_cache_path",
+        })
+    }
+}
+
 #[derive(Debug)]
 struct Later {
     next: Carried,
     /// Uses up an attempt (a failure), or not (waiting for an executor).
     uses_attempt: bool,
     retry_in: Duration,
-    reason: &'static str,
+    reason: Waiting,
     error: String,
     executor: Option<String>,
     /// Events to publish first (a stop's `build.stopped` before its re-check).
@@ -110,7 +161,7 @@ struct Later {
 
 #[derive(Debug)]
 struct Dead {
-    reason: String,
+    reason: DeadWhy,
     error: String,
     build: Option<(BuildId, Option<u64>)>,
     attempt: u32,
@@ -188,7 +239,7 @@ impl Dispatcher {
                 }
                 warn!(reason = %poison.code(), error = %poison.detail, "poison message");
                 let decision = Decision::Dead(Box::new(Dead {
-                    reason: poison.code(),
+                    reason: DeadWhy::Poison(poison.reason, poison.field),
                     error: poison.detail.clone(),
                     build: poison.build_id.map(|b| (b, None)),
                     attempt: carried.attempt,
@@ -270,7 +321,7 @@ impl Dispatcher {
                     }
                 }
                 Err(e) => Decision::Dead(Box::new(Dead {
-                    reason: "invalid_cache_path".into(),
+                    reason: DeadWhy::InvalidCachePath,
                     error: e.to_string(),
                     build: None,
                     attempt: carried.attempt,
@@ -285,7 +336,7 @@ impl Dispatcher {
         let candidates = self.launcher.candidates(build);
         if candidates.is_empty() {
             return Decision::Dead(Box::new(Dead {
-                reason: "no_eligible_executor".into(),
+                reason: DeadWhy::NoEligibleExecutor,
                 error: format!("every executor excludes the image {:?}", build.container),
                 build: Some((build.build_id, build.job_id)),
                 attempt: carried.attempt,
@@ -307,7 +358,7 @@ impl Dispatcher {
                 next: next.clone(),
                 uses_attempt,
                 retry_in: Duration::from_millis(wait).max(DEFAULT_WAIT),
-                reason: reason.label(),
+                reason: Waiting::Build(reason),
                 error: if detail.is_empty() {
                     format!("waiting: {}", reason.label())
                 } else {
@@ -351,7 +402,7 @@ impl Dispatcher {
                 consumes_attempt,
             } => later(reason, wait, consumes_attempt),
             Outcome::Dead(reason) => Decision::Dead(Box::new(Dead {
-                reason: reason.label().into(),
+                reason: DeadWhy::Launch(reason),
                 error: format!(
                     "the build cannot be launched ({}): {detail}",
                     reason.label()
@@ -388,7 +439,7 @@ impl Dispatcher {
                 },
             )
         };
-        let wait = |reason: &'static str, retry_in: Duration, recheck: bool| {
+        let wait = |reason: Waiting, retry_in: Duration, recheck: bool| {
             Decision::Later(Later {
                 next: Carried {
                     recheck: carried.recheck + u32::from(recheck),
@@ -397,7 +448,7 @@ impl Dispatcher {
                 uses_attempt: false,
                 retry_in,
                 reason,
-                error: format!("the stop waits: {reason}"),
+                error: format!("the stop waits: {}", reason.label()),
                 executor: None,
                 events: if first {
                     vec![stopped(0, None)]
@@ -421,9 +472,13 @@ impl Dispatcher {
                     outcome: "stopped",
                 }
             }
-            StopOutcome::Recheck { after } => wait("stop_recheck", after, true),
-            StopOutcome::Unconfirmed => wait("no_executor", DEFAULT_WAIT, false),
-            StopOutcome::Unanswered => wait("sequencer_unavailable", DEFAULT_WAIT, false),
+            StopOutcome::Recheck { after } => wait(Waiting::StopRecheck, after, true),
+            StopOutcome::Unconfirmed => {
+                wait(Waiting::Build(WaitReason::NoExecutor), DEFAULT_WAIT, false)
+            }
+            StopOutcome::Unanswered => {
+                wait(Waiting::Build(WaitReason::Unanswered), DEFAULT_WAIT, false)
+            }
         }
     }
 
@@ -437,7 +492,7 @@ impl Dispatcher {
                 },
                 uses_attempt: false,
                 retry_in: Duration::from_secs(5),
-                reason: "no_executor",
+                reason: Waiting::Build(WaitReason::NoExecutor),
                 error: "waiting for executors to answer the verify".into(),
                 executor: None,
                 events: vec![],
@@ -518,7 +573,7 @@ impl Dispatcher {
         let mut next = later.next;
         if later.uses_attempt {
             if let Some(ex) = &later.executor {
-                metrics::retried(ex, later.reason);
+                metrics::retried(ex, later.reason.label());
             }
             if carried.attempt >= self.policy.reprocess_limit {
                 let fail = match intake::decode(&inbound.data, self.policy.limits) {
@@ -529,7 +584,7 @@ impl Dispatcher {
                     .dead(
                         inbound,
                         Dead {
-                            reason: later.reason.to_string(),
+                            reason: DeadWhy::GaveUp(later.reason),
                             error: format!(
                                 "gave up after {} attempts: {}",
                                 carried.attempt, later.error
@@ -560,7 +615,7 @@ impl Dispatcher {
                     .dead(
                         inbound,
                         Dead {
-                            reason: "no_executor".into(),
+                            reason: DeadWhy::NoExecutor,
                             error: format!(
                                 "no usable executor within rabbitmq.maxWait ({}): {}",
                                 humantime::format_duration(self.policy.max_wait),
@@ -610,7 +665,7 @@ impl Dispatcher {
                     job_id,
                     executor: later.executor.clone(),
                     attempt: carried.attempt,
-                    reason: Some(later.reason.to_string()),
+                    reason: Some(later.reason.label().to_string()),
                     message: Some(later.error.clone()),
                     retry_in_seconds: Some(delay.as_secs()),
                     ..Default::default()
@@ -626,7 +681,7 @@ impl Dispatcher {
         match self.copy_to(inbound, &queue, table).await {
             Ok(()) => {
                 if !later.recheck {
-                    info!(queue = %queue, reason = later.reason, next_attempt = next.attempt, "build will be retried");
+                    info!(queue = %queue, reason = later.reason.label(), next_attempt = next.attempt, "build will be retried");
                 }
                 inbound.settle.ack().await;
                 if later.recheck {
@@ -648,16 +703,16 @@ impl Dispatcher {
         let use_queue = !self.admin() || self.dead_queue_exists.load(Ordering::SeqCst);
         if use_queue {
             let mut table = inbound.properties.headers().clone().unwrap_or_default();
-            headers::dead_letter(&mut table, &dead.reason, &dead.error, dead.attempt);
+            headers::dead_letter(&mut table, &dead.reason.label(), &dead.error, dead.attempt);
             if let Err(e) = self.copy_to(inbound, &dead_queue, table).await {
                 warn!(error = %e, "could not dead-letter the message; returning it to the queue");
                 inbound.settle.requeue().await;
                 return "requeued";
             }
-            metrics::dead_lettered(&dead.reason);
-            warn!(reason = %dead.reason, error = %dead.error, "message dead-lettered");
+            metrics::dead_lettered(&dead.reason.label());
+            warn!(reason = %dead.reason.label(), error = %dead.error, "message dead-lettered");
         } else {
-            error!(reason = %dead.reason, error = %dead.error, job = dead.job.as_str(), "message refused; no dead-letter queue exists, acknowledging it");
+            error!(reason = %dead.reason.label(), error = %dead.error, job = dead.job.as_str(), "message refused; no dead-letter queue exists, acknowledging it");
         }
         if let Some(build) = &dead.fail
             && let Some(status) = &self.status
@@ -665,7 +720,7 @@ impl Dispatcher {
             status
                 .send(
                     build,
-                    Update::Failure(failure_message(&dead.reason, &dead.error)),
+                    Update::Failure(failure_message(dead.reason, &dead.error)),
                 )
                 .await;
         }
@@ -676,7 +731,7 @@ impl Dispatcher {
                     build_id: build.0,
                     job_id,
                     attempt: dead.attempt,
-                    reason: Some(dead.reason.clone()),
+                    reason: Some(dead.reason.label().to_string()),
                     message: Some(dead.error.clone()),
                     ..Default::default()
                 },
@@ -826,14 +881,72 @@ impl Handler for Dispatcher {
 }
 
 /// The sentence a Screwdriver user sees on a build that could not be launched.
-fn failure_message(reason: &str, error: &str) -> String {
+fn failure_message(reason: DeadWhy, error: &str) -> String {
     match reason {
-        "no_executor" => "Build failed to start: no build cluster was available in time. Please try again later.".into(),
-        "invalid_pod" => format!("Build failed to start: the cluster refused the build pod ({error})."),
-        "runtime_class_not_found" | "executor_misconfigured" => {
+        DeadWhy::NoExecutor => "Build failed to start: no build cluster was available in time. Please try again later.".into(),
+        DeadWhy::Launch(DeadReason::InvalidPod) => format!("Build failed to start: the cluster refused the build pod ({error})."),
+        DeadWhy::Launch(DeadReason::RuntimeClassMissing | DeadReason::ExecutorMisconfigured) => {
             "Build failed to start: the build cluster is misconfigured. Please reach out to your cluster admin for help.".into()
         }
-        "no_eligible_executor" => format!("Build failed to start: no build cluster accepts this image ({error})."),
+        DeadWhy::NoEligibleExecutor => format!("Build failed to start: no build cluster accepts this image ({error})."),
         _ => format!("Build failed to start: {error}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_letter_reasons_keep_their_codes() {
+        let codes = [
+            (
+                DeadWhy::Poison(PoisonReason::MissingField, Some("buildId")),
+                "missing_build_id",
+            ),
+            (
+                DeadWhy::Poison(PoisonReason::InvalidJson, None),
+                "invalid_json",
+            ),
+            (
+                DeadWhy::Launch(DeadReason::RuntimeClassMissing),
+                "runtime_class_not_found",
+            ),
+            (
+                DeadWhy::GaveUp(Waiting::Build(WaitReason::Unavailable)),
+                "unavailable",
+            ),
+            (DeadWhy::GaveUp(Waiting::StopRecheck), "stop_recheck"),
+            (DeadWhy::NoExecutor, "no_executor"),
+            (DeadWhy::NoEligibleExecutor, "no_eligible_executor"),
+            (DeadWhy::InvalidCachePath, "invalid_cache_path"),
+        ];
+        for (why, code) in codes {
+            assert_eq!(why.label(), code, "{why:?}");
+        }
+    }
+
+    #[test]
+    fn the_user_is_told_why_a_build_failed_to_start_in_their_words() {
+        let misconfigured =
+            failure_message(DeadWhy::Launch(DeadReason::ExecutorMisconfigured), "403");
+        assert!(
+            misconfigured.contains("cluster is misconfigured"),
+            "{misconfigured}"
+        );
+        assert!(
+            !misconfigured.contains("403"),
+            "no cluster detail for the user"
+        );
+        let late = failure_message(DeadWhy::NoExecutor, "");
+        assert!(
+            late.contains("no build cluster was available in time"),
+            "{late}"
+        );
+        let other = failure_message(
+            DeadWhy::GaveUp(Waiting::Build(WaitReason::Unavailable)),
+            "boom",
+        );
+        assert_eq!(other, "Build failed to start: boom");
     }
 }

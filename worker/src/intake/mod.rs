@@ -234,12 +234,17 @@ impl Poison {
     /// for field-level refusals (`missing_container`, `invalid_build_id`, `wrong_type_token`).
     /// Bounded: the fields are a fixed set.
     pub fn code(&self) -> String {
-        match (self.reason, self.field) {
-            (PoisonReason::MissingField, Some(f)) => format!("missing_{}", snake(f)),
-            (PoisonReason::WrongType, Some(f)) => format!("wrong_type_{}", snake(f)),
-            (PoisonReason::InvalidValue, Some(f)) => format!("invalid_{}", snake(f)),
-            (r, _) => r.as_str().to_string(),
-        }
+        poison_code(self.reason, self.field)
+    }
+}
+
+/// The reason code of a refusal for `reason` at `field` (see [`Poison::code`]).
+pub fn poison_code(reason: PoisonReason, field: Option<&'static str>) -> String {
+    match (reason, field) {
+        (PoisonReason::MissingField, Some(f)) => format!("missing_{}", snake(f)),
+        (PoisonReason::WrongType, Some(f)) => format!("wrong_type_{}", snake(f)),
+        (PoisonReason::InvalidValue, Some(f)) => format!("invalid_{}", snake(f)),
+        (r, _) => r.as_str().to_string(),
     }
 }
 
