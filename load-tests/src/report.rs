@@ -119,6 +119,20 @@ pub fn verdicts(all: &[Outcome]) -> Vec<Verdict> {
             met: Some(idle < 20.0),
         });
     }
+    if let Some(o) = find(all, "memory-finished") {
+        v.push(Verdict {
+            target: format!(
+                "worker peak RSS < 64 MiB with {} builds finished and their pods kept for podTTL",
+                o.published
+            ),
+            figure: format!(
+                "peak {:.1} MiB (RSS {:.1} MiB once all had finished)",
+                o.cost.peak_rss_mib,
+                o.cost.in_flight_rss_mib.unwrap_or(0.0)
+            ),
+            met: Some(o.launched == o.published && o.cost.peak_rss_mib < 64.0),
+        });
+    }
     if let Some(o) = find(all, "outage") {
         let during = o.during_trouble_ms.unwrap_or_default();
         v.push(Verdict {

@@ -217,6 +217,7 @@ impl Bench {
                 pod_runs_ms: Some(1_000),
                 trouble: None,
                 idle_memory: false,
+                wait_finished: false,
                 worker_extra: None,
             };
             self.run(&sc, false).await?;
@@ -316,7 +317,13 @@ impl Bench {
             t.run_for = sc.pod_runs_ms.map(Duration::from_millis);
             cluster.set_timeline(t);
         }
-        let collector = Collector::start(self.rabbit.channel().await, &names, self.epoch).await?;
+        let collector = Collector::start(
+            self.rabbit.channel().await,
+            &names,
+            self.epoch,
+            sc.wait_finished,
+        )
+        .await?;
         let first = self.next_build;
         let count = sc.load.builds();
         self.next_build += count as u64 + 1_000;
@@ -383,14 +390,16 @@ impl Bench {
         let limit = Duration::from_secs(120 + count as u64 / 50);
         let deadline = Instant::now() + limit;
         loop {
-            let (launched, running) = collector.counts();
+            let (launched, running, finished) = collector.counts();
             if verbose {
                 eprint!(
-                    "\r  {}: launched {launched}/{count} running {running}   ",
+                    "\r  {}: launched {launched}/{count} running {running} finished {finished}   ",
                     sc.name
                 );
             }
-            let done = launched >= count && (!expect_running || running >= count);
+            let done = launched >= count
+                && (!expect_running || running >= count)
+                && (!sc.wait_finished || finished >= count);
             if done {
                 break;
             }
@@ -406,7 +415,7 @@ impl Bench {
         if verbose {
             eprintln!();
         }
-        let in_flight_rss = if expect_running {
+        let in_flight_rss = if expect_running || sc.wait_finished {
             tokio::time::sleep(Duration::from_secs(5)).await;
             consumers.rss_mib()
         } else {
@@ -652,10 +661,16 @@ struct Times {
     published: HashMap<u64, f64>,
     launched: HashMap<u64, f64>,
     running: HashMap<u64, f64>,
+    finished: HashMap<u64, f64>,
 }
 
 impl Collector {
-    async fn start(ch: Channel, names: &Names, epoch: Instant) -> anyhow::Result<Collector> {
+    async fn start(
+        ch: Channel,
+        names: &Names,
+        epoch: Instant,
+        finished: bool,
+    ) -> anyhow::Result<Collector> {
         let q = ch
             .queue_declare(
                 ShortString::from(""),
@@ -667,11 +682,16 @@ impl Collector {
                 FieldTable::default(),
             )
             .await?;
-        for key in ["build.launched", "build.running"] {
+        let keys: &[&str] = if finished {
+            &["build.launched", "build.running", "build.succeeded"]
+        } else {
+            &["build.launched", "build.running"]
+        };
+        for key in keys {
             ch.queue_bind(
                 q.name().clone(),
                 ShortString::from(names.events.as_str()),
-                ShortString::from(key),
+                ShortString::from(*key),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
@@ -700,10 +720,10 @@ impl Collector {
                     continue;
                 };
                 let mut t = s.lock().expect("collector lock");
-                let map = if d.routing_key.as_str() == "build.running" {
-                    &mut t.running
-                } else {
-                    &mut t.launched
+                let map = match d.routing_key.as_str() {
+                    "build.running" => &mut t.running,
+                    "build.succeeded" => &mut t.finished,
+                    _ => &mut t.launched,
                 };
                 map.entry(id).or_insert(at);
             }
@@ -723,9 +743,9 @@ impl Collector {
             .insert(id, at);
     }
 
-    fn counts(&self) -> (usize, usize) {
+    fn counts(&self) -> (usize, usize, usize) {
         let t = self.state.lock().expect("collector lock");
-        (t.launched.len(), t.running.len())
+        (t.launched.len(), t.running.len(), t.finished.len())
     }
 
     async fn stop(self) {

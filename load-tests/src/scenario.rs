@@ -93,6 +93,9 @@ pub struct Scenario {
     pub trouble: Option<Trouble>,
     /// Also measure idle memory before the builds arrive.
     pub idle_memory: bool,
+    /// Wait until every build finished (`build.succeeded`) and read the RSS then: the pods
+    /// stay for `podTTL` (10 minutes by default) and the reporter keeps following them.
+    pub wait_finished: bool,
     /// JSON merged over the worker's configuration.
     pub worker_extra: Option<&'static str>,
 }
@@ -120,6 +123,7 @@ impl Scenario {
             pod_runs_ms: Some(1_000),
             trouble: None,
             idle_memory: false,
+            wait_finished: false,
             worker_extra: None,
         }
     }
@@ -313,6 +317,15 @@ pub fn standard(scale: f64) -> Vec<Scenario> {
             "Worker memory: idle, then 1,000 builds running at once (all watched)",
             WORKER,
             Load::Burst { builds: 1_000 },
+        )
+    });
+    out.push(Scenario {
+        wait_finished: true,
+        ..Scenario::new(
+            "memory-finished",
+            "Worker memory: 5,000 builds run for 1 s and finish; their pods are kept for podTTL",
+            WORKER,
+            Load::Burst { builds: n(5_000) },
         )
     });
     out.push(Scenario {

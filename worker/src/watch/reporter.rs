@@ -136,6 +136,76 @@ impl Track {
     }
 }
 
+/// What the reporter keeps of a finished pod whose outcome is reported and whose launch is
+/// recorded: only what its collection after `podTTL` needs (a few hundred bytes instead of the
+/// pod), since a busy executor keeps thousands of them.
+#[derive(Debug)]
+struct Done {
+    name: String,
+    /// When its containers finished (pod time), if they said.
+    finished_at: Option<i64>,
+    terminal_at: Option<Instant>,
+    launch_recorded: Instant,
+    idle_until: Option<Instant>,
+}
+
+impl Done {
+    /// The finished part of `track`, once nothing but its collection is left to do.
+    fn of(track: &Track) -> Option<Done> {
+        let launch_recorded = track.launch_recorded?;
+        // `terminal_at` is set for builds that ran to an outcome; a pod that could not start
+        // stays live until it is removed (at once, not after `podTTL`).
+        let finished = track.terminal_sent && track.terminal_at.is_some();
+        (finished && !track.deleted).then(|| Done {
+            name: track.pod.metadata.name.clone().unwrap_or_default(),
+            finished_at: finished_at(&track.pod),
+            terminal_at: track.terminal_at,
+            launch_recorded,
+            idle_until: track.idle_until,
+        })
+    }
+}
+
+/// Every pod the reporter follows, by uid: the live ones in full, the finished ones as [`Done`].
+#[derive(Debug, Default)]
+struct Tracked {
+    live: HashMap<String, Track>,
+    done: HashMap<String, Done>,
+    /// The uids seen since a relist began.
+    relisting: Option<HashSet<String>>,
+}
+
+impl Tracked {
+    /// Forgets, at the end of a relist, every pod the relist did not show.
+    fn relisted(&mut self) {
+        if let Some(seen) = self.relisting.take() {
+            self.live.retain(|uid, _| seen.contains(uid));
+            self.done.retain(|uid, _| seen.contains(uid));
+        }
+    }
+
+    fn forget(&mut self, uid: &str) {
+        self.live.remove(uid);
+        self.done.remove(uid);
+    }
+
+    /// Keeps finished pods as [`Done`] and drops deleted ones.
+    fn settle(&mut self) {
+        self.live.retain(|_, t| !t.deleted);
+        let finished: Vec<String> = self
+            .live
+            .iter()
+            .filter(|(_, t)| Done::of(t).is_some())
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        for uid in finished {
+            if let Some(done) = self.live.remove(&uid).as_ref().and_then(Done::of) {
+                self.done.insert(uid, done);
+            }
+        }
+    }
+}
+
 /// What every branch of an evaluation needs of the pod it assesses.
 struct Seen<'a> {
     info: &'a BuildInfo,
@@ -186,8 +256,7 @@ impl Reporter {
             .default_backoff()
             .ready_chunks(EVENT_BATCH)
             .boxed();
-        let mut tracks: HashMap<String, Track> = HashMap::new();
-        let mut relisting: Option<HashSet<String>> = None;
+        let mut tracked = Tracked::default();
         let mut tick = tokio::time::interval(self.resync);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -201,59 +270,67 @@ impl Reporter {
                 }
                 events = stream.next() => {
                     let Some(events) = events else { return Ended::NotLeading };
-                    // Updates of different pods are handled concurrently (each may wait for a
-                    // publish confirm); the updates of one pod, and everything around a
-                    // relist or a deletion, keep their order.
-                    let mut applies = Vec::new();
-                    for event in events {
-                        match event {
-                            Ok(watcher::Event::InitApply(pod) | watcher::Event::Apply(pod)) => {
-                                applies.push(pod.into_pod());
-                            }
-                            other => {
-                                self.apply(&mut tracks, relisting.as_mut(), std::mem::take(&mut applies))
-                                    .await;
-                                match other {
-                                    Ok(watcher::Event::Init) => relisting = Some(HashSet::new()),
-                                    Ok(watcher::Event::InitDone) => {
-                                        if let Some(seen) = relisting.take() {
-                                            tracks.retain(|uid, _| seen.contains(uid));
-                                        }
-                                    }
-                                    Ok(watcher::Event::Delete(pod)) => {
-                                        tracks.remove(pod.metadata.uid.as_deref().unwrap_or_default());
-                                    }
-                                    Err(e) => warn!(error = %e, "pod watch error; retrying with backoff"),
-                                    Ok(watcher::Event::InitApply(_) | watcher::Event::Apply(_)) => {}
-                                }
-                            }
-                        }
-                    }
-                    self.apply(&mut tracks, relisting.as_mut(), applies).await;
+                    self.take_in(&mut tracked, events).await;
                 }
-                _ = tick.tick() => {
-                    let now = Instant::now();
-                    futures::stream::iter(
-                        tracks
-                            .values_mut()
-                            .filter(|t| t.idle_until.is_none_or(|until| until <= now)),
-                    )
-                    .for_each_concurrent(EVENT_BATCH, |track| self.evaluate(track))
-                    .await;
-                    tracks.retain(|_, t| !t.deleted);
-                }
+                _ = tick.tick() => self.resync(&mut tracked).await,
             }
         }
     }
 
+    /// Takes in a batch of watch events. Updates of different pods are handled concurrently
+    /// (each may wait for a publish confirm); the updates of one pod, and everything around a
+    /// relist or a deletion, keep their order.
+    async fn take_in(
+        &self,
+        tracked: &mut Tracked,
+        events: Vec<Result<watcher::Event<WatchedPod>, watcher::Error>>,
+    ) {
+        let mut applies = Vec::new();
+        for event in events {
+            match event {
+                Ok(watcher::Event::InitApply(pod) | watcher::Event::Apply(pod)) => {
+                    applies.push(pod.into_pod());
+                }
+                other => {
+                    self.apply(tracked, std::mem::take(&mut applies)).await;
+                    match other {
+                        Ok(watcher::Event::Init) => tracked.relisting = Some(HashSet::new()),
+                        Ok(watcher::Event::InitDone) => tracked.relisted(),
+                        Ok(watcher::Event::Delete(pod)) => {
+                            tracked.forget(pod.metadata.uid.as_deref().unwrap_or_default());
+                        }
+                        Err(e) => warn!(error = %e, "pod watch error; retrying with backoff"),
+                        Ok(watcher::Event::InitApply(_) | watcher::Event::Apply(_)) => {}
+                    }
+                }
+            }
+        }
+        self.apply(tracked, applies).await;
+    }
+
+    /// The periodic look: time-based verdicts of live pods, collection of finished ones.
+    async fn resync(&self, tracked: &mut Tracked) {
+        let now = Instant::now();
+        let due = |until: Option<Instant>| until.is_none_or(|until| until <= now);
+        futures::stream::iter(tracked.live.values_mut().filter(|t| due(t.idle_until)))
+            .for_each_concurrent(EVENT_BATCH, |track| self.evaluate(track))
+            .await;
+        let collected: Vec<String> =
+            futures::stream::iter(tracked.done.iter_mut().filter(|(_, d)| due(d.idle_until)))
+                .filter_map(|(uid, done)| async move {
+                    self.collect_done(done).await.then(|| uid.clone())
+                })
+                .collect()
+                .await;
+        for uid in collected {
+            tracked.done.remove(&uid);
+        }
+        tracked.settle();
+    }
+
     /// Takes in pod updates (in watch order, already slimmed by [`WatchedPod::into_pod`]) and
     /// evaluates each changed pod: pods concurrently, the updates of one pod in order.
-    async fn apply(
-        &self,
-        tracks: &mut HashMap<String, Track>,
-        mut relisting: Option<&mut HashSet<String>>,
-        pods: Vec<Pod>,
-    ) {
+    async fn apply(&self, tracked: &mut Tracked, pods: Vec<Pod>) {
         if pods.is_empty() {
             return;
         }
@@ -261,8 +338,13 @@ impl Reporter {
         let mut groups: Vec<(String, Vec<Pod>)> = Vec::new();
         for pod in pods {
             let uid = pod.metadata.uid.clone().unwrap_or_default();
-            if let Some(seen) = relisting.as_deref_mut() {
+            if let Some(seen) = tracked.relisting.as_mut() {
                 seen.insert(uid.clone());
+            }
+            // A finished pod's outcome is reported; what changes now (its deletion) needs
+            // nothing but forgetting it, which the Delete event does.
+            if tracked.done.contains_key(&uid) {
+                continue;
             }
             match order.get(&uid) {
                 Some(&i) => groups[i].1.push(pod),
@@ -273,7 +355,7 @@ impl Reporter {
             }
         }
         let work = groups.into_iter().map(|(uid, updates)| {
-            let track = tracks.remove(&uid);
+            let track = tracked.live.remove(&uid);
             async move {
                 let mut updates = updates.into_iter();
                 let first = updates.next().expect("a group has an update");
@@ -293,8 +375,9 @@ impl Reporter {
             }
         });
         for (uid, track) in futures::future::join_all(work).await {
-            tracks.insert(uid, track);
+            tracked.live.insert(uid, track);
         }
+        tracked.settle();
     }
 
     fn policy(&self) -> Policy {
@@ -582,6 +665,30 @@ impl Reporter {
             let wait = ttl.saturating_sub(finished_for).max(recorded_wait);
             track.idle_until = Some(Instant::now() + wait);
         }
+    }
+
+    /// Deletes a finished pod once its `podTTL` passed (and no create can still land on its
+    /// name); until then, sets when to look again. True once deleted.
+    async fn collect_done(&self, done: &mut Done) -> bool {
+        let ttl = self.config.options.kubernetes.pod_ttl;
+        let now_unix = jiff::Timestamp::now().as_second();
+        let finished_for = done
+            .finished_at
+            .map(|t| Duration::from_secs(now_unix.saturating_sub(t).max(0) as u64))
+            .unwrap_or_else(|| done.terminal_at.map(|t| t.elapsed()).unwrap_or_default());
+        let recorded_for = done.launch_recorded.elapsed();
+        if finished_for >= ttl && recorded_for >= self.busy_for {
+            if self.cluster.delete_pod(&done.name, None).await.is_ok() {
+                metrics::gc_deleted(&self.cluster.executor, "finished");
+                debug!(pod = %done.name, "finished pod collected");
+                return true;
+            }
+            return false;
+        }
+        let recorded_wait = self.busy_for.saturating_sub(recorded_for);
+        done.idle_until =
+            Some(Instant::now() + ttl.saturating_sub(finished_for).max(recorded_wait));
+        false
     }
 
     /// Deletes a pod that no build can still need: one without a build past the pending
@@ -1029,6 +1136,67 @@ mod tests {
             "status": status,
         }))
         .unwrap()
+    }
+
+    fn finished_status() -> serde_json::Value {
+        json!({"phase": "Succeeded", "containerStatuses": [{"name": "42", "image": "node:22",
+            "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"terminated": {"exitCode": 0, "finishedAt": "2027-01-15T08:03:00Z"}}}]})
+    }
+
+    #[test]
+    fn a_reported_and_recorded_finished_pod_is_kept_as_its_collection_data_only() {
+        let mut tracked = Tracked::default();
+        let mut finished = Track::new(full_pod(finished_status(), Some("n1"), false));
+        finished.terminal_sent = true;
+        finished.terminal_at = Some(Instant::now());
+        finished.launch_recorded = Some(Instant::now());
+        let mut failed_to_start = Track::new(full_pod(json!({"phase": "Pending"}), None, false));
+        failed_to_start.terminal_sent = true;
+        failed_to_start.launch_recorded = Some(Instant::now());
+        let mut unrecorded = Track::new(full_pod(finished_status(), Some("n1"), false));
+        unrecorded.terminal_sent = true;
+        unrecorded.terminal_at = Some(Instant::now());
+        let running = Track::new(full_pod(json!({"phase": "Running"}), Some("n1"), false));
+        let mut deleted = Track::new(full_pod(finished_status(), Some("n1"), false));
+        deleted.deleted = true;
+        for (uid, t) in [
+            ("f", finished),
+            ("s", failed_to_start),
+            ("u", unrecorded),
+            ("r", running),
+            ("d", deleted),
+        ] {
+            tracked.live.insert(uid.into(), t);
+        }
+        tracked.settle();
+        assert_eq!(tracked.done.len(), 1);
+        let done = &tracked.done["f"];
+        assert_eq!(done.name, "42-abcde");
+        assert_eq!(
+            done.finished_at,
+            Some(
+                "2027-01-15T08:03:00Z"
+                    .parse::<jiff::Timestamp>()
+                    .unwrap()
+                    .as_second()
+            )
+        );
+        // Not recorded yet: its deletion waits for the record, which only a live track gets.
+        assert!(tracked.live.contains_key("u") && tracked.live.contains_key("r"));
+        assert!(
+            tracked.live.contains_key("s"),
+            "a pod that could not start is removed live"
+        );
+        assert!(
+            !tracked.live.contains_key("d"),
+            "a deleted pod is forgotten"
+        );
+        // A relist that shows only the running pod forgets the others, finished ones included.
+        tracked.relisting = Some(HashSet::from(["r".to_string()]));
+        tracked.relisted();
+        assert_eq!(tracked.live.len(), 1);
+        assert!(tracked.done.is_empty());
     }
 
     #[test]
