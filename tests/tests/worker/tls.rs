@@ -154,7 +154,23 @@ async fn an_untrusted_cluster_certificate_is_said_once_and_shown_on_readyz_and_m
     ] {
         assert!(errors[0].contains(part), "no {part:?} in {}", errors[0]);
     }
-    drop(worker);
+    // Shutdown does not wait on calls to the cluster it cannot reach (the Lease's retries).
+    let mut worker = worker;
+    worker.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = worker.wait(Duration::from_secs(60)).await;
+    assert!(status.success(), "{status:?}");
+    let log = worker.log_text();
+    assert!(
+        !log.contains("did not stop in time"),
+        "shutdown waited out its bound:\n{log}"
+    );
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("\"level\":\"ERROR\""))
+            .count(),
+        1,
+        "shutdown added ERROR lines:\n{log}"
+    );
     rabbit.cleanup(&names).await;
     sim.shutdown().await;
 }

@@ -56,13 +56,17 @@ pub fn init(format: LogFormat, level: Option<&str>) {
 
 /// Dependencies' ERROR lines about failures the worker reports itself, with their context
 /// and true level, are left out: lapin logs every channel the broker closes (a passive check
-/// of a queue that does not exist closes its channel with 404), kube's client every failed
-/// request (each meets the worker's retry, breaker and set-up judgement).
+/// of a queue that does not exist closes its channel with 404) and every connection that
+/// ends (its own close at shutdown included; a lost one is the worker's WARN and reconnect),
+/// kube's client every failed request (each meets the worker's retry, breaker and set-up
+/// judgement).
 fn not_said_better_by_the_worker(meta: &Metadata<'_>) -> bool {
-    let closed_by_broker =
-        meta.target() == "lapin::channel" && meta.fields().field("method").is_some();
+    let field = |name| meta.fields().field(name).is_some();
+    let closed_by_broker = meta.target() == "lapin::channel" && field("method");
+    let connection_ended =
+        meta.target() == "lapin::channels" && field("error") && !field("channel");
     let failed_request = meta.target() == "kube_client::client::builder";
-    !(*meta.level() == Level::ERROR && (closed_by_broker || failed_request))
+    !(*meta.level() == Level::ERROR && (closed_by_broker || connection_ended || failed_request))
 }
 
 /// One JSON object per event: `timestamp`, `level`, `target`, `message`, the event's fields and
