@@ -332,7 +332,8 @@ impl Caller {
     }
 
     async fn send(&self, verb: Verb, req: http::Request<Vec<u8>>) -> Attempt {
-        let resource = health::resource_of(req.uri().path()).to_string();
+        // Judged only when it can matter (a refusal, or a problem known): no cost otherwise.
+        let uri = req.uri().clone();
         let response = match self.client.send(req.map(kube::client::Body::from)).await {
             Ok(r) => r,
             Err(e) => {
@@ -376,12 +377,14 @@ impl Caller {
             Attempt::Refused(e) => Some(e),
             _ => None,
         };
-        self.health.judge(health::judge_answer(
-            verb,
-            &resource,
-            status.as_u16(),
-            refusal,
-        ));
+        if refusal.is_some() || self.health.misconfigured() {
+            self.health.judge(health::judge_answer(
+                verb,
+                health::resource_of(uri.path()),
+                status.as_u16(),
+                refusal,
+            ));
+        }
         attempt
     }
 }

@@ -189,7 +189,22 @@ impl Tracked {
         self.done.remove(uid);
     }
 
-    /// Keeps finished pods as [`Done`] and drops deleted ones.
+    /// Keeps one evaluated pod: as [`Done`] once finished, not at all once deleted.
+    fn keep(&mut self, uid: String, track: Track) {
+        if track.deleted {
+            return;
+        }
+        match Done::of(&track) {
+            Some(done) => {
+                self.done.insert(uid, done);
+            }
+            None => {
+                self.live.insert(uid, track);
+            }
+        }
+    }
+
+    /// Keeps finished pods as [`Done`] and drops deleted ones (after a resync: every pod).
     fn settle(&mut self) {
         self.live.retain(|_, t| !t.deleted);
         let finished: Vec<String> = self
@@ -375,9 +390,8 @@ impl Reporter {
             }
         });
         for (uid, track) in futures::future::join_all(work).await {
-            tracked.live.insert(uid, track);
+            tracked.keep(uid, track);
         }
-        tracked.settle();
     }
 
     fn policy(&self) -> Policy {
