@@ -135,14 +135,14 @@ pub async fn run(
     readiness.watch_executors(executors.values().map(|e| e.cluster.clone()).collect());
     if !settings.lifecycle.enabled {
         // Without the reporter's Lease nothing calls a cluster until the first build: one read
-        // at start-up shows a misconfigured executor (TLS, host, credentials) at once.
+        // at start-up (of a pod that never exists; `get pods` is a verb every set-up grants)
+        // shows a misconfigured executor (TLS, host, credentials, Role) at once.
         for ex in executors.values() {
             let (cluster, stop) = (ex.cluster.clone(), background.clone());
-            let lease = lease_name(&cluster.executor);
             tasks.spawn(async move {
                 tokio::select! {
                     _ = stop.cancelled() => {}
-                    _ = cluster.get_lease(&lease) => {}
+                    _ = cluster.get_pod("buildcluster-worker-start-up-check") => {}
                 }
             });
         }
