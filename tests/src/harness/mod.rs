@@ -42,6 +42,20 @@ where
     }
 }
 
+/// The ERROR lines of a worker's JSON log.
+pub fn error_lines(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.contains("\"level\":\"ERROR\""))
+        .collect()
+}
+
+/// Panics unless `line` contains every one of `parts`.
+pub fn assert_mentions(line: &str, parts: &[&str]) {
+    for part in parts {
+        assert!(line.contains(part), "no {part:?} in {line}");
+    }
+}
+
 /// Installs a test log subscriber once (output captured per test by the harness).
 pub fn init_logs() {
     let _ = rustls::crypto::ring::default_provider().install_default();

@@ -463,13 +463,6 @@ async fn a_pod_the_api_server_refuses_is_dead_lettered_as_invalid() {
     rabbit.cleanup(&names).await;
 }
 
-/// The ERROR lines of a worker's log.
-fn error_lines(log: &str) -> Vec<&str> {
-    log.lines()
-        .filter(|l| l.contains("\"level\":\"ERROR\""))
-        .collect()
-}
-
 /// Issue 20: with the real API server's own answers, a missing jobs namespace is said once at
 /// ERROR (for every build it refuses), naming the executor, the cause and the fix. The worker's
 /// Role lives in its own namespace, so RBAC answers first (403 for the Lease, then for the
@@ -494,7 +487,7 @@ async fn a_missing_namespace_is_said_once_with_its_fix() {
         event_of(&tap, "build.dead_lettered", base + i).await;
     }
     let log = worker.log_text();
-    let errors = error_lines(&log);
+    let errors = bcw_tests::harness::error_lines(&log);
     assert_eq!(errors.len(), 1, "{errors:#?}");
     for part in [
         format!("\"executor\":\"{name}\""),
@@ -531,7 +524,7 @@ async fn a_refused_token_is_said_once_at_start_up() {
     publish(&rabbit, &names, &StartMsg::new(build).json()).await;
     event_of(&tap, "build.dead_lettered", build).await;
     let log = worker.log_text();
-    let errors = error_lines(&log);
+    let errors = bcw_tests::harness::error_lines(&log);
     assert_eq!(errors.len(), 1, "{errors:#?}");
     assert!(
         errors[0].contains("\"cause\":\"unauthorized\"") && errors[0].contains(&name),

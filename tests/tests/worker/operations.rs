@@ -669,20 +669,18 @@ async fn an_unknown_runtime_class_is_counted_and_logged_without_tripping_the_bre
     // Issue 20: loud once, not once per build: one ERROR line naming the executor, the host,
     // the cause and the fix, for four refused builds.
     let log = worker.log_text();
-    let errors: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("\"level\":\"ERROR\""))
-        .collect();
+    let errors = bcw_tests::harness::error_lines(&log);
     assert_eq!(errors.len(), 1, "{errors:#?}");
-    for part in [
-        "executor misconfigured",
-        "\"executor\":\"a\"",
-        &format!("\"host\":\"{}\"", a.url()),
-        "\"cause\":\"runtime_class_missing\"",
-        "create RuntimeClass kata",
-    ] {
-        assert!(errors[0].contains(part), "no {part:?} in {}", errors[0]);
-    }
+    bcw_tests::harness::assert_mentions(
+        errors[0],
+        &[
+            "executor misconfigured",
+            "\"executor\":\"a\"",
+            &format!("\"host\":\"{}\"", a.url()),
+            "\"cause\":\"runtime_class_missing\"",
+            "create RuntimeClass kata",
+        ],
+    );
     drop(worker);
     rabbit.cleanup(&names).await;
     sim.shutdown().await;

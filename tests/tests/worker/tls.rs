@@ -6,8 +6,8 @@ use std::time::Duration;
 use bcw_tests::harness::tls::TestPki;
 use bcw_tests::harness::worker::http_status;
 use bcw_tests::harness::{
-    ExecutorSpec, InProcessWorker, Knobs, StartMsg, WorkerProcess, eventually, settings,
-    settings_json,
+    ExecutorSpec, InProcessWorker, Knobs, StartMsg, WorkerProcess, assert_mentions, error_lines,
+    eventually, settings, settings_json,
 };
 use bcw_tests::kube_sim::{ClusterConfig, KubeSim, SimConfig, Timeline};
 use serde_json::json;
@@ -26,6 +26,14 @@ async fn sim() -> KubeSim {
     })
     .await
     .unwrap()
+}
+
+/// `https://127.0.0.1:<port>` of a TLS proxy, with `pki`'s certificate, in front of `cluster`.
+async fn behind_tls(pki: &TestPki, cluster: &bcw_tests::kube_sim::ClusterHandle) -> String {
+    let port = pki
+        .proxy(cluster.url().trim_start_matches("http://").parse().unwrap())
+        .await;
+    format!("https://127.0.0.1:{port}")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,11 +78,8 @@ async fn without_the_ca_bundle_the_cluster_is_not_trusted() {
     let pki = TestPki::new();
     let sim = sim().await;
     let a = sim.cluster("a");
-    let cluster_port = pki
-        .proxy(a.url().trim_start_matches("http://").parse().unwrap())
-        .await;
     let (rabbit, names, tap) = broker("tls-untrusted").await;
-    let host = format!("https://127.0.0.1:{cluster_port}");
+    let host = behind_tls(&pki, &a).await;
     let worker = InProcessWorker::start(settings(
         &names,
         &[ExecutorSpec::new("a", &host)],
@@ -106,12 +111,8 @@ async fn without_the_ca_bundle_the_cluster_is_not_trusted() {
 async fn an_untrusted_cluster_certificate_is_said_once_and_shown_on_readyz_and_metrics() {
     let pki = TestPki::new();
     let sim = sim().await;
-    let a = sim.cluster("a");
-    let cluster_port = pki
-        .proxy(a.url().trim_start_matches("http://").parse().unwrap())
-        .await;
     let (rabbit, names, tap) = broker("tls-said-once").await;
-    let host = format!("https://127.0.0.1:{cluster_port}");
+    let host = behind_tls(&pki, &sim.cluster("a")).await;
     let config = settings_json(&names, &[ExecutorSpec::new("a", &host)], &Knobs::default());
     let worker = WorkerProcess::spawn(&config, &[]).await;
     for id in 1..=3u64 {
@@ -141,19 +142,17 @@ async fn an_untrusted_cluster_certificate_is_said_once_and_shown_on_readyz_and_m
     })
     .await;
     let log = worker.log_text();
-    let errors: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("\"level\":\"ERROR\""))
-        .collect();
+    let errors = error_lines(&log);
     assert_eq!(errors.len(), 1, "{errors:#?}");
-    for part in [
-        "\"executor\":\"a\"",
-        &format!("\"host\":\"{host}\""),
-        "\"cause\":\"tls_unknown_issuer\"",
-        "BCW_EXECUTOR__A__OPTIONS__KUBERNETES__CA_FILE",
-    ] {
-        assert!(errors[0].contains(part), "no {part:?} in {}", errors[0]);
-    }
+    assert_mentions(
+        errors[0],
+        &[
+            "\"executor\":\"a\"",
+            &format!("\"host\":\"{host}\""),
+            "\"cause\":\"tls_unknown_issuer\"",
+            "BCW_EXECUTOR__A__OPTIONS__KUBERNETES__CA_FILE",
+        ],
+    );
     // Shutdown does not wait on calls to the cluster it cannot reach (the Lease's retries).
     let mut worker = worker;
     worker.signal(nix::sys::signal::Signal::SIGTERM);
@@ -165,9 +164,7 @@ async fn an_untrusted_cluster_certificate_is_said_once_and_shown_on_readyz_and_m
         "shutdown waited out its bound:\n{log}"
     );
     assert_eq!(
-        log.lines()
-            .filter(|l| l.contains("\"level\":\"ERROR\""))
-            .count(),
+        error_lines(&log).len(),
         1,
         "shutdown added ERROR lines:\n{log}"
     );
