@@ -70,39 +70,11 @@ pub async fn run(
     let tasks = TaskTracker::new();
     let background = CancellationToken::new();
 
-    let listener = crate::http::bind(&settings.httpd.host, settings.httpd.port)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {}:{}",
-                settings.httpd.host, settings.httpd.port
-            )
-        })?;
-    let http_addr = listener.local_addr()?;
-    tasks.spawn(crate::http::serve(
-        listener,
-        readiness.clone(),
-        metrics_handle,
-        background.clone(),
-    ));
-    info!(address = %http_addr, "serving /healthz, /readyz and /metrics");
+    let http_addr =
+        serve_http(&settings, &readiness, metrics_handle, (&tasks, &background)).await?;
 
     let (signals_tx, signals_rx) = mpsc::unbounded_channel();
-    let mut executors = BTreeMap::new();
-    for (name, config) in &settings.executor.executors {
-        let cluster = Cluster::connect(name, config, signals_tx.clone())
-            .await
-            .with_context(|| format!("executor {name}"))?;
-        metrics::breaker_state(name, 0.0);
-        executors.insert(
-            name.clone(),
-            Executor {
-                cluster,
-                config: config.clone(),
-            },
-        );
-    }
-    let executors = Arc::new(executors);
+    let executors = connect_executors(&settings, signals_tx).await?;
     let router = Router::from_settings(&settings.executor)
         .map_err(|problems| anyhow::anyhow!(problems.join("; ")))?;
     let (publisher, control) = Publisher::new(
@@ -112,117 +84,28 @@ pub async fn run(
             .then(|| settings.events.exchange.clone()),
     );
     let publisher = publisher.with_format(settings.events.format);
-    let status = if settings.status_updates.enabled {
-        Some(
-            StatusUpdater::new(&settings.status_updates)
-                .map_err(|e| anyhow::anyhow!("status updates: {e}"))?,
-        )
-    } else {
-        None
-    };
+    let status = settings
+        .status_updates
+        .enabled
+        .then(|| StatusUpdater::new(&settings.status_updates))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("status updates: {e}"))?;
     let topology = Topology::from_settings(&settings);
-    let source = crate::events::source(&topology.queue);
     let (companion, protocol) = launch_protocol(&topology, &executors);
-
-    tasks.spawn(breaker_signals(
-        signals_rx,
-        publisher.clone(),
-        source.clone(),
-        identity.clone(),
-        executors.clone(),
-        (background.clone(), tasks.clone()),
-    ));
-    readiness.watch_executors(executors.values().map(|e| e.cluster.clone()).collect());
-    if !settings.lifecycle.enabled {
-        // Without the reporter's Lease nothing calls a cluster until the first build: one read
-        // at start-up (of a pod that never exists; `get pods` is a verb every set-up grants)
-        // shows a misconfigured executor (TLS, host, credentials, Role) at once.
-        for ex in executors.values() {
-            let (cluster, stop) = (ex.cluster.clone(), background.clone());
-            tasks.spawn(async move {
-                tokio::select! {
-                    _ = stop.cancelled() => {}
-                    _ = cluster.get_pod("buildcluster-worker-start-up-check") => {}
-                }
-            });
-        }
-    }
-
-    if settings.lifecycle.enabled {
-        for (name, ex) in executors.iter() {
-            metrics::reporter_leader(name, false);
-            let (leading_tx, leading_rx) = watch::channel(false);
-            let election = Election {
-                name: lease_name(name),
-                identity: identity.clone(),
-                duration: settings.lifecycle.lease_duration,
-                renew_every: settings.lifecycle.lease_renew_interval,
-            };
-            tasks.spawn(lease::run(
-                ex.cluster.clone(),
-                election,
-                leading_tx,
-                background.clone(),
-            ));
-            let reporter = Reporter {
-                cluster: ex.cluster.clone(),
-                config: ex.config.clone(),
-                publisher: publisher.clone(),
-                source: source.clone(),
-                status: status.clone(),
-                resync: settings.lifecycle.resync_interval,
-                protocol: protocol.clone(),
-                busy_for: ex.busy_for(),
-            };
-            tasks.spawn(reporter.run(leading_rx, background.clone()));
-        }
-    }
-
-    let launcher = Launcher::new(
-        router,
-        executors.clone(),
-        settings.ecosystem.clone(),
-        settings.intake.pod_annotation_allow_list.clone(),
+    let shared = Shared {
+        identity: identity.clone(),
+        publisher,
+        source: crate::events::source(&topology.queue),
+        status,
         protocol,
-    );
-    let dispatcher = Arc::new(
-        Dispatcher::new(
-            launcher,
-            publisher,
-            topology.clone(),
-            Policy {
-                limits: Limits {
-                    max_bytes: settings.intake.max_message_bytes,
-                },
-                reprocess_limit: settings.rabbitmq.message_reprocess_limit,
-                max_wait: settings.rabbitmq.max_wait,
-                cache: settings.ecosystem.cache.clone(),
-            },
-            status,
-        )
-        .with_readiness(readiness.clone()),
-    );
+    };
 
-    let ca_pem = if settings.rabbitmq.ca_file.is_empty() {
-        None
-    } else {
-        Some(
-            std::fs::read_to_string(&settings.rabbitmq.ca_file)
-                .with_context(|| format!("rabbitmq.caFile {}", settings.rabbitmq.ca_file))?,
-        )
-    };
-    let uri = settings
-        .rabbitmq
-        .amqp_uri()
-        .map_err(|issue| anyhow::anyhow!("{issue}"))?;
-    let options = BrokerOptions {
-        uri,
-        ca_pem,
-        connection_name: format!("buildcluster-worker@{identity}"),
-        topology,
-        prefetch: settings.rabbitmq.prefetch_count,
-        drain_timeout: settings.shutdown.drain_timeout,
-    };
+    let background_of = (&tasks, &background);
+    start_background(&settings, &executors, &shared, signals_rx, background_of);
+    readiness.watch_executors(executors.values().map(|e| e.cluster.clone()).collect());
+    let dispatcher = dispatcher(&settings, router, executors, shared, topology.clone());
+    let dispatcher = Arc::new(dispatcher.with_readiness(readiness.clone()));
+    let options = broker_options(&settings, topology, &identity)?;
     if let Some(tx) = started {
         let _ = tx.send(Started {
             http: http_addr,
@@ -230,21 +113,11 @@ pub async fn run(
         });
     }
 
-    let drain_signal = {
-        let readiness = readiness.clone();
-        let shutdown = shutdown.clone();
-        let background = background.clone();
-        async move {
-            tokio::select! {
-                _ = shutdown.cancelled() => {
-                    readiness.set_draining();
-                    info!("shutdown requested: draining");
-                }
-                _ = background.cancelled() => {}
-            }
-        }
-    };
-    tasks.spawn(drain_signal);
+    tasks.spawn(drain_signal(
+        readiness.clone(),
+        shutdown.clone(),
+        background.clone(),
+    ));
     // Once builds are drained, the reporters finish what they are sending and release their
     // leases, and the rest stops, while the broker connection is still up.
     let result = broker::run(
@@ -261,15 +134,215 @@ pub async fn run(
     if !background.is_cancelled() {
         stop_background(background, tasks).await;
     }
-    match result {
-        Ok(_) => {
-            info!("drained; bye");
-            Ok(())
+    result.map(|_| info!("drained; bye")).map_err(|e| {
+        error!(error = %e, "broker problem");
+        e.into()
+    })
+}
+
+/// Serves `/healthz`, `/readyz` and `/metrics` as a background task; returns its address.
+async fn serve_http(
+    settings: &Settings,
+    readiness: &Readiness,
+    metrics_handle: Option<PrometheusHandle>,
+    (tasks, background): (&TaskTracker, &CancellationToken),
+) -> anyhow::Result<SocketAddr> {
+    let (host, port) = (&settings.httpd.host, settings.httpd.port);
+    let listener = crate::http::bind(host, port)
+        .await
+        .with_context(|| format!("cannot listen on {host}:{port}"))?;
+    let address = listener.local_addr()?;
+    tasks.spawn(crate::http::serve(
+        listener,
+        readiness.clone(),
+        metrics_handle,
+        background.clone(),
+    ));
+    info!(%address, "serving /healthz, /readyz and /metrics");
+    Ok(address)
+}
+
+/// Every executor's cluster client (no request is made yet), its breaker gauge at closed.
+async fn connect_executors(
+    settings: &Settings,
+    signals: mpsc::UnboundedSender<BreakerSignal>,
+) -> anyhow::Result<Arc<BTreeMap<String, Executor>>> {
+    let mut executors = BTreeMap::new();
+    for (name, config) in &settings.executor.executors {
+        let cluster = Cluster::connect(name, config, signals.clone())
+            .await
+            .with_context(|| format!("executor {name}"))?;
+        metrics::breaker_state(name, 0.0);
+        let config = config.clone();
+        executors.insert(name.clone(), Executor { cluster, config });
+    }
+    Ok(Arc::new(executors))
+}
+
+/// The background work besides serving: breaker signals, and per executor the reporter behind
+/// its Lease (or, with the reporter off, one look at start-up).
+fn start_background(
+    settings: &Settings,
+    executors: &Arc<BTreeMap<String, Executor>>,
+    shared: &Shared,
+    signals: mpsc::UnboundedReceiver<BreakerSignal>,
+    (tasks, background): (&TaskTracker, &CancellationToken),
+) {
+    tasks.spawn(breaker_signals(
+        signals,
+        shared.publisher.clone(),
+        shared.source.clone(),
+        shared.identity.clone(),
+        executors.clone(),
+        (background.clone(), tasks.clone()),
+    ));
+    if settings.lifecycle.enabled {
+        start_reporters(settings, executors, shared, (tasks, background));
+    } else {
+        look_at_start(executors, (tasks, background));
+    }
+}
+
+/// The dispatcher: every delivery decoded, launched through the executors, settled.
+fn dispatcher(
+    settings: &Settings,
+    router: Router,
+    executors: Arc<BTreeMap<String, Executor>>,
+    shared: Shared,
+    topology: Topology,
+) -> Dispatcher {
+    let launcher = Launcher::new(
+        router,
+        executors,
+        settings.ecosystem.clone(),
+        settings.intake.pod_annotation_allow_list.clone(),
+        shared.protocol,
+    );
+    Dispatcher::new(
+        launcher,
+        shared.publisher,
+        topology,
+        policy(settings),
+        shared.status,
+    )
+}
+
+/// What the reporters, the breaker signals and the dispatcher share.
+struct Shared {
+    identity: String,
+    publisher: Publisher,
+    /// `source` of the events.
+    source: String,
+    status: Option<Arc<StatusUpdater>>,
+    protocol: Protocol,
+}
+
+/// Per executor, the Lease election and the reporter it gates, as background tasks.
+fn start_reporters(
+    settings: &Settings,
+    executors: &BTreeMap<String, Executor>,
+    shared: &Shared,
+    (tasks, background): (&TaskTracker, &CancellationToken),
+) {
+    for (name, ex) in executors {
+        metrics::reporter_leader(name, false);
+        let (leading_tx, leading_rx) = watch::channel(false);
+        let election = Election {
+            name: lease_name(name),
+            identity: shared.identity.clone(),
+            duration: settings.lifecycle.lease_duration,
+            renew_every: settings.lifecycle.lease_renew_interval,
+        };
+        tasks.spawn(lease::run(
+            ex.cluster.clone(),
+            election,
+            leading_tx,
+            background.clone(),
+        ));
+        let reporter = Reporter {
+            cluster: ex.cluster.clone(),
+            config: ex.config.clone(),
+            publisher: shared.publisher.clone(),
+            source: shared.source.clone(),
+            status: shared.status.clone(),
+            resync: settings.lifecycle.resync_interval,
+            protocol: shared.protocol.clone(),
+            busy_for: ex.busy_for(),
+        };
+        tasks.spawn(reporter.run(leading_rx, background.clone()));
+    }
+}
+
+/// Without the reporter's Lease nothing calls a cluster until the first build: one read at
+/// start-up (of a pod that never exists; `get pods` is a verb every set-up grants) shows a
+/// misconfigured executor (TLS, host, credentials, Role) at once.
+fn look_at_start(
+    executors: &BTreeMap<String, Executor>,
+    (tasks, background): (&TaskTracker, &CancellationToken),
+) {
+    for ex in executors.values() {
+        let (cluster, stop) = (ex.cluster.clone(), background.clone());
+        tasks.spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = cluster.get_pod("buildcluster-worker-start-up-check") => {}
+            }
+        });
+    }
+}
+
+/// The message policy of the configuration.
+fn policy(settings: &Settings) -> Policy {
+    Policy {
+        limits: Limits {
+            max_bytes: settings.intake.max_message_bytes,
+        },
+        reprocess_limit: settings.rabbitmq.message_reprocess_limit,
+        max_wait: settings.rabbitmq.max_wait,
+        cache: settings.ecosystem.cache.clone(),
+    }
+}
+
+/// How to reach the broker: its URI, CA bundle, this replica's connection name, the layout.
+fn broker_options(
+    settings: &Settings,
+    topology: Topology,
+    identity: &str,
+) -> anyhow::Result<BrokerOptions> {
+    let ca_pem = if settings.rabbitmq.ca_file.is_empty() {
+        None
+    } else {
+        Some(
+            std::fs::read_to_string(&settings.rabbitmq.ca_file)
+                .with_context(|| format!("rabbitmq.caFile {}", settings.rabbitmq.ca_file))?,
+        )
+    };
+    let uri = settings
+        .rabbitmq
+        .amqp_uri()
+        .map_err(|issue| anyhow::anyhow!("{issue}"))?;
+    Ok(BrokerOptions {
+        uri,
+        ca_pem,
+        connection_name: format!("buildcluster-worker@{identity}"),
+        topology,
+        prefetch: settings.rabbitmq.prefetch_count,
+        drain_timeout: settings.shutdown.drain_timeout,
+    })
+}
+
+/// Turns `/readyz` to draining when shutdown is asked for.
+async fn drain_signal(
+    readiness: Readiness,
+    shutdown: CancellationToken,
+    background: CancellationToken,
+) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {
+            readiness.set_draining();
+            info!("shutdown requested: draining");
         }
-        Err(e) => {
-            error!(error = %e, "broker problem");
-            Err(e.into())
-        }
+        _ = background.cancelled() => {}
     }
 }
 

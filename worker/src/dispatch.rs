@@ -22,7 +22,7 @@ use crate::config::CacheSettings;
 use crate::events::{BuildEventData, EventType, OutgoingEvent, build_event};
 use crate::health::Readiness;
 use crate::intake::{self, BuildId, Job, JobKind, Limits, PoisonReason, StartBuild};
-use crate::launch::{Announce, Launcher, PodRef, StopOutcome};
+use crate::launch::{Announce, Launcher, PodRef, Started, StopOutcome};
 use crate::protocol::{DeadReason, Outcome, WaitReason};
 use crate::status::{StatusUpdater, Update};
 use crate::telemetry::metrics;
@@ -350,6 +350,17 @@ impl Dispatcher {
             .launcher
             .start(build, candidates, avoid, carried.attempt, &announcer)
             .await;
+        self.started(build, inbound, carried, started)
+    }
+
+    /// What the launch protocol's outcome for a start means for its delivery.
+    fn started(
+        &self,
+        build: &StartBuild,
+        inbound: &Inbound,
+        carried: &Carried,
+        started: Started,
+    ) -> Decision {
         let mut next = carried.clone();
         next.executors.extend(started.touched);
         let detail = started.last_error.unwrap_or_default();
@@ -569,80 +580,93 @@ impl Dispatcher {
     }
 
     async fn later(&self, inbound: &Inbound, carried: &Carried, later: Later) -> &'static str {
+        if later.uses_attempt
+            && let Some(ex) = &later.executor
+        {
+            metrics::retried(ex, later.reason.label());
+        }
         let now_ms = jiff::Timestamp::now().as_millisecond();
-        let mut next = later.next;
+        if let Some(dead) = self.given_up(inbound, carried, &later, now_ms) {
+            return self.dead(inbound, dead).await;
+        }
+        let mut next = later.next.clone();
         if later.uses_attempt {
-            if let Some(ex) = &later.executor {
-                metrics::retried(ex, later.reason.label());
-            }
-            if carried.attempt >= self.policy.reprocess_limit {
-                let fail = match intake::decode(&inbound.data, self.policy.limits) {
-                    Ok(Job::Start(b)) => Some(b),
-                    _ => None,
-                };
-                return self
-                    .dead(
-                        inbound,
-                        Dead {
-                            reason: DeadWhy::GaveUp(later.reason),
-                            error: format!(
-                                "gave up after {} attempts: {}",
-                                carried.attempt, later.error
-                            ),
-                            build: later.build,
-                            attempt: carried.attempt,
-                            job: JobKind::Start,
-                            fail,
-                        },
-                    )
-                    .await;
-            }
-            if self.admin() {
-                // The administrator's dead-letter loop brings it back.
-                inbound.settle.reject().await;
-                return "retried";
-            }
             next.attempt = carried.attempt + 1;
             next.waiting_since_ms = None;
         } else if !later.recheck {
-            let since = carried.waiting_since_ms.unwrap_or(now_ms);
-            if self.waited_too_long(carried, now_ms) {
-                let fail = match intake::decode(&inbound.data, self.policy.limits) {
-                    Ok(Job::Start(b)) => Some(b),
-                    _ => None,
-                };
-                return self
-                    .dead(
-                        inbound,
-                        Dead {
-                            reason: DeadWhy::NoExecutor,
-                            error: format!(
-                                "no usable executor within rabbitmq.maxWait ({}): {}",
-                                humantime::format_duration(self.policy.max_wait),
-                                later.error
-                            ),
-                            build: later.build,
-                            attempt: carried.attempt,
-                            job: JobKind::Start,
-                            fail,
-                        },
-                    )
-                    .await;
-            }
-            next.waiting_since_ms = Some(since);
+            next.waiting_since_ms = Some(carried.waiting_since_ms.unwrap_or(now_ms));
         }
-        if self.admin() && !later.uses_attempt && !later.recheck {
+        if !self.admin() {
+            return self.delay(inbound, carried, later, next).await;
+        }
+        if later.uses_attempt {
+            // The administrator's dead-letter loop brings it back.
+            inbound.settle.reject().await;
+            return "retried";
+        }
+        if !later.recheck {
             return self.hand_back(inbound, next, &later.events).await;
         }
-        if self.admin() {
-            // A stop re-check without delay queues: done for now (waits expired above).
-            if self.publish_all(&later.events).await {
-                inbound.settle.ack().await;
-                return "done";
-            }
-            inbound.settle.requeue().await;
-            return "requeued";
+        // A stop re-check without delay queues: done for now (waits expired above).
+        if self.publish_all(&later.events).await {
+            inbound.settle.ack().await;
+            return "done";
         }
+        inbound.settle.requeue().await;
+        "requeued"
+    }
+
+    /// The dead letter of a message that waited or failed too long: its attempts used up, or
+    /// `maxWait` passed without a usable executor.
+    fn given_up(
+        &self,
+        inbound: &Inbound,
+        carried: &Carried,
+        later: &Later,
+        now_ms: i64,
+    ) -> Option<Dead> {
+        let (reason, error) = if later.uses_attempt {
+            if carried.attempt < self.policy.reprocess_limit {
+                return None;
+            }
+            let error = format!(
+                "gave up after {} attempts: {}",
+                carried.attempt, later.error
+            );
+            (DeadWhy::GaveUp(later.reason), error)
+        } else if !later.recheck && self.waited_too_long(carried, now_ms) {
+            let error = format!(
+                "no usable executor within rabbitmq.maxWait ({}): {}",
+                humantime::format_duration(self.policy.max_wait),
+                later.error
+            );
+            (DeadWhy::NoExecutor, error)
+        } else {
+            return None;
+        };
+        let fail = match intake::decode(&inbound.data, self.policy.limits) {
+            Ok(Job::Start(b)) => Some(b),
+            _ => None,
+        };
+        Some(Dead {
+            reason,
+            error,
+            build: later.build,
+            attempt: carried.attempt,
+            job: JobKind::Start,
+            fail,
+        })
+    }
+
+    /// The worker's own layout: a copy on the delay queue for the next attempt or look (with
+    /// `build.retrying` the first time), then the ack.
+    async fn delay(
+        &self,
+        inbound: &Inbound,
+        carried: &Carried,
+        later: Later,
+        next: Carried,
+    ) -> &'static str {
         let queue = if later.uses_attempt {
             self.topology.retry_queue_for(next.attempt)
         } else {
@@ -679,16 +703,14 @@ impl Dispatcher {
         let mut table = inbound.properties.headers().clone().unwrap_or_default();
         next.write(&mut table);
         match self.copy_to(inbound, &queue, table).await {
-            Ok(()) => {
-                if !later.recheck {
-                    info!(queue = %queue, reason = later.reason.label(), next_attempt = next.attempt, "build will be retried");
-                }
+            Ok(()) if later.recheck => {
                 inbound.settle.ack().await;
-                if later.recheck {
-                    "rechecking"
-                } else {
-                    "retried"
-                }
+                "rechecking"
+            }
+            Ok(()) => {
+                info!(queue = %queue, reason = later.reason.label(), next_attempt = next.attempt, "build will be retried");
+                inbound.settle.ack().await;
+                "retried"
             }
             Err(e) => {
                 warn!(error = %e, "could not put the message on its delay queue; returning it to the queue");

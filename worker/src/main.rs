@@ -92,20 +92,7 @@ fn main() -> ExitCode {
                 env,
                 compat: cli.compat,
             };
-            match config::load(&opts) {
-                Ok(settings) if connect => on_runtime(ops::check::run(&settings)),
-                Ok(settings) => {
-                    print!("{}", config::render_effective(&settings));
-                    ExitCode::SUCCESS
-                }
-                Err(errors) => {
-                    println!("configuration is invalid ({} problems):", errors.0.len());
-                    for issue in &errors.0 {
-                        println!("  {issue}");
-                    }
-                    ExitCode::from(2)
-                }
-            }
+            check_config(&opts, connect)
         }
         Command::Enqueue { config, args } => match settings_for(config, env, cli.compat) {
             Ok(settings) => on_runtime(ops::enqueue::run(&args, &settings)),
@@ -122,49 +109,73 @@ fn main() -> ExitCode {
                 env,
                 compat: cli.compat,
             };
-            let loaded = match config::load_with_notices(&opts) {
-                Ok(l) => l,
-                Err(errors) => {
-                    eprintln!("configuration is invalid ({} problems):", errors.0.len());
-                    for issue in &errors.0 {
-                        eprintln!("  {issue}");
-                    }
-                    return ExitCode::from(2);
-                }
-            };
-            for notice in &loaded.notices {
-                tracing::info!(key = %notice.path, "{}", notice.message);
-            }
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            runtime.block_on(async move {
-                let handle = match metrics::install() {
-                    Ok(h) => Some(h),
-                    Err(e) => {
-                        tracing::error!(error = %e, "metrics recorder not installed");
-                        None
-                    }
-                };
-                let shutdown = CancellationToken::new();
-                tokio::spawn(signals(shutdown.clone()));
-                match buildcluster_worker::app::run(loaded.settings, handle, shutdown, None).await {
-                    Ok(()) => ExitCode::SUCCESS,
-                    Err(e) => {
-                        tracing::error!(error = format!("{e:#}"), "worker stopped");
-                        ExitCode::FAILURE
-                    }
-                }
-            })
+            run(&opts)
         }
     }
+}
+
+/// `check-config`: the effective configuration, or (`--connect`) every check against what it
+/// names; exit 2 with every problem.
+fn check_config(opts: &LoadOptions, connect: bool) -> ExitCode {
+    match config::load(opts) {
+        Ok(settings) if connect => on_runtime(ops::check::run(&settings)),
+        Ok(settings) => {
+            print!("{}", config::render_effective(&settings));
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            println!("configuration is invalid ({} problems):", errors.0.len());
+            for issue in &errors.0 {
+                println!("  {issue}");
+            }
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `run`: the worker until SIGTERM or SIGINT; exit 2 for an invalid configuration.
+fn run(opts: &LoadOptions) -> ExitCode {
+    let loaded = match config::load_with_notices(opts) {
+        Ok(l) => l,
+        Err(errors) => {
+            eprintln!("configuration is invalid ({} problems):", errors.0.len());
+            for issue in &errors.0 {
+                eprintln!("  {issue}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    for notice in &loaded.notices {
+        tracing::info!(key = %notice.path, "{}", notice.message);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let handle = match metrics::install() {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::error!(error = %e, "metrics recorder not installed");
+                None
+            }
+        };
+        let shutdown = CancellationToken::new();
+        tokio::spawn(signals(shutdown.clone()));
+        match buildcluster_worker::app::run(loaded.settings, handle, shutdown, None).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "worker stopped");
+                ExitCode::FAILURE
+            }
+        }
+    })
 }
 
 /// The validated configuration for an operator command, or exit 2 with every problem.

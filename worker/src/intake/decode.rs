@@ -277,46 +277,9 @@ impl Ctx {
     fn start(&self, root: &Map<String, Value>) -> Result<StartBuild, Poison> {
         let cfg = self.config(root, "buildConfig")?;
         let build_id = self.build_id(cfg)?;
-
-        let container = self.required_str(cfg, "container")?.trim();
-        if container.is_empty()
-            || container.len() > MAX_IMAGE_LEN
-            || container
-                .chars()
-                .any(|c| c.is_whitespace() || c.is_control())
-        {
-            return Err(self.field_poison(
-                PoisonReason::InvalidValue,
-                "container",
-                format!(
-                    "buildConfig.container is not an image reference: {}",
-                    quote(container)
-                ),
-            ));
-        }
-
-        let api_uri = self.required_str(cfg, "apiUri")?.trim();
-        if !is_http_uri(api_uri) {
-            return Err(self.field_poison(
-                PoisonReason::InvalidValue,
-                "apiUri",
-                format!(
-                    "buildConfig.apiUri is not an http(s) URI: {}",
-                    quote(api_uri)
-                ),
-            ));
-        }
-
-        let token = self.required_str(cfg, "token")?;
-        if token.trim().is_empty() || token.chars().any(|c| c.is_control()) {
-            // Never quote the token back, even when it is unusable.
-            return Err(self.field_poison(
-                PoisonReason::InvalidValue,
-                "token",
-                "buildConfig.token is empty or contains control characters".into(),
-            ));
-        }
-
+        let container = self.container(cfg)?;
+        let api_uri = self.api_uri(cfg)?;
+        let token = self.token(cfg)?;
         let annotations = match self.optional_object(cfg, "buildConfig", "annotations")? {
             Some(o) => Annotations::new(
                 o.iter()
@@ -366,6 +329,56 @@ impl Ctx {
                 None => None,
             },
         })
+    }
+
+    /// `buildConfig.container`: an image reference (trimmed), no blanks or control characters.
+    fn container<'a>(&self, cfg: &'a Map<String, Value>) -> Result<&'a str, Poison> {
+        let container = self.required_str(cfg, "container")?.trim();
+        if container.is_empty()
+            || container.len() > MAX_IMAGE_LEN
+            || container
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(self.field_poison(
+                PoisonReason::InvalidValue,
+                "container",
+                format!(
+                    "buildConfig.container is not an image reference: {}",
+                    quote(container)
+                ),
+            ));
+        }
+        Ok(container)
+    }
+
+    /// `buildConfig.apiUri`: an http(s) URI (trimmed).
+    fn api_uri<'a>(&self, cfg: &'a Map<String, Value>) -> Result<&'a str, Poison> {
+        let api_uri = self.required_str(cfg, "apiUri")?.trim();
+        if !is_http_uri(api_uri) {
+            return Err(self.field_poison(
+                PoisonReason::InvalidValue,
+                "apiUri",
+                format!(
+                    "buildConfig.apiUri is not an http(s) URI: {}",
+                    quote(api_uri)
+                ),
+            ));
+        }
+        Ok(api_uri)
+    }
+
+    /// `buildConfig.token`: not blank, no control characters; never quoted back.
+    fn token<'a>(&self, cfg: &'a Map<String, Value>) -> Result<&'a str, Poison> {
+        let token = self.required_str(cfg, "token")?;
+        if token.trim().is_empty() || token.chars().any(|c| c.is_control()) {
+            return Err(self.field_poison(
+                PoisonReason::InvalidValue,
+                "token",
+                "buildConfig.token is empty or contains control characters".into(),
+            ));
+        }
+        Ok(token)
     }
 
     fn stop(&self, root: &Map<String, Value>) -> Result<StopBuild, Poison> {

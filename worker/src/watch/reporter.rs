@@ -662,47 +662,57 @@ impl Reporter {
     /// Deletes a finished pod once its `podTTL` passed and no create can still land on its
     /// name; until then, sets when to look again.
     async fn collect_finished(&self, track: &mut Track, pod_name: &str, now_unix: i64) {
-        let ttl = self.config.options.kubernetes.pod_ttl;
-        let finished_for = finished_at(&track.pod)
-            .map(|t| Duration::from_secs(now_unix.saturating_sub(t).max(0) as u64))
-            .unwrap_or_else(|| track.terminal_at.map(|t| t.elapsed()).unwrap_or_default());
-        let collectable = finished_for >= ttl && self.may_delete(track);
-        if collectable && self.cluster.delete_pod(pod_name, None).await.is_ok() {
-            metrics::gc_deleted(&self.cluster.executor, "finished");
-            debug!(pod = %pod_name, "finished pod collected");
-            track.deleted = true;
-        } else if !collectable {
-            let recorded_wait = track
-                .launch_recorded
-                .map(|t| (t + self.busy_for).saturating_duration_since(Instant::now()))
-                .unwrap_or(self.resync);
-            let wait = ttl.saturating_sub(finished_for).max(recorded_wait);
-            track.idle_until = Some(Instant::now() + wait);
+        let finished_for = finished_for(finished_at(&track.pod), track.terminal_at, now_unix);
+        let recorded_for = track.launch_recorded.map(|t| t.elapsed());
+        match self.collection(finished_for, recorded_for) {
+            Ok(()) => track.deleted = self.delete_finished(pod_name).await,
+            Err(wait) => track.idle_until = Some(Instant::now() + wait),
         }
     }
 
-    /// Deletes a finished pod once its `podTTL` passed (and no create can still land on its
-    /// name); until then, sets when to look again. True once deleted.
+    /// Deletes a finished pod kept as [`Done`] once due; until then, sets when to look again.
+    /// True once deleted.
     async fn collect_done(&self, done: &mut Done) -> bool {
-        let ttl = self.config.options.kubernetes.pod_ttl;
         let now_unix = jiff::Timestamp::now().as_second();
-        let finished_for = done
-            .finished_at
-            .map(|t| Duration::from_secs(now_unix.saturating_sub(t).max(0) as u64))
-            .unwrap_or_else(|| done.terminal_at.map(|t| t.elapsed()).unwrap_or_default());
-        let recorded_for = done.launch_recorded.elapsed();
-        if finished_for >= ttl && recorded_for >= self.busy_for {
-            if self.cluster.delete_pod(&done.name, None).await.is_ok() {
-                metrics::gc_deleted(&self.cluster.executor, "finished");
-                debug!(pod = %done.name, "finished pod collected");
-                return true;
+        let finished_for = finished_for(done.finished_at, done.terminal_at, now_unix);
+        match self.collection(finished_for, Some(done.launch_recorded.elapsed())) {
+            Ok(()) => self.delete_finished(&done.name).await,
+            Err(wait) => {
+                done.idle_until = Some(Instant::now() + wait);
+                false
             }
-            return false;
         }
-        let recorded_wait = self.busy_for.saturating_sub(recorded_for);
-        done.idle_until =
-            Some(Instant::now() + ttl.saturating_sub(finished_for).max(recorded_wait));
-        false
+    }
+
+    /// Whether a pod finished `finished_for` ago, whose launch was recorded `recorded_for` ago
+    /// (if it was), may be deleted now: once its `podTTL` passed and no create permitted before
+    /// its record can land on its name. If not, how long until it is worth another look.
+    fn collection(
+        &self,
+        finished_for: Duration,
+        recorded_for: Option<Duration>,
+    ) -> Result<(), Duration> {
+        let ttl_left = self
+            .config
+            .options
+            .kubernetes
+            .pod_ttl
+            .saturating_sub(finished_for);
+        match recorded_for {
+            Some(r) if ttl_left.is_zero() && r >= self.busy_for => Ok(()),
+            Some(r) => Err(ttl_left.max(self.busy_for.saturating_sub(r))),
+            None => Err(ttl_left.max(self.resync)),
+        }
+    }
+
+    /// Deletes a finished pod after its `podTTL`; true once deleted.
+    async fn delete_finished(&self, pod_name: &str) -> bool {
+        let deleted = self.cluster.delete_pod(pod_name, None).await.is_ok();
+        if deleted {
+            metrics::gc_deleted(&self.cluster.executor, "finished");
+            debug!(pod = %pod_name, "finished pod collected");
+        }
+        deleted
     }
 
     /// Deletes a pod that no build can still need: one without a build past the pending
@@ -1097,6 +1107,14 @@ fn waiting_reasons(pod: &Pod) -> impl Iterator<Item = String> + '_ {
             .chain(s.container_statuses.iter().flatten())
             .filter_map(|c| c.state.as_ref()?.waiting.as_ref()?.reason.clone())
     })
+}
+
+/// How long ago a pod finished: by its containers' time when they said, else since its
+/// outcome was published here.
+fn finished_for(finished_at: Option<i64>, terminal_at: Option<Instant>, now_unix: i64) -> Duration {
+    finished_at
+        .map(|t| Duration::from_secs(now_unix.saturating_sub(t).max(0) as u64))
+        .unwrap_or_else(|| terminal_at.map(|t| t.elapsed()).unwrap_or_default())
 }
 
 /// When the build container finished (unix seconds).
