@@ -506,35 +506,31 @@ impl Reporter {
 
     /// The build container runs: `build.running` once, after the launch is announced.
     async fn on_running(&self, track: &mut Track, seen: Seen<'_>) {
-        let Seen {
-            info,
-            base,
-            pod_name,
-            now_unix,
-        } = seen;
         track.saw_running = true;
-        if !track.running_sent && !self.announce_launch(track, &base, now_unix).await {
+        let sent = track.running_sent;
+        if !self.announced(track, &seen, sent).await {
             return;
         }
-        if !track.running_sent && self.publish(EventType::BuildRunning, base).await {
+        if !track.running_sent && self.publish(EventType::BuildRunning, seen.base).await {
             track.running_sent = true;
             if let Some(created) = &track.pod.metadata.creation_timestamp {
-                let age = now_unix.saturating_sub(created.0.as_second()).max(0) as u64;
+                let age = seen.now_unix.saturating_sub(created.0.as_second()).max(0) as u64;
                 metrics::pod_started(&self.cluster.executor, Duration::from_secs(age));
             }
-            info!(pod = %pod_name, "build running");
+            info!(pod = %seen.pod_name, "build running");
         }
         if !track.scheduled_sent {
             if track.scheduled_at.is_some() {
                 // Scheduled earlier, but the token was not readable yet: still owed.
-                self.scheduled_update(track, info).await;
+                self.scheduled_update(track, seen.info).await;
             } else {
                 // First seen running (a reporter that took over): another reporter
                 // told the API when the pod was scheduled.
                 track.scheduled_sent = true;
             }
         }
-        self.collect_orphan(track, pod_name, now_unix, false).await;
+        self.collect_orphan(track, seen.pod_name, seen.now_unix, false)
+            .await;
     }
 
     /// The pod cannot start: `build.launch_failed`, the user told, the pod removed.
@@ -545,32 +541,27 @@ impl Reporter {
         reason: &str,
         message: &str,
     ) {
-        let Seen {
-            info,
-            base,
-            pod_name,
-            now_unix,
-        } = seen;
-        if !track.terminal_sent && !self.announce_launch(track, &base, now_unix).await {
+        let sent = track.terminal_sent;
+        if !self.announced(track, &seen, sent).await {
             return;
         }
         if !track.terminal_sent {
             let data = BuildEventData {
                 reason: Some(reason.to_owned()),
                 message: Some(message.to_owned()),
-                ..base
+                ..seen.base
             };
             if !self.publish(EventType::BuildLaunchFailed, data).await {
                 return;
             }
             track.terminal_sent = true;
             metrics::launch_failed(&self.cluster.executor, reason);
-            warn!(pod = %pod_name, %reason, "build failed to start");
+            warn!(pod = %seen.pod_name, %reason, "build failed to start");
         }
         if !track.failure_sent {
             // The pod (and its token Secret) stays until the user has been told.
             if self
-                .status_update(track, info, Update::Failure(message.to_owned()))
+                .status_update(track, seen.info, Update::Failure(message.to_owned()))
                 .await
                 == Reported::NotYet
             {
@@ -580,20 +571,21 @@ impl Reporter {
         }
         // A pod that cannot start is removed, so nothing hangs and nothing is retried
         // (once no create permitted before its launch was recorded can land).
-        if self.may_delete(track) && self.cluster.delete_pod(pod_name, Some(0)).await.is_ok() {
+        if self.may_delete(track)
+            && self
+                .cluster
+                .delete_pod(seen.pod_name, Some(0))
+                .await
+                .is_ok()
+        {
             track.deleted = true;
         }
     }
 
     /// The build ended: its outcome once, then the pod collected after `podTTL`.
     async fn on_finished(&self, track: &mut Track, seen: Seen<'_>, verdict: &Verdict) {
-        let Seen {
-            info,
-            base,
-            pod_name,
-            now_unix,
-        } = seen;
-        if !track.terminal_sent && !self.announce_launch(track, &base, now_unix).await {
+        let sent = track.terminal_sent;
+        if !self.announced(track, &seen, sent).await {
             return;
         }
         // A build that ran and finished between two looks (or while its launch was
@@ -602,14 +594,17 @@ impl Reporter {
             && !track.running_sent
             && (track.saw_running || build_container_ran(&track.pod))
         {
-            if !self.publish(EventType::BuildRunning, base.clone()).await {
+            if !self
+                .publish(EventType::BuildRunning, seen.base.clone())
+                .await
+            {
                 return;
             }
             track.running_sent = true;
         }
         if !track.terminal_sent {
             let (ty, outcome, data) = match &verdict {
-                Verdict::Succeeded => (EventType::BuildSucceeded, "succeeded", base),
+                Verdict::Succeeded => (EventType::BuildSucceeded, "succeeded", seen.base),
                 Verdict::Failed {
                     exit_code,
                     reason,
@@ -621,7 +616,7 @@ impl Reporter {
                         exit_code: Some(*exit_code),
                         reason: Some(reason.clone()),
                         message: Some(message.clone()),
-                        ..base
+                        ..seen.base
                     },
                 ),
                 Verdict::TimedOut { message } => (
@@ -630,7 +625,7 @@ impl Reporter {
                     BuildEventData {
                         reason: Some("DeadlineExceeded".into()),
                         message: Some(message.clone()),
-                        ..base
+                        ..seen.base
                     },
                 ),
                 _ => unreachable!("matched above"),
@@ -641,22 +636,23 @@ impl Reporter {
             track.terminal_sent = true;
             track.terminal_at = Some(Instant::now());
             metrics::build_completed(&self.cluster.executor, outcome);
-            info!(pod = %pod_name, outcome, "build finished");
+            info!(pod = %seen.pod_name, outcome, "build finished");
             // The launcher reports its own result; only deaths it cannot report are told.
             if let Verdict::Failed {
                 reason, message, ..
             } = &verdict
                 && matches!(reason.as_str(), "OOMKilled" | "Evicted" | "Failed")
             {
-                self.status_update(track, info, Update::Failure(message.clone()))
+                self.status_update(track, seen.info, Update::Failure(message.clone()))
                     .await;
             }
             if let Verdict::TimedOut { message } = &verdict {
-                self.status_update(track, info, Update::Failure(message.clone()))
+                self.status_update(track, seen.info, Update::Failure(message.clone()))
                     .await;
             }
         }
-        self.collect_finished(track, pod_name, now_unix).await;
+        self.collect_finished(track, seen.pod_name, seen.now_unix)
+            .await;
     }
 
     /// Deletes a finished pod once its `podTTL` passed and no create can still land on its
@@ -753,6 +749,12 @@ impl Reporter {
         track
             .launch_recorded
             .is_some_and(|t| t.elapsed() >= self.busy_for)
+    }
+
+    /// True once `build.launched` is on the stream, or when `sent`: the event the caller owes
+    /// is out already, so nothing waits for the announcement. False: look again later.
+    async fn announced(&self, track: &mut Track, seen: &Seen<'_>, sent: bool) -> bool {
+        sent || self.announce_launch(track, &seen.base, seen.now_unix).await
     }
 
     /// Makes sure `build.launched` is on the stream before the reporter's first event about the
