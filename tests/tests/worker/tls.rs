@@ -221,3 +221,37 @@ async fn without_the_ca_bundle_the_broker_is_not_trusted() {
     rabbit.cleanup(&names).await;
     sim.shutdown().await;
 }
+
+/// Issue 20: a host name that does not resolve is said once, at ERROR, at start-up (by the
+/// reporter's Lease calls), with the executor, the host, the cause and the fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_host_is_said_once_at_start_up() {
+    let (rabbit, names, _tap) = broker("unknown-host").await;
+    let host = "https://no-such-host.invalid:6443";
+    let knobs = Knobs {
+        lifecycle: true,
+        ..Knobs::default()
+    };
+    let config = settings_json(&names, &[ExecutorSpec::new("a", host)], &knobs);
+    let worker = WorkerProcess::spawn(&config, &[]).await;
+    let body = eventually(SOON, "/readyz to say why", || async {
+        let (_, body) = worker.get("/readyz").await?;
+        body.contains("misconfigured").then_some(body)
+    })
+    .await;
+    assert!(body.contains("does not resolve"), "{body}");
+    let log = worker.log_text();
+    let errors = error_lines(&log);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_mentions(
+        errors[0],
+        &[
+            "\"executor\":\"a\"",
+            "no-such-host.invalid",
+            "\"cause\":\"unknown_host\"",
+            "BCW_EXECUTOR__A__OPTIONS__KUBERNETES__HOST",
+        ],
+    );
+    drop(worker);
+    rabbit.cleanup(&names).await;
+}
