@@ -3,5 +3,8 @@
 //! collecting garbage.
 
 pub mod assess;
+mod gc;
 pub mod lease;
+pub mod plan;
 pub mod reporter;
+mod slim;

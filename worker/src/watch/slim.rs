@@ -1,0 +1,399 @@
+//! What the reporter keeps of a pod, and reads from it.
+//!
+//! A tracked pod lives as long as its pod (until its TTL), so with thousands of builds the parts
+//! the reporter never reads (env, volumes, the launcher's init container, most of the status)
+//! would dominate the worker's memory: the watch deserialises only what it reads, and the rest
+//! of the pod is dropped at once.
+
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod, PodCondition, PodStatus};
+
+use crate::naming;
+
+/// A pod as the reporter's watch reads it: only the parts [`slim_spec`] keeps of the spec are
+/// deserialised (the rest, env, volumes, init containers, is skipped without being built), and
+/// converted at once into the [`Pod`] the reporter handles. Deserialising whole pods was about
+/// 8 % of the worker's CPU in a burst (load-tests/README.md).
+#[derive(Clone, Debug, serde::Deserialize)]
+pub(super) struct WatchedPod {
+    pub(super) metadata: kube::api::ObjectMeta,
+    #[serde(default)]
+    spec: Option<WatchedSpec>,
+    #[serde(default)]
+    status: Option<PodStatus>,
+}
+
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WatchedSpec {
+    #[serde(default)]
+    containers: Vec<WatchedContainer>,
+    #[serde(default)]
+    node_name: Option<String>,
+}
+
+#[derive(Clone, Debug, serde::Deserialize)]
+struct WatchedContainer {
+    name: String,
+    #[serde(default)]
+    image: Option<String>,
+}
+
+impl kube::Resource for WatchedPod {
+    type DynamicType = ();
+    type Scope = k8s_openapi::NamespaceResourceScope;
+
+    fn kind(_: &()) -> std::borrow::Cow<'_, str> {
+        "Pod".into()
+    }
+    fn group(_: &()) -> std::borrow::Cow<'_, str> {
+        "".into()
+    }
+    fn version(_: &()) -> std::borrow::Cow<'_, str> {
+        "v1".into()
+    }
+    fn plural(_: &()) -> std::borrow::Cow<'_, str> {
+        "pods".into()
+    }
+    fn meta(&self) -> &kube::api::ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut kube::api::ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+impl WatchedPod {
+    /// The pod the reporter keeps: its spec slimmed here, the rest by [`slim_with_spec`].
+    pub(super) fn into_pod(self) -> Pod {
+        let WatchedPod {
+            metadata,
+            spec,
+            status,
+        } = self;
+        let spec = spec.map(|s| {
+            slim_spec(
+                s.containers.into_iter().map(|c| (c.name, c.image)),
+                s.node_name,
+            )
+        });
+        slim_with_spec(metadata, spec, status)
+    }
+}
+
+/// The spec the reporter keeps: the first (build) container's name and image, and the node.
+fn slim_spec(
+    containers: impl Iterator<Item = (String, Option<String>)>,
+    node_name: Option<String>,
+) -> k8s_openapi::api::core::v1::PodSpec {
+    k8s_openapi::api::core::v1::PodSpec {
+        containers: containers
+            .take(1)
+            .map(|(name, image)| k8s_openapi::api::core::v1::Container {
+                name,
+                image,
+                ..Default::default()
+            })
+            .collect(),
+        node_name,
+        ..Default::default()
+    }
+}
+
+/// What the reporter keeps of a pod (the watch hands over [`WatchedPod::into_pod`], the same).
+#[cfg(test)]
+fn slim(pod: Pod) -> Pod {
+    let Pod {
+        metadata,
+        spec,
+        status,
+    } = pod;
+    let spec = spec.map(|s| {
+        slim_spec(
+            s.containers.into_iter().map(|c| (c.name, c.image)),
+            s.node_name,
+        )
+    });
+    slim_with_spec(metadata, spec, status)
+}
+
+/// The kept pod around a spec already slimmed by [`slim_spec`]: the worker's annotations and
+/// the metadata the reporter reads, the status without what it never reads.
+fn slim_with_spec(
+    metadata: kube::api::ObjectMeta,
+    spec: Option<k8s_openapi::api::core::v1::PodSpec>,
+    status: Option<PodStatus>,
+) -> Pod {
+    let annotations = metadata.annotations.map(|a| {
+        a.into_iter()
+            .filter(|(k, _)| k.starts_with(naming::ANN_PREFIX))
+            .collect()
+    });
+    let status = status.map(|st| {
+        let containers = |list: Option<Vec<ContainerStatus>>| {
+            list.map(|l| {
+                l.into_iter()
+                    .map(|c| ContainerStatus {
+                        name: c.name,
+                        state: c.state,
+                        last_state: c.last_state,
+                        ready: c.ready,
+                        restart_count: c.restart_count,
+                        started: c.started,
+                        ..Default::default()
+                    })
+                    .collect()
+            })
+        };
+        PodStatus {
+            phase: st.phase,
+            reason: st.reason,
+            message: st.message,
+            conditions: st.conditions.map(|cs| {
+                cs.into_iter()
+                    .map(|c| PodCondition {
+                        type_: c.type_,
+                        status: c.status,
+                        reason: c.reason,
+                        message: c.message,
+                        ..Default::default()
+                    })
+                    .collect()
+            }),
+            container_statuses: containers(st.container_statuses),
+            init_container_statuses: containers(st.init_container_statuses),
+            ..Default::default()
+        }
+    });
+    Pod {
+        metadata: kube::api::ObjectMeta {
+            name: metadata.name,
+            namespace: metadata.namespace,
+            uid: metadata.uid,
+            labels: metadata.labels,
+            annotations,
+            creation_timestamp: metadata.creation_timestamp,
+            deletion_timestamp: metadata.deletion_timestamp,
+            ..Default::default()
+        },
+        spec,
+        status,
+    }
+}
+
+/// True when the build container (the pod's first) started: it runs, or it ended after a start.
+pub(super) fn build_container_ran(pod: &Pod) -> bool {
+    let Some(name) = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .map(|c| c.name.as_str())
+    else {
+        return false;
+    };
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|c| c.name == name)
+        .filter_map(|c| c.state.as_ref())
+        .any(|st| {
+            st.running.is_some()
+                || st
+                    .terminated
+                    .as_ref()
+                    .is_some_and(|t| t.started_at.is_some())
+        })
+}
+
+/// Waiting reasons of every container of the pod.
+pub(super) fn waiting_reasons(pod: &Pod) -> impl Iterator<Item = &str> {
+    pod.status.iter().flat_map(|s| {
+        s.init_container_statuses
+            .iter()
+            .flatten()
+            .chain(s.container_statuses.iter().flatten())
+            .filter_map(|c| c.state.as_ref()?.waiting.as_ref()?.reason.as_deref())
+    })
+}
+
+/// When the build container finished (unix seconds).
+pub(super) fn finished_at(pod: &Pod) -> Option<i64> {
+    let build = pod.spec.as_ref()?.containers.first()?.name.clone();
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == build)?
+        .state
+        .as_ref()?
+        .terminated
+        .as_ref()?
+        .finished_at
+        .as_ref()
+        .map(|t| t.0.as_second())
+}
+
+/// A whole build pod as the API serves it, for the tests of the reporter.
+#[cfg(test)]
+pub(super) fn full_pod(status: serde_json::Value, node: Option<&str>, deleting: bool) -> Pod {
+    use serde_json::json;
+    let mut meta = json!({
+        "name": "42-abcde", "namespace": "builds", "uid": "u-1",
+        "creationTimestamp": "2027-01-15T08:00:00Z",
+        "labels": {"sdbuild": "beta-42", "app.kubernetes.io/managed-by": "buildcluster-worker"},
+        "annotations": {"buildcluster-worker/build-id": "42", "buildcluster-worker/attempt": "2",
+                        "buildcluster-worker/token-secret": "42-token", "screwdriver.cd/cpu": "HIGH"},
+    });
+    if deleting {
+        meta["deletionTimestamp"] = json!("2027-01-15T08:05:00Z");
+    }
+    serde_json::from_value(json!({
+        "metadata": meta,
+        "spec": {
+            "nodeName": node,
+            "initContainers": [{"name": "launcher", "image": "screwdrivercd/launcher:v6",
+                                "command": ["/bin/sh", "-c", "cp -a /opt/sd/* /opt/launcher"]}],
+            "containers": [
+                {"name": "42", "image": "node:22", "command": ["/opt/sd/launcher_entrypoint.sh"],
+                 "env": [{"name": "SD_BUILD_ID", "value": "42"}],
+                 "volumeMounts": [{"name": "workspace", "mountPath": "/sd/workspace"}]},
+                {"name": "dind", "image": "docker:dind"}],
+            "volumes": [{"name": "workspace", "emptyDir": {}}],
+        },
+        "status": status,
+    }))
+    .unwrap()
+}
+
+/// The status of a build pod whose build succeeded, for the tests of the reporter.
+#[cfg(test)]
+pub(super) fn finished_status() -> serde_json::Value {
+    serde_json::json!({"phase": "Succeeded", "containerStatuses": [{"name": "42", "image": "node:22",
+            "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"terminated": {"exitCode": 0, "finishedAt": "2027-01-15T08:03:00Z"}}}]})
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::watch::assess::{Policy, assess};
+    use serde_json::json;
+
+    #[test]
+    fn a_watched_pod_is_the_slim_pod_of_the_same_json() {
+        for status in [
+            json!({"phase": "Pending"}),
+            json!({"phase": "Running", "containerStatuses": [
+                {"name": "42", "ready": true, "restartCount": 0, "image": "node:22", "imageID": "x",
+                 "state": {"running": {"startedAt": "2027-01-15T08:00:05Z"}}}]}),
+            json!(null),
+        ] {
+            for node in [None, Some("node-1")] {
+                for deleting in [false, true] {
+                    let full = full_pod(status.clone(), node, deleting);
+                    let body = serde_json::to_vec(&full).unwrap();
+                    let watched: WatchedPod = serde_json::from_slice(&body).unwrap();
+                    assert_eq!(watched.into_pod(), slim(full), "{status} {node:?}");
+                }
+            }
+        }
+        let bare: WatchedPod = serde_json::from_value(json!({"metadata": {"name": "p"}})).unwrap();
+        assert_eq!(bare.into_pod().metadata.name.as_deref(), Some("p"));
+    }
+
+    #[test]
+    fn a_slim_pod_is_assessed_exactly_as_the_full_one() {
+        let statuses = [
+            json!({"phase": "Pending"}),
+            json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/3 nodes"}]}),
+            json!({"phase": "Pending", "containerStatuses": [{"name": "42", "ready": false, "restartCount": 0, "image": "x", "imageID": "", "state": {"waiting": {"reason": "InvalidImageName", "message": "bad"}}}]}),
+            json!({"phase": "Pending", "initContainerStatuses": [{"name": "launcher", "ready": false, "restartCount": 0, "image": "x", "imageID": "", "state": {"terminated": {"exitCode": 1, "reason": "Error"}}}]}),
+            json!({"phase": "Running", "containerStatuses": [{"name": "42", "ready": true, "restartCount": 0, "image": "x", "imageID": "", "state": {"running": {"startedAt": "2027-01-15T08:00:05Z"}}}]}),
+            json!({"phase": "Running", "containerStatuses": [
+                {"name": "42", "ready": false, "restartCount": 0, "image": "x", "imageID": "", "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled", "finishedAt": "2027-01-15T08:03:00Z"}}},
+                {"name": "dind", "ready": true, "restartCount": 0, "image": "x", "imageID": "", "state": {"running": {}}}]}),
+            json!({"phase": "Succeeded", "containerStatuses": [{"name": "42", "ready": false, "restartCount": 0, "image": "x", "imageID": "", "state": {"terminated": {"exitCode": 0, "reason": "Completed", "finishedAt": "2027-01-15T08:04:00Z"}}}]}),
+            json!({"phase": "Failed", "reason": "DeadlineExceeded", "message": "too long"}),
+        ];
+        let policy = Policy {
+            grace: Duration::from_secs(30),
+            pending_timeout: Duration::from_secs(600),
+        };
+        let created = "2027-01-15T08:00:00Z"
+            .parse::<jiff::Timestamp>()
+            .unwrap()
+            .as_second();
+        for status in statuses {
+            for node in [None, Some("node-1")] {
+                for deleting in [false, true] {
+                    let full = full_pod(status.clone(), node, deleting);
+                    let small = slim(full.clone());
+                    for now in [created + 1, created + 601, created + 100_000] {
+                        for age in [Duration::ZERO, Duration::from_secs(31)] {
+                            assert_eq!(
+                                assess(&small, now, |_| age, &policy),
+                                assess(&full, now, |_| age, &policy),
+                                "{status} node={node:?}"
+                            );
+                        }
+                    }
+                    assert_eq!(finished_at(&small), finished_at(&full));
+                    assert_eq!(
+                        waiting_reasons(&small).collect::<Vec<_>>(),
+                        waiting_reasons(&full).collect::<Vec<_>>()
+                    );
+                    assert_eq!(
+                        small.metadata.deletion_timestamp,
+                        full.metadata.deletion_timestamp
+                    );
+                    assert_eq!(
+                        small.spec.as_ref().unwrap().node_name,
+                        full.spec.as_ref().unwrap().node_name
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_slim_pod_keeps_the_worker_annotations_only() {
+        let small = slim(full_pod(json!({"phase": "Pending"}), None, false));
+        let ann = small.metadata.annotations.unwrap();
+        assert_eq!(ann.len(), 3);
+        assert_eq!(ann["buildcluster-worker/build-id"], "42");
+        assert!(!ann.contains_key("screwdriver.cd/cpu"));
+        assert_eq!(small.metadata.uid.as_deref(), Some("u-1"));
+        assert_eq!(small.metadata.labels.unwrap()["sdbuild"], "beta-42");
+        let spec = small.spec.unwrap();
+        assert!(spec.init_containers.is_none() && spec.volumes.is_none());
+        assert_eq!(spec.containers.len(), 1);
+        assert!(spec.containers[0].env.is_none());
+    }
+
+    #[test]
+    fn the_build_container_ran_when_it_runs_or_ended_after_a_start() {
+        let with = |dind: serde_json::Value, build: serde_json::Value| {
+            slim(full_pod(
+                json!({"phase": "Succeeded", "containerStatuses": [
+                    {"name": "dind", "ready": false, "restartCount": 0, "image": "d", "imageID": "", "state": dind},
+                    {"name": "42", "ready": false, "restartCount": 0, "image": "n", "imageID": "", "state": build}]}),
+                Some("node-1"),
+                false,
+            ))
+        };
+        let ended = json!({"terminated": {"exitCode": 0, "startedAt": "2027-01-15T08:00:05Z",
+                                          "finishedAt": "2027-01-15T08:00:09Z"}});
+        let never = json!({"terminated": {"exitCode": 128, "reason": "ContainerCannotRun"}});
+        let running = json!({"running": {"startedAt": "2027-01-15T08:00:05Z"}});
+        let waiting = json!({"waiting": {"reason": "ContainerCreating"}});
+        assert!(build_container_ran(&with(waiting.clone(), ended)));
+        assert!(build_container_ran(&with(waiting.clone(), running.clone())));
+        assert!(!build_container_ran(&with(running.clone(), never)));
+        // Another container running says nothing about the build container.
+        assert!(!build_container_ran(&with(running, waiting)));
+    }
+}
