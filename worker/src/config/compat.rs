@@ -329,8 +329,9 @@ pub struct IgnoredKey {
     /// Why nothing is lost.
     pub reason: &'static str,
     /// The canonical path the loader looks it up by (`""` when the key is a field of the model
-    /// that is kept for compatibility, not dropped).
-    canonical: &'static str,
+    /// that is kept for compatibility, not dropped). A path the model has no field for is a key
+    /// the loader accepts and drops (`config::schema` adds it to the key tree).
+    pub(crate) canonical: &'static str,
 }
 
 /// Every key of the original layout that the worker accepts without acting on it: the one list.

@@ -11,7 +11,8 @@ use serde_json::{Map, Value};
 use super::compat;
 use super::issue::ConfigIssue;
 use super::load::Compat;
-use super::schema::{self, EXECUTOR, Field, Node};
+use super::model::DEFAULT_EXECUTOR_KEY;
+use super::schema::{self, Field, Node};
 
 /// Where a layer comes from: decides how paths are shown and how executor keys are matched.
 #[derive(Debug, Clone, Copy)]
@@ -52,10 +53,7 @@ pub(crate) fn normalize(
         canonical: Vec::new(),
         out: Normalized::default(),
     };
-    let Node::Struct(fields) = schema::ROOT else {
-        unreachable!("the root is a struct")
-    };
-    let tree = walker.walk_struct(fields, layer);
+    let tree = walker.walk_struct(schema::root(), layer);
     Normalized { tree, ..walker.out }
 }
 
@@ -90,14 +88,16 @@ impl Walker<'_> {
         self.out.issues.push(ConfigIssue::new(path, message));
     }
 
-    fn walk(&mut self, node: Node, value: Value) -> Option<Value> {
+    fn walk(&mut self, node: &'static Node, value: Value) -> Option<Value> {
         match (node, value) {
             // `section:` with everything below commented out is YAML null: same as absent.
             (Node::Struct(_), Value::Null) => None,
             (Node::Struct(fields), Value::Object(obj)) => {
                 Some(Value::Object(self.walk_struct(fields, obj)))
             }
-            (Node::Executors, Value::Object(obj)) => Some(Value::Object(self.walk_executors(obj))),
+            (Node::Executors { named, block }, Value::Object(obj)) => {
+                Some(Value::Object(self.walk_executors(named, block, obj)))
+            }
             // Wrong shapes pass through: typing reports them with the expected type.
             (_, other) => Some(other),
         }
@@ -121,23 +121,23 @@ impl Walker<'_> {
                 continue;
             };
             self.written.push(key.clone());
-            self.canonical.push(field.name.to_string());
+            self.canonical.push(field.name.clone());
             if let Node::Ignored = field.node {
                 if !matches!(self.origin, Origin::BuiltIn) {
                     let path = self.shown(&[]);
                     let reason = compat::ignored_reason(&self.canonical.join("."));
                     self.out.notices.push(ConfigIssue::new(path, reason));
                 }
-            } else if let Some(v) = self.walk(field.node, value) {
+            } else if let Some(v) = self.walk(&field.node, value) {
                 match seen.iter().position(|(name, _)| *name == field.name) {
                     None => {
-                        seen.push((field.name, key.clone()));
-                        out.insert(field.name.to_string(), v);
+                        seen.push((&field.name, key.clone()));
+                        out.insert(field.name.clone(), v);
                     }
-                    Some(_) if field.name == "exclusions" => {
+                    Some(_) if field.joins_spellings => {
                         // `exclusion` and `exclusions` together: both lists apply.
-                        let merged = merge_lists(out.remove(field.name).unwrap_or(Value::Null), v);
-                        out.insert(field.name.to_string(), merged);
+                        let merged = merge_lists(out.remove(&field.name).unwrap_or(Value::Null), v);
+                        out.insert(field.name.clone(), merged);
                     }
                     Some(i) => {
                         let first = seen[i].1.clone();
@@ -154,24 +154,33 @@ impl Walker<'_> {
         out
     }
 
-    fn walk_executors(&mut self, obj: Map<String, Value>) -> Map<String, Value> {
+    fn walk_executors(
+        &mut self,
+        named: &'static [Field],
+        block: &'static Node,
+        obj: Map<String, Value>,
+    ) -> Map<String, Value> {
+        let block_fields = match block {
+            Node::Struct(fields) => fields.as_slice(),
+            _ => &[],
+        };
         let mut out = Map::new();
         for (key, value) in obj {
-            if schema::fold(&key) == "plugin" {
-                if out.contains_key("plugin") {
+            if let Some(field) = schema::find(named, &key) {
+                if out.contains_key(&field.name) {
                     self.issue(&[&key], "default executor given twice in one place".into());
                 } else {
-                    out.insert("plugin".into(), value);
+                    out.insert(field.name.clone(), value);
                 }
                 continue;
             }
-            if let (Some(field), false) = (schema::find(EXECUTOR, &key), value.is_object()) {
+            if let (Some(field), false) = (schema::find(block_fields, &key), value.is_object()) {
                 let home = match self.origin {
                     Origin::Env { .. } => {
                         format!("BCW_EXECUTOR__<NAME>__{}", field.name.to_uppercase())
                     }
                     Origin::BuiltIn | Origin::File => {
-                        format!("executor.<name>.{}", self.spell(&key, field.name))
+                        format!("executor.<name>.{}", self.spell(&key, &field.name))
                     }
                 };
                 self.issue(&[&key], format!("belongs inside an executor block: {home}"));
@@ -213,7 +222,7 @@ impl Walker<'_> {
             // A block that is null stays null so that typing says so; it is not dropped.
             let block = match value {
                 Value::Null => Some(Value::Null),
-                v => self.walk(Node::Struct(EXECUTOR), v),
+                v => self.walk(block, v),
             };
             self.written.pop();
             self.canonical.pop();
@@ -312,7 +321,12 @@ pub(crate) fn merge(base: &mut Value, over: Value) {
 pub(crate) fn executor_names(tree: &Value) -> Vec<String> {
     tree.get("executor")
         .and_then(Value::as_object)
-        .map(|o| o.keys().filter(|k| *k != "plugin").cloned().collect())
+        .map(|o| {
+            o.keys()
+                .filter(|k| *k != DEFAULT_EXECUTOR_KEY)
+                .cloned()
+                .collect()
+        })
         .unwrap_or_default()
 }
 
