@@ -120,38 +120,45 @@ impl Walker<'_> {
                 self.issue(&[&key], hint);
                 continue;
             };
-            self.written.push(key.clone());
-            self.canonical.push(field.name.clone());
-            if let Node::Ignored = field.node {
-                if !matches!(self.origin, Origin::BuiltIn) {
-                    let path = self.shown(&[]);
-                    let reason = compat::ignored_reason(&self.canonical.join("."));
-                    self.out.notices.push(ConfigIssue::new(path, reason));
+            self.within(&key, &field.name, |w| {
+                if let Node::Ignored = field.node {
+                    let canonical = w.canonical.join(".");
+                    w.notice(&[], &canonical);
+                } else if let Some(v) = w.walk(&field.node, value) {
+                    w.place(&mut out, &mut seen, field, &key, v);
                 }
-            } else if let Some(v) = self.walk(&field.node, value) {
-                match seen.iter().position(|(name, _)| *name == field.name) {
-                    None => {
-                        seen.push((&field.name, key.clone()));
-                        out.insert(field.name.clone(), v);
-                    }
-                    Some(_) if field.joins_spellings => {
-                        // `exclusion` and `exclusions` together: both lists apply.
-                        let merged = merge_lists(out.remove(&field.name).unwrap_or(Value::Null), v);
-                        out.insert(field.name.clone(), merged);
-                    }
-                    Some(i) => {
-                        let first = seen[i].1.clone();
-                        self.issue(
-                            &[],
-                            format!("given twice in one place, as {first:?} and {key:?}; keep one"),
-                        );
-                    }
-                }
-            }
-            self.written.pop();
-            self.canonical.pop();
+            });
         }
         out
+    }
+
+    /// Puts a field's value, given as `key`, into its struct: once per field, except that a
+    /// field whose spellings join takes the lists of all of them.
+    fn place(
+        &mut self,
+        out: &mut Map<String, Value>,
+        seen: &mut Vec<(&'static str, String)>,
+        field: &'static Field,
+        key: &str,
+        v: Value,
+    ) {
+        match seen.iter().position(|(name, _)| *name == field.name) {
+            None => {
+                seen.push((&field.name, key.to_string()));
+                out.insert(field.name.clone(), v);
+            }
+            Some(_) if field.joins_spellings => {
+                // `exclusion` and `exclusions` together: both lists apply.
+                let merged = merge_lists(out.remove(&field.name).unwrap_or(Value::Null), v);
+                out.insert(field.name.clone(), merged);
+            }
+            Some(i) => {
+                let first = &seen[i].1;
+                let message =
+                    format!("given twice in one place, as {first:?} and {key:?}; keep one");
+                self.issue(&[], message);
+            }
+        }
     }
 
     fn walk_executors(
@@ -175,67 +182,83 @@ impl Walker<'_> {
                 continue;
             }
             if let (Some(field), false) = (schema::find(block_fields, &key), value.is_object()) {
-                let home = match self.origin {
-                    Origin::Env { .. } => {
-                        format!("BCW_EXECUTOR__<NAME>__{}", field.name.to_uppercase())
-                    }
-                    Origin::BuiltIn | Origin::File => {
-                        format!("executor.<name>.{}", self.spell(&key, &field.name))
-                    }
-                };
-                self.issue(&[&key], format!("belongs inside an executor block: {home}"));
+                self.misplaced(&key, field);
                 continue;
             }
-            let name = match self.origin {
-                Origin::Env { executors } => {
-                    let spelled: Vec<&String> = executors
-                        .iter()
-                        .filter(|n| schema::fold(n) == schema::fold(&key))
-                        .collect();
-                    if spelled.len() > 1 {
-                        let names: Vec<&str> = spelled.iter().map(|n| n.as_str()).collect();
-                        self.issue(
-                            &[&key],
-                            format!(
-                                "names several executors ({}); rename one of them",
-                                names.join(", ")
-                            ),
-                        );
-                        continue;
-                    }
-                    spelled
-                        .first()
-                        .map_or_else(|| key.clone(), |n| (*n).clone())
-                }
-                Origin::BuiltIn | Origin::File => key.clone(),
+            let Some(name) = self.executor_name(&key) else {
+                continue;
             };
             if self.compat == Compat::Screwdriver && is_jenkins_block(&name, &value) {
-                if !matches!(self.origin, Origin::BuiltIn) {
-                    let path = self.shown(&[&key]);
-                    let reason = compat::ignored_reason("executor.jenkins");
-                    self.out.notices.push(ConfigIssue::new(path, reason));
-                }
+                self.notice(&[&key], "executor.jenkins");
                 continue;
             }
-            self.written.push(key.clone());
-            self.canonical.push("*".into());
             // A block that is null stays null so that typing says so; it is not dropped.
-            let block = match value {
+            let walked = self.within(&key, "*", |w| match value {
                 Value::Null => Some(Value::Null),
-                v => self.walk(block, v),
-            };
-            self.written.pop();
-            self.canonical.pop();
-            if let Some(block) = block {
+                v => w.walk(block, v),
+            });
+            if let Some(walked) = walked {
                 match out.get_mut(&name) {
                     // Two environment keys spelling one executor: both apply.
-                    Some(existing) => merge(existing, block),
+                    Some(existing) => merge(existing, walked),
                     None => {
-                        out.insert(name, block);
+                        out.insert(name, walked);
                     }
                 }
             }
         }
+        out
+    }
+
+    /// A key of an executor block given at the `executor:` level: where it belongs.
+    fn misplaced(&mut self, key: &str, field: &Field) {
+        let home = match self.origin {
+            Origin::Env { .. } => format!("BCW_EXECUTOR__<NAME>__{}", field.name.to_uppercase()),
+            Origin::BuiltIn | Origin::File => {
+                format!("executor.<name>.{}", self.spell(key, &field.name))
+            }
+        };
+        self.issue(&[key], format!("belongs inside an executor block: {home}"));
+    }
+
+    /// The executor a key of `executor:` names: itself, or in the environment the lower layers'
+    /// executor it spells; `None` (and an issue) when it spells several.
+    fn executor_name(&mut self, key: &str) -> Option<String> {
+        let Origin::Env { executors } = self.origin else {
+            return Some(key.to_string());
+        };
+        let spelled: Vec<&str> = executors
+            .iter()
+            .map(String::as_str)
+            .filter(|n| schema::fold(n) == schema::fold(key))
+            .collect();
+        if spelled.len() > 1 {
+            let message = format!(
+                "names several executors ({}); rename one of them",
+                spelled.join(", ")
+            );
+            self.issue(&[key], message);
+            return None;
+        }
+        Some(spelled.first().unwrap_or(&key).to_string())
+    }
+
+    /// A key accepted and dropped: a notice, except in the built-in layer.
+    fn notice(&mut self, extra: &[&str], canonical: &str) {
+        if !matches!(self.origin, Origin::BuiltIn) {
+            let path = self.shown(extra);
+            let reason = compat::ignored_reason(canonical);
+            self.out.notices.push(ConfigIssue::new(path, reason));
+        }
+    }
+
+    /// Runs `f` one level down, under the key as written and its canonical name.
+    fn within<R>(&mut self, written: &str, canonical: &str, f: impl FnOnce(&mut Self) -> R) -> R {
+        self.written.push(written.to_string());
+        self.canonical.push(canonical.to_string());
+        let out = f(self);
+        self.written.pop();
+        self.canonical.pop();
         out
     }
 
