@@ -415,6 +415,40 @@ mod tests {
         assert!(undocumented.is_empty(), "{undocumented:?}");
     }
 
+    /// docs/interface.md describes every key the loader accepts, in either spelling, so that a
+    /// field added to the model is not left out of the documented interface.
+    #[test]
+    fn every_key_is_in_the_interface_document() {
+        let doc = include_str!("../../../docs/interface.md");
+        let mentioned = |word: &str| {
+            doc.match_indices(word).any(|(i, _)| {
+                let edge = |c: Option<char>| !c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+                edge(doc[..i].chars().next_back()) && edge(doc[i + word.len()..].chars().next())
+            })
+        };
+        let mut missing = Vec::new();
+        let mut pending: Vec<(String, &'static [Field])> = vec![(String::new(), root())];
+        while let Some((prefix, fields)) = pending.pop() {
+            for f in fields {
+                let path = format!("{prefix}{}", f.name);
+                if !mentioned(&f.name) && !mentioned(&camel(&f.name)) {
+                    missing.push(path.clone());
+                }
+                match &f.node {
+                    Node::Struct(sub) => pending.push((format!("{path}."), sub)),
+                    Node::Executors { named, block } => {
+                        pending.push((format!("{path}."), named));
+                        if let Node::Struct(sub) = block.as_ref() {
+                            pending.push((format!("{path}.<name>."), sub));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        assert!(missing.is_empty(), "{missing:?}");
+    }
+
     #[test]
     fn edit_distance_counts_a_swap_as_one_edit() {
         assert_eq!(edit_distance("kitten", "sitting"), 3);
