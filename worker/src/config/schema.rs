@@ -78,7 +78,8 @@ fn derive() -> Node {
 
 /// The node a schema describes. A struct of the model denies unknown fields, which its schema
 /// says as `additionalProperties: false`; that is what makes it a level of checked keys (and
-/// keeps a `Duration`, whose schema has properties too, a value).
+/// keeps a `Duration`, whose schema has properties too, a value). Named keys plus a schema for
+/// every other key is the layout `ExecutorSettings` declares for `executor:`.
 fn node_of(schema: &Value, defs: &Map<String, Value>) -> Node {
     let schema = resolve(schema, defs);
     let properties = schema.get("properties").and_then(Value::as_object);
