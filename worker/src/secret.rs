@@ -64,6 +64,17 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
+/// In the configuration a secret is written as a plain string.
+impl schemars::JsonSchema for Secret {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Secret".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        String::json_schema(generator)
+    }
+}
+
 impl From<String> for Secret {
     fn from(s: String) -> Self {
         Self(s)

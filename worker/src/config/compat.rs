@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 
 use super::issue::ConfigIssue;
+use super::model::DEFAULT_EXECUTOR_KEY;
 use super::normalize::merge;
 
 /// The original `config/default.yaml`, in its own layout and spellings, plus three settings that
@@ -329,8 +330,9 @@ pub struct IgnoredKey {
     /// Why nothing is lost.
     pub reason: &'static str,
     /// The canonical path the loader looks it up by (`""` when the key is a field of the model
-    /// that is kept for compatibility, not dropped).
-    canonical: &'static str,
+    /// that is kept for compatibility, not dropped). A path the model has no field for is a key
+    /// the loader accepts and drops (`config::schema` adds it to the key tree).
+    pub(crate) canonical: &'static str,
 }
 
 /// Every key of the original layout that the worker accepts without acting on it: the one list.
@@ -472,7 +474,7 @@ pub(crate) fn defaults_layer() -> Result<Value, String> {
 pub(crate) fn fix_up(tree: &mut Value) {
     if let Some(executors) = tree.get_mut("executor").and_then(Value::as_object_mut) {
         for (name, block) in executors.iter_mut() {
-            if name == "plugin" {
+            if name == DEFAULT_EXECUTOR_KEY {
                 continue;
             }
             let host = block.pointer_mut("/options/kubernetes/host").filter(|h| {

@@ -244,23 +244,18 @@ fn collect(builder: config::ConfigBuilder<config::builder::DefaultState>) -> Res
 /// Failing values are then removed (their defaults apply) so that validation can still run.
 fn typed(mut tree: Value) -> (Option<Settings>, Vec<ConfigIssue>) {
     let mut errors = Vec::new();
-    let Node::Struct(root) = schema::ROOT else {
-        unreachable!("the root is a struct")
-    };
     if let Value::Object(sections) = &tree {
         for (section, value) in sections {
-            let node = child_node(root, section);
-            match (section.as_str(), value) {
-                ("executor", Value::Object(blocks)) => {
-                    for (name, block) in blocks {
-                        if name == "plugin" {
-                            let wrap = |v: Value| json!({"executor": {"plugin": v}});
-                            let at = ["executor", "plugin"];
-                            find_errors::<Settings>(block, Node::Leaf, &at, &wrap, &mut errors);
+            let node = child_node(schema::root(), section);
+            match (node, value) {
+                (Node::Executors { named, block }, Value::Object(blocks)) => {
+                    for (name, value) in blocks {
+                        let at = [section.as_str(), name.as_str()];
+                        if named.iter().any(|f| f.name == *name) {
+                            let wrap = |v: Value| json!({ section.as_str(): { name.as_str(): v } });
+                            find_errors::<Settings>(value, &Node::Leaf, &at, &wrap, &mut errors);
                         } else {
-                            let node = Node::Struct(schema::EXECUTOR);
-                            let at = ["executor", name.as_str()];
-                            find_errors::<ExecutorConfig>(block, node, &at, &|v| v, &mut errors);
+                            find_errors::<ExecutorConfig>(value, block, &at, &|v| v, &mut errors);
                         }
                     }
                 }
@@ -289,11 +284,12 @@ fn typed(mut tree: Value) -> (Option<Settings>, Vec<ConfigIssue>) {
 }
 
 /// The schema node of a (canonical) key of a struct; anything unknown is opaque.
-fn child_node(fields: &'static [schema::Field], key: &str) -> Node {
+fn child_node(fields: &'static [schema::Field], key: &str) -> &'static Node {
+    static OPAQUE: Node = Node::Leaf;
     fields
         .iter()
         .find(|f| f.name == key)
-        .map_or(Node::Leaf, |f| f.node)
+        .map_or(&OPAQUE, |f| &f.node)
 }
 
 /// Records `(path, message)` for the smallest parts of `value` that do not type as part of `T`.
@@ -302,7 +298,7 @@ fn child_node(fields: &'static [schema::Field], key: &str) -> Node {
 /// searched: a scalar, a list or an opaque value is wrong as a whole.
 fn find_errors<T: DeserializeOwned>(
     value: &Value,
-    node: Node,
+    node: &'static Node,
     path: &[&str],
     wrap: &dyn Fn(Value) -> Value,
     errors: &mut Vec<(Vec<String>, String)>,
@@ -319,7 +315,7 @@ fn find_errors<T: DeserializeOwned>(
         for (key, child) in children {
             let child_node = match node {
                 Node::Struct(fields) => child_node(fields, key),
-                _ => Node::Leaf,
+                _ => &Node::Leaf,
             };
             let sub = |v: Value| wrap(json!({ key.as_str(): v }));
             let mut sub_path = path.to_vec();

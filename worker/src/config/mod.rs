@@ -7,7 +7,8 @@
 //! cannot be wrong. This module never reads the process environment itself and never prints a
 //! secret.
 //!
-//! - `schema`: the canonical key names per level; `normalize`: spellings onto them, layer merge;
+//! - `schema`: the key tree, derived from the typed model; `normalize`: spellings onto it, layer
+//!   merge;
 //! - `load`: sources, layers, typing; `validate`: the rules; `compat`: the Screwdriver layout;
 //! - `credentials`: broker URI and cluster token; `render`: the effective configuration as YAML.
 

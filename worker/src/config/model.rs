@@ -3,17 +3,22 @@
 //! Field names are the canonical snake_case spellings; the loader (`config::load`) maps the
 //! Screwdriver camelCase spellings and the `BCW_` environment onto them before these types are
 //! deserialised. Every field has a default except an executor's cluster address.
+//!
+//! These types are also the loader's list of keys: `config::schema` reads it off their JSON
+//! Schema, so a field added here is a key the loader accepts. A struct is a level of checked keys
+//! because it denies unknown fields; other spellings of a field are its `x-aliases`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::de;
 use crate::secret::Secret;
 
 /// The whole configuration.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     /// Broker connection, queue names and message retry policy.
@@ -37,7 +42,7 @@ pub struct Settings {
 }
 
 /// How the broker is reached and how messages are retried.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct RabbitSettings {
     /// Full AMQP URI; when absent it is assembled from the Screwdriver form below.
@@ -148,7 +153,7 @@ impl Default for RabbitSettings {
 }
 
 /// RabbitMQ queue type of the declared queues.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum QueueType {
     /// Replicated Raft queue (the default).
@@ -158,7 +163,7 @@ pub enum QueueType {
 }
 
 /// Where lifecycle events are published.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct EventsSettings {
     /// `false` publishes no events (for an admin-provisioned broker without the exchange).
@@ -183,7 +188,7 @@ impl Default for EventsSettings {
 }
 
 /// `events.format`: the event standard(s) the lifecycle is published in.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum EventsFormat {
     /// The worker's CloudEvents (`dev.buildcluster.*`, docs/interface.md §4 Lifecycle events).
@@ -209,7 +214,7 @@ impl EventsFormat {
 }
 
 /// The operations HTTP server.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpdSettings {
     /// Listen address.
@@ -242,6 +247,30 @@ pub struct ExecutorSettings {
     pub executors: Vec<(String, ExecutorConfig)>,
 }
 
+/// The key of `executor:` that names the default executor; every other key is a block's name.
+pub(crate) const DEFAULT_EXECUTOR_KEY: &str = "plugin";
+
+/// The configuration's layout of `executor:`, not the serialised struct: the default executor's
+/// name under `plugin`, and an [`ExecutorConfig`] under any other key (the executor's name).
+impl JsonSchema for ExecutorSettings {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ExecutorSettings".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "object",
+            "properties": {
+                DEFAULT_EXECUTOR_KEY: {
+                    "type": "string",
+                    "description": "The default executor's name.",
+                },
+            },
+            "additionalProperties": generator.subschema_for::<ExecutorConfig>(),
+        })
+    }
+}
+
 impl ExecutorSettings {
     /// The executor block of that name.
     pub fn get(&self, name: &str) -> Option<&ExecutorConfig> {
@@ -253,7 +282,7 @@ impl ExecutorSettings {
 }
 
 /// One executor: a Kubernetes cluster plus runtime.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ExecutorConfig {
     /// The plugin this block configures (`k8s`; `k8s-vm` is served by the same code).
@@ -262,8 +291,10 @@ pub struct ExecutorConfig {
     /// Relative weight; 0 = never chosen by weight.
     #[serde(deserialize_with = "de::number")]
     pub weightage: i64,
-    /// Case-insensitive regexes on the build's container image (`exclusion` is accepted too).
+    /// Case-insensitive regexes on the build's container image. Screwdriver's shipped
+    /// default.yaml says `exclusion`, its router reads `exclusions`: both are accepted and apply.
     #[serde(deserialize_with = "de::structured")]
+    #[schemars(extend("x-aliases" = ["exclusion"], "x-join-spellings" = true))]
     pub exclusions: Vec<String>,
     /// Cluster and pod options.
     pub options: ExecutorOptions,
@@ -281,7 +312,7 @@ impl Default for ExecutorConfig {
 }
 
 /// `executor.<name>.options`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ExecutorOptions {
     /// The cluster and how pods are built on it.
@@ -322,7 +353,7 @@ impl Default for ExecutorOptions {
 }
 
 /// `fusebox`: the circuit breaker settings.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Fusebox {
     /// The breaker itself.
@@ -330,7 +361,7 @@ pub struct Fusebox {
 }
 
 /// `fusebox.breaker`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct BreakerSettings {
     /// One call slower than this counts as a failure (ms).
@@ -355,7 +386,7 @@ impl Default for BreakerSettings {
 }
 
 /// `requestretry`: retry of one Kubernetes call.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct RequestRetry {
     /// Base of the exponential backoff (ms), full jitter.
@@ -376,7 +407,7 @@ impl Default for RequestRetry {
 }
 
 /// How the build token reaches the pod.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum TokenDelivery {
     /// A Kubernetes Secret per build, owned by the pod, read through an environment variable.
@@ -387,7 +418,7 @@ pub enum TokenDelivery {
 }
 
 /// `options.kubernetes`: the cluster and the pods built on it.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct KubernetesOptions {
     /// API server URL (`https://...`, or `http://` for local simulators).
@@ -475,8 +506,10 @@ pub struct KubernetesOptions {
     /// Secrets exposed as env: `[{secret_env, secret_name, secret_key}]`.
     #[serde(deserialize_with = "de::structured")]
     pub build_secrets: serde_json::Value,
-    /// Secrets mounted as files: `[{name, mountPath, secretName, readOnly}]`.
+    /// Secrets mounted as files: `[{name, mountPath, secretName, readOnly}]`. Screwdriver's
+    /// default.yaml misspells it `buildSecretFile`; both spellings are accepted.
     #[serde(deserialize_with = "de::structured")]
+    #[schemars(extend("x-aliases" = ["buildSecretFile"]))]
     pub build_secrets_file: serde_json::Value,
     /// Screwdriver leftover, accepted and unused.
     #[serde(deserialize_with = "de::structured")]
@@ -547,7 +580,7 @@ impl Default for KubernetesOptions {
 }
 
 /// `resources`: the tier tables.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Resources {
     /// CPU tiers, in cores.
@@ -583,7 +616,7 @@ impl Default for Resources {
 }
 
 /// One tier table (`micro`, `low`, `high`, `turbo`, `max`).
-#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Tiers {
     /// MICRO.
@@ -641,7 +674,7 @@ fn memory_tiers<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Tiers, D::Erro
 }
 
 /// Node label keys for disk annotations.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct DiskLabels {
     /// Node label key for the `disk` annotation (k8s-vm).
@@ -653,7 +686,7 @@ pub struct DiskLabels {
 }
 
 /// Screwdriver ecosystem addresses and the disk cache.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct EcosystemSettings {
     /// UI URL (passed to the build).
@@ -685,7 +718,7 @@ impl Default for EcosystemSettings {
 }
 
 /// `ecosystem.cache`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct CacheSettings {
     /// `s3` or `disk`; `clear` messages act only with `disk`.
@@ -722,7 +755,7 @@ impl Default for CacheSettings {
 }
 
 /// Message intake.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct IntakeSettings {
     /// A message larger than this is dead-lettered without being parsed.
@@ -743,7 +776,7 @@ impl Default for IntakeSettings {
 }
 
 /// Pod watching and reporting.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct LifecycleSettings {
     /// Watch pods and report running/completion/failure events (one replica per cluster).
@@ -772,7 +805,7 @@ impl Default for LifecycleSettings {
 }
 
 /// Build status updates to the Screwdriver API (`PUT <apiUri>/v4/builds/<id>`).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct StatusUpdateSettings {
     /// Send status updates.
@@ -802,7 +835,7 @@ impl Default for StatusUpdateSettings {
 }
 
 /// Graceful shutdown.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ShutdownSettings {
     /// Longest the worker waits for builds in flight after SIGTERM; keep it below the pod's
@@ -828,7 +861,7 @@ impl<'de> Deserialize<'de> for ExecutorSettings {
         let raw = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
         let mut out = ExecutorSettings::default();
         for (key, value) in raw {
-            if key == "plugin" {
+            if key == DEFAULT_EXECUTOR_KEY {
                 out.plugin = de::string(value).map_err(D::Error::custom)?;
                 continue;
             }

@@ -11,7 +11,8 @@ use serde_json::{Map, Value};
 use super::compat;
 use super::issue::ConfigIssue;
 use super::load::Compat;
-use super::schema::{self, EXECUTOR, Field, Node};
+use super::model::DEFAULT_EXECUTOR_KEY;
+use super::schema::{self, Field, Node};
 
 /// Where a layer comes from: decides how paths are shown and how executor keys are matched.
 #[derive(Debug, Clone, Copy)]
@@ -52,10 +53,7 @@ pub(crate) fn normalize(
         canonical: Vec::new(),
         out: Normalized::default(),
     };
-    let Node::Struct(fields) = schema::ROOT else {
-        unreachable!("the root is a struct")
-    };
-    let tree = walker.walk_struct(fields, layer);
+    let tree = walker.walk_struct(schema::root(), layer);
     Normalized { tree, ..walker.out }
 }
 
@@ -90,14 +88,16 @@ impl Walker<'_> {
         self.out.issues.push(ConfigIssue::new(path, message));
     }
 
-    fn walk(&mut self, node: Node, value: Value) -> Option<Value> {
+    fn walk(&mut self, node: &'static Node, value: Value) -> Option<Value> {
         match (node, value) {
             // `section:` with everything below commented out is YAML null: same as absent.
             (Node::Struct(_), Value::Null) => None,
             (Node::Struct(fields), Value::Object(obj)) => {
                 Some(Value::Object(self.walk_struct(fields, obj)))
             }
-            (Node::Executors, Value::Object(obj)) => Some(Value::Object(self.walk_executors(obj))),
+            (Node::Executors { named, block }, Value::Object(obj)) => {
+                Some(Value::Object(self.walk_executors(named, block, obj)))
+            }
             // Wrong shapes pass through: typing reports them with the expected type.
             (_, other) => Some(other),
         }
@@ -120,113 +120,145 @@ impl Walker<'_> {
                 self.issue(&[&key], hint);
                 continue;
             };
-            self.written.push(key.clone());
-            self.canonical.push(field.name.to_string());
-            if let Node::Ignored = field.node {
-                if !matches!(self.origin, Origin::BuiltIn) {
-                    let path = self.shown(&[]);
-                    let reason = compat::ignored_reason(&self.canonical.join("."));
-                    self.out.notices.push(ConfigIssue::new(path, reason));
+            self.within(&key, &field.name, |w| {
+                if let Node::Ignored = field.node {
+                    let canonical = w.canonical.join(".");
+                    w.notice(&[], &canonical);
+                } else if let Some(v) = w.walk(&field.node, value) {
+                    w.place(&mut out, &mut seen, field, &key, v);
                 }
-            } else if let Some(v) = self.walk(field.node, value) {
-                match seen.iter().position(|(name, _)| *name == field.name) {
-                    None => {
-                        seen.push((field.name, key.clone()));
-                        out.insert(field.name.to_string(), v);
-                    }
-                    Some(_) if field.name == "exclusions" => {
-                        // `exclusion` and `exclusions` together: both lists apply.
-                        let merged = merge_lists(out.remove(field.name).unwrap_or(Value::Null), v);
-                        out.insert(field.name.to_string(), merged);
-                    }
-                    Some(i) => {
-                        let first = seen[i].1.clone();
-                        self.issue(
-                            &[],
-                            format!("given twice in one place, as {first:?} and {key:?}; keep one"),
-                        );
-                    }
-                }
-            }
-            self.written.pop();
-            self.canonical.pop();
+            });
         }
         out
     }
 
-    fn walk_executors(&mut self, obj: Map<String, Value>) -> Map<String, Value> {
+    /// Puts a field's value, given as `key`, into its struct: once per field, except that a
+    /// field whose spellings join takes the lists of all of them.
+    fn place(
+        &mut self,
+        out: &mut Map<String, Value>,
+        seen: &mut Vec<(&'static str, String)>,
+        field: &'static Field,
+        key: &str,
+        v: Value,
+    ) {
+        match seen.iter().position(|(name, _)| *name == field.name) {
+            None => {
+                seen.push((&field.name, key.to_string()));
+                out.insert(field.name.clone(), v);
+            }
+            Some(_) if field.joins_spellings => {
+                // `exclusion` and `exclusions` together: both lists apply.
+                let merged = merge_lists(out.remove(&field.name).unwrap_or(Value::Null), v);
+                out.insert(field.name.clone(), merged);
+            }
+            Some(i) => {
+                let first = &seen[i].1;
+                let message =
+                    format!("given twice in one place, as {first:?} and {key:?}; keep one");
+                self.issue(&[], message);
+            }
+        }
+    }
+
+    fn walk_executors(
+        &mut self,
+        named: &'static [Field],
+        block: &'static Node,
+        obj: Map<String, Value>,
+    ) -> Map<String, Value> {
+        let block_fields = match block {
+            Node::Struct(fields) => fields.as_slice(),
+            _ => &[],
+        };
         let mut out = Map::new();
         for (key, value) in obj {
-            if schema::fold(&key) == "plugin" {
-                if out.contains_key("plugin") {
+            if let Some(field) = schema::find(named, &key) {
+                if out.contains_key(&field.name) {
                     self.issue(&[&key], "default executor given twice in one place".into());
                 } else {
-                    out.insert("plugin".into(), value);
+                    out.insert(field.name.clone(), value);
                 }
                 continue;
             }
-            if let (Some(field), false) = (schema::find(EXECUTOR, &key), value.is_object()) {
-                let home = match self.origin {
-                    Origin::Env { .. } => {
-                        format!("BCW_EXECUTOR__<NAME>__{}", field.name.to_uppercase())
-                    }
-                    Origin::BuiltIn | Origin::File => {
-                        format!("executor.<name>.{}", self.spell(&key, field.name))
-                    }
-                };
-                self.issue(&[&key], format!("belongs inside an executor block: {home}"));
+            if let (Some(field), false) = (schema::find(block_fields, &key), value.is_object()) {
+                self.misplaced(&key, field);
                 continue;
             }
-            let name = match self.origin {
-                Origin::Env { executors } => {
-                    let spelled: Vec<&String> = executors
-                        .iter()
-                        .filter(|n| schema::fold(n) == schema::fold(&key))
-                        .collect();
-                    if spelled.len() > 1 {
-                        let names: Vec<&str> = spelled.iter().map(|n| n.as_str()).collect();
-                        self.issue(
-                            &[&key],
-                            format!(
-                                "names several executors ({}); rename one of them",
-                                names.join(", ")
-                            ),
-                        );
-                        continue;
-                    }
-                    spelled
-                        .first()
-                        .map_or_else(|| key.clone(), |n| (*n).clone())
-                }
-                Origin::BuiltIn | Origin::File => key.clone(),
+            let Some(name) = self.executor_name(&key) else {
+                continue;
             };
             if self.compat == Compat::Screwdriver && is_jenkins_block(&name, &value) {
-                if !matches!(self.origin, Origin::BuiltIn) {
-                    let path = self.shown(&[&key]);
-                    let reason = compat::ignored_reason("executor.jenkins");
-                    self.out.notices.push(ConfigIssue::new(path, reason));
-                }
+                self.notice(&[&key], "executor.jenkins");
                 continue;
             }
-            self.written.push(key.clone());
-            self.canonical.push("*".into());
             // A block that is null stays null so that typing says so; it is not dropped.
-            let block = match value {
+            let walked = self.within(&key, "*", |w| match value {
                 Value::Null => Some(Value::Null),
-                v => self.walk(Node::Struct(EXECUTOR), v),
-            };
-            self.written.pop();
-            self.canonical.pop();
-            if let Some(block) = block {
+                v => w.walk(block, v),
+            });
+            if let Some(walked) = walked {
                 match out.get_mut(&name) {
                     // Two environment keys spelling one executor: both apply.
-                    Some(existing) => merge(existing, block),
+                    Some(existing) => merge(existing, walked),
                     None => {
-                        out.insert(name, block);
+                        out.insert(name, walked);
                     }
                 }
             }
         }
+        out
+    }
+
+    /// A key of an executor block given at the `executor:` level: where it belongs.
+    fn misplaced(&mut self, key: &str, field: &Field) {
+        let home = match self.origin {
+            Origin::Env { .. } => format!("BCW_EXECUTOR__<NAME>__{}", field.name.to_uppercase()),
+            Origin::BuiltIn | Origin::File => {
+                format!("executor.<name>.{}", self.spell(key, &field.name))
+            }
+        };
+        self.issue(&[key], format!("belongs inside an executor block: {home}"));
+    }
+
+    /// The executor a key of `executor:` names: itself, or in the environment the lower layers'
+    /// executor it spells; `None` (and an issue) when it spells several.
+    fn executor_name(&mut self, key: &str) -> Option<String> {
+        let Origin::Env { executors } = self.origin else {
+            return Some(key.to_string());
+        };
+        let spelled: Vec<&str> = executors
+            .iter()
+            .map(String::as_str)
+            .filter(|n| schema::fold(n) == schema::fold(key))
+            .collect();
+        if spelled.len() > 1 {
+            let message = format!(
+                "names several executors ({}); rename one of them",
+                spelled.join(", ")
+            );
+            self.issue(&[key], message);
+            return None;
+        }
+        Some(spelled.first().unwrap_or(&key).to_string())
+    }
+
+    /// A key accepted and dropped: a notice, except in the built-in layer.
+    fn notice(&mut self, extra: &[&str], canonical: &str) {
+        if !matches!(self.origin, Origin::BuiltIn) {
+            let path = self.shown(extra);
+            let reason = compat::ignored_reason(canonical);
+            self.out.notices.push(ConfigIssue::new(path, reason));
+        }
+    }
+
+    /// Runs `f` one level down, under the key as written and its canonical name.
+    fn within<R>(&mut self, written: &str, canonical: &str, f: impl FnOnce(&mut Self) -> R) -> R {
+        self.written.push(written.to_string());
+        self.canonical.push(canonical.to_string());
+        let out = f(self);
+        self.written.pop();
+        self.canonical.pop();
         out
     }
 
@@ -312,7 +344,12 @@ pub(crate) fn merge(base: &mut Value, over: Value) {
 pub(crate) fn executor_names(tree: &Value) -> Vec<String> {
     tree.get("executor")
         .and_then(Value::as_object)
-        .map(|o| o.keys().filter(|k| *k != "plugin").cloned().collect())
+        .map(|o| {
+            o.keys()
+                .filter(|k| *k != DEFAULT_EXECUTOR_KEY)
+                .cloned()
+                .collect()
+        })
         .unwrap_or_default()
 }
 

@@ -7,7 +7,7 @@
 use serde_json::{Map, Value};
 
 use super::credentials::mask_url;
-use super::model::Settings;
+use super::model::{DEFAULT_EXECUTOR_KEY, Settings};
 
 /// The effective configuration as YAML; loading it again gives the same settings, secrets
 /// aside (they read `***`).
@@ -16,7 +16,7 @@ pub fn render_effective(settings: &Settings) -> String {
 
     let mut executor = Map::new();
     executor.insert(
-        "plugin".into(),
+        DEFAULT_EXECUTOR_KEY.into(),
         Value::String(settings.executor.default_executor().to_string()),
     );
     for (name, block) in &settings.executor.executors {

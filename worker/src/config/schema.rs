@@ -1,203 +1,179 @@
 //! The shape of the configuration tree, as the loader needs it to recognise keys.
 //!
-//! Owns the list of canonical key names per level (mirroring `model.rs`; a test keeps the two in
-//! step), which levels are structs (keys matched ignoring case, `_` and `-`), which are maps whose
-//! keys are data, and the "did you mean" search. It never looks at values and never does I/O.
+//! Derived once from the typed model (`model.rs`) through its JSON Schema (schemars), so that a
+//! field added to the model is a key the loader accepts, and no key is listed twice: a model
+//! struct is a level whose keys are matched ignoring case, `_` and `-`; a map's keys are data;
+//! `executor:` holds `plugin` and one block per executor; anything else is a value. A field's
+//! other spellings are its `x-aliases`; the keys of Screwdriver's layout that the worker accepts
+//! and drops come from `compat::IGNORED`. Also the "did you mean" search. It never looks at values
+//! and never does I/O.
+
+use std::sync::LazyLock;
+
+use schemars::generate::SchemaSettings;
+use serde_json::{Map, Value};
+
+use super::compat::IGNORED;
+use super::model::Settings;
 
 /// What sits below one key.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub(crate) enum Node {
     /// A struct: its keys are matched against these fields.
-    Struct(&'static [Field]),
+    Struct(Vec<Field>),
     /// A map whose keys are data (node selectors, annotations): kept untouched.
     Map,
     /// A scalar, a list or an opaque structure (lifecycle hooks): kept untouched.
     Leaf,
     /// `executor:`: `plugin` plus one block per executor, the block's key being its name.
-    Executors,
+    Executors {
+        /// The keys that are not executor names (`plugin`).
+        named: Vec<Field>,
+        /// One executor block (`executor.<name>`).
+        block: Box<Node>,
+    },
     /// A key of Screwdriver's layout that the worker accepts and does not act on.
     Ignored,
 }
 
 /// One field of a struct.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub(crate) struct Field {
     /// The canonical (snake_case) name, as in `model.rs`.
-    pub name: &'static str,
+    pub name: String,
     /// Other spellings that mean this field (besides case, `_` and `-` variants).
-    pub aliases: &'static [&'static str],
+    pub aliases: Vec<String>,
+    /// Given under two of its spellings in one place, both lists apply rather than that being a
+    /// problem (`exclusion` and `exclusions`).
+    pub joins_spellings: bool,
     /// What is below it.
     pub node: Node,
 }
 
-const fn f(name: &'static str, node: Node) -> Field {
-    Field {
-        name,
-        aliases: &[],
-        node,
+/// The whole tree, derived on first use.
+static ROOT: LazyLock<Node> = LazyLock::new(derive);
+
+/// The fields of the root (`rabbitmq`, `executor`, ...).
+pub(crate) fn root() -> &'static [Field] {
+    match &*ROOT {
+        Node::Struct(fields) => fields,
+        _ => unreachable!("the model's root is a struct"),
     }
 }
 
-const fn leaf(name: &'static str) -> Field {
-    f(name, Node::Leaf)
+/// The tree of `Settings`: its schema, walked.
+fn derive() -> Node {
+    let schema = SchemaSettings::draft2020_12()
+        .into_generator()
+        .into_root_schema_for::<Settings>();
+    let empty = Map::new();
+    let defs = schema
+        .get("$defs")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
+    let mut root = node_of(schema.as_value(), defs);
+    add_ignored(&mut root);
+    root
 }
 
-use Node::{Executors, Ignored, Map, Struct};
+/// The node a schema describes. A struct of the model denies unknown fields, which its schema
+/// says as `additionalProperties: false`; that is what makes it a level of checked keys (and
+/// keeps a `Duration`, whose schema has properties too, a value). Named keys plus a schema for
+/// every other key is the layout `ExecutorSettings` declares for `executor:`.
+fn node_of(schema: &Value, defs: &Map<String, Value>) -> Node {
+    let schema = resolve(schema, defs);
+    let properties = schema.get("properties").and_then(Value::as_object);
+    match (properties, schema.get("additionalProperties")) {
+        (Some(props), Some(Value::Bool(false))) => Node::Struct(fields(props, defs)),
+        (Some(props), Some(block @ Value::Object(_))) => Node::Executors {
+            named: fields(props, defs),
+            block: Box::new(node_of(block, defs)),
+        },
+        (None, Some(Value::Bool(true) | Value::Object(_))) => Node::Map,
+        _ => Node::Leaf,
+    }
+}
 
-const BREAKER: &[Field] = &[leaf("timeout"), leaf("max_failures"), leaf("reset_timeout")];
-const REQUEST_RETRY: &[Field] = &[leaf("retry_delay"), leaf("max_attempts")];
-const TIERS: &[Field] = &[
-    leaf("micro"),
-    leaf("low"),
-    leaf("high"),
-    leaf("turbo"),
-    leaf("max"),
-];
-const DISK: &[Field] = &[leaf("space"), leaf("speed")];
-const RESOURCES: &[Field] = &[
-    f("cpu", Struct(TIERS)),
-    f("memory", Struct(TIERS)),
-    f("disk", Struct(DISK)),
-];
-const CACHE: &[Field] = &[
-    leaf("strategy"),
-    leaf("path"),
-    leaf("compress"),
-    leaf("md5check"),
-    leaf("max_size_mb"),
-    leaf("max_go_threads"),
-];
-const ECOSYSTEM: &[Field] = &[
-    leaf("ui"),
-    leaf("api"),
-    leaf("store"),
-    leaf("pushgateway_url"),
-    f("cache", Struct(CACHE)),
-];
-const KUBERNETES: &[Field] = &[
-    leaf("host"),
-    leaf("kubeconfig"),
-    leaf("context"),
-    leaf("token"),
-    leaf("token_file"),
-    leaf("ca_file"),
-    leaf("insecure_skip_tls_verify"),
-    leaf("jobs_namespace"),
-    leaf("service_account"),
-    leaf("automount_service_account_token"),
-    leaf("privileged"),
-    leaf("docker_feature_enabled"),
-    leaf("runtime_class"),
-    f("node_selectors", Map),
-    f("preferred_node_selectors", Map),
-    f("annotations", Map),
-    f("pod_labels", Map),
-    leaf("image_pull_policy"),
-    leaf("image_pull_secret_name"),
-    leaf("dns_policy"),
-    leaf("termination_grace_period_seconds"),
-    leaf("build_timeout"),
-    leaf("max_build_timeout"),
-    f("resources", Struct(RESOURCES)),
-    leaf("qps"),
-    leaf("burst"),
-    leaf("lifecycle_hooks"),
-    leaf("volume_mounts"),
-    leaf("build_secrets"),
-    // Screwdriver's default.yaml misspells it `buildSecretFile`; both spellings are accepted
-    // (docs/interface.md §2.4).
-    Field {
-        name: "build_secrets_file",
-        aliases: &["buildSecretFile"],
-        node: Node::Leaf,
-    },
-    leaf("pod_status_query_delay"),
-    leaf("base_image"),
-    leaf("token_delivery"),
-    leaf("pending_timeout"),
-    leaf("image_pull_grace_period"),
-    leaf("pod_ttl"),
-    leaf("create_lands_within"),
-];
-const OPTIONS: &[Field] = &[
-    f("kubernetes", Struct(KUBERNETES)),
-    leaf("launch_image"),
-    leaf("launch_version"),
-    leaf("prefix"),
-    f("fusebox", Struct(&[f("breaker", Struct(BREAKER))])),
-    f("requestretry", Struct(REQUEST_RETRY)),
-    leaf("sd_hab_enabled"),
-    f("ecosystem", Struct(ECOSYSTEM)),
-];
-/// One executor block (`executor.<name>`).
-pub(crate) const EXECUTOR: &[Field] = &[
-    leaf("plugin_name"),
-    leaf("weightage"),
-    // Screwdriver's shipped default.yaml says `exclusion`, its router reads `exclusions`.
-    Field {
-        name: "exclusions",
-        aliases: &["exclusion"],
-        node: Node::Leaf,
-    },
-    f("options", Struct(OPTIONS)),
-];
-const RABBITMQ: &[Field] = &[
-    leaf("url"),
-    leaf("protocol"),
-    leaf("username"),
-    leaf("password"),
-    leaf("password_file"),
-    leaf("host"),
-    leaf("port"),
-    leaf("vhost"),
-    f("connect_options", Map),
-    leaf("ca_file"),
-    leaf("exchange"),
-    leaf("queue"),
-    leaf("queue_type"),
-    leaf("prefetch_count"),
-    leaf("message_reprocess_limit"),
-    leaf("retry_delays"),
-    leaf("max_wait"),
-    leaf("declare_topology"),
-    leaf("retry_queue"),
-    leaf("retry_queue_enabled"),
-    leaf("init_timeout"),
-    leaf("stop_rechecks"),
-    leaf("build_locks"),
-    f("queue_options", Ignored),
-];
-const LIFECYCLE: &[Field] = &[
-    leaf("enabled"),
-    leaf("lease_duration"),
-    leaf("lease_renew_interval"),
-    leaf("resync_interval"),
-];
-const STATUS_UPDATES: &[Field] = &[
-    leaf("enabled"),
-    f("breaker", Struct(BREAKER)),
-    f("retry", Struct(REQUEST_RETRY)),
-    leaf("ca_file"),
-];
+fn fields(properties: &Map<String, Value>, defs: &Map<String, Value>) -> Vec<Field> {
+    properties
+        .iter()
+        .map(|(name, schema)| Field {
+            name: name.clone(),
+            aliases: schema
+                .get("x-aliases")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect(),
+            joins_spellings: schema.get("x-join-spellings") == Some(&Value::Bool(true)),
+            node: node_of(schema, defs),
+        })
+        .collect()
+}
 
-/// The whole tree.
-pub(crate) const ROOT: Node = Struct(&[
-    f("rabbitmq", Struct(RABBITMQ)),
-    f(
-        "events",
-        Struct(&[leaf("enabled"), leaf("exchange"), leaf("format")]),
-    ),
-    f("httpd", Struct(&[leaf("host"), leaf("port"), leaf("uri")])),
-    f("executor", Executors),
-    f("ecosystem", Struct(ECOSYSTEM)),
-    f(
-        "intake",
-        Struct(&[leaf("max_message_bytes"), leaf("pod_annotation_allow_list")]),
-    ),
-    f("lifecycle", Struct(LIFECYCLE)),
-    f("status_updates", Struct(STATUS_UPDATES)),
-    f("shutdown", Struct(&[leaf("drain_timeout")])),
-]);
+/// The schema itself, behind a `$ref` to its definition and without the `null` of an `Option`.
+fn resolve<'a>(schema: &'a Value, defs: &'a Map<String, Value>) -> &'a Value {
+    if let Some(name) = schema
+        .get("$ref")
+        .and_then(Value::as_str)
+        .and_then(|r| r.strip_prefix("#/$defs/"))
+    {
+        return defs.get(name).map_or(schema, |def| resolve(def, defs));
+    }
+    let is_null = |s: &&Value| s.get("type").and_then(Value::as_str) == Some("null");
+    let alternatives = ["anyOf", "oneOf"]
+        .iter()
+        .find_map(|k| schema.get(*k).and_then(Value::as_array));
+    if let Some(alternatives) = alternatives {
+        let mut some = alternatives.iter().filter(|s| !is_null(s));
+        if let (Some(only), None) = (some.next(), some.next()) {
+            return resolve(only, defs);
+        }
+    }
+    schema
+}
+
+/// Adds the keys of `compat::IGNORED` that the model has no field for (`rabbitmq.queue_options`)
+/// as ignored fields of their struct. Entries whose key is a model field (kept for
+/// compatibility) or an executor block (`executor.jenkins`, matched by its plugin) add nothing.
+fn add_ignored(root: &mut Node) {
+    for path in IGNORED
+        .iter()
+        .map(|k| k.canonical)
+        .filter(|c| !c.is_empty())
+    {
+        let segments: Vec<&str> = path.split('.').collect();
+        let Some((last, parents)) = segments.split_last() else {
+            continue;
+        };
+        if let Some(fields) = struct_at(root, parents)
+            && !fields.iter().any(|f| f.name == *last)
+        {
+            fields.push(Field {
+                name: (*last).to_string(),
+                aliases: Vec::new(),
+                joins_spellings: false,
+                node: Node::Ignored,
+            });
+        }
+    }
+}
+
+/// The fields of the struct at this canonical path, if it is one.
+fn struct_at<'a>(node: &'a mut Node, path: &[&str]) -> Option<&'a mut Vec<Field>> {
+    let Node::Struct(fields) = node else {
+        return None;
+    };
+    match path.split_first() {
+        None => Some(fields),
+        Some((first, rest)) => {
+            let field = fields.iter_mut().find(|f| f.name == *first)?;
+            struct_at(&mut field.node, rest)
+        }
+    }
+}
 
 /// A key reduced to what matching compares: lowercase, without `_` and `-`
 /// (`prefetchCount`, `prefetch_count`, `PREFETCHCOUNT` and `prefetch-count` are all `prefetchcount`).
@@ -213,7 +189,7 @@ pub(crate) fn find(fields: &'static [Field], key: &str) -> Option<&'static Field
     let k = fold(key);
     fields
         .iter()
-        .find(|fd| fold(fd.name) == k || fd.aliases.iter().any(|a| fold(a) == k))
+        .find(|fd| fold(&fd.name) == k || fd.aliases.iter().any(|a| fold(a) == k))
 }
 
 /// `prefetch_count` -> `prefetchCount`: the Screwdriver spelling of a canonical name.
@@ -267,7 +243,7 @@ pub(crate) fn suggest(fields: &'static [Field], key: &str) -> Option<String> {
     let limit = if k.len() <= 4 { 1 } else { 2 };
     let sibling = fields
         .iter()
-        .map(|fd| (edit_distance(&k, &fold(fd.name)), fd.name))
+        .map(|fd| (edit_distance(&k, &fold(&fd.name)), fd.name.as_str()))
         .filter(|(d, _)| *d <= limit)
         .min_by_key(|(d, _)| *d)
         .map(|(_, name)| name.to_string());
@@ -278,9 +254,9 @@ fn nested(fields: &'static [Field], folded: &str, depth: usize) -> Option<String
     if depth == 0 {
         return None;
     }
-    fields.iter().find_map(|fd| match fd.node {
+    fields.iter().find_map(|fd| match &fd.node {
         Node::Struct(sub) => {
-            if let Some(hit) = sub.iter().find(|s| fold(s.name) == folded) {
+            if let Some(hit) = sub.iter().find(|s| fold(&s.name) == folded) {
                 Some(format!("{}.{}", fd.name, hit.name))
             } else {
                 nested(sub, folded, depth - 1).map(|p| format!("{}.{p}", fd.name))
@@ -306,19 +282,55 @@ mod tests {
         assert_eq!(camel("md5check"), "md5check");
     }
 
+    /// The node at a canonical path; `*` stands for an executor's name.
+    fn at(path: &str) -> &'static Node {
+        let mut fields = root();
+        let mut node: Option<&'static Node> = None;
+        for segment in path.split('.') {
+            let next: &'static Node = match node {
+                Some(Node::Executors { block, .. }) if segment == "*" => block.as_ref(),
+                _ => {
+                    &find(fields, segment)
+                        .unwrap_or_else(|| panic!("{path}"))
+                        .node
+                }
+            };
+            fields = match next {
+                Node::Struct(sub) => sub,
+                Node::Executors { named, .. } => named,
+                _ => &[],
+            };
+            node = Some(next);
+        }
+        node.unwrap()
+    }
+
+    fn executor_block() -> &'static [Field] {
+        match at("executor.*") {
+            Node::Struct(fields) => fields,
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn aliases_are_found() {
-        assert_eq!(find(EXECUTOR, "exclusion").unwrap().name, "exclusions");
-        assert_eq!(find(EXECUTOR, "pluginName").unwrap().name, "plugin_name");
-        assert!(find(EXECUTOR, "plugin").is_none());
+        let block = executor_block();
+        assert_eq!(find(block, "exclusion").unwrap().name, "exclusions");
+        assert_eq!(find(block, "pluginName").unwrap().name, "plugin_name");
+        assert!(find(block, "plugin").is_none());
+        let kubernetes = match at("executor.*.options.kubernetes") {
+            Node::Struct(fields) => fields,
+            other => panic!("{other:?}"),
+        };
+        let file = find(kubernetes, "buildSecretFile").unwrap();
+        assert_eq!(file.name, "build_secrets_file");
+        assert!(!file.joins_spellings);
+        assert!(find(block, "exclusion").unwrap().joins_spellings);
     }
 
     #[test]
     fn suggestions_prefer_close_siblings_then_misplaced_keys() {
-        let Node::Struct(root) = ROOT else {
-            unreachable!()
-        };
-        let Node::Struct(rabbit) = root[0].node else {
+        let Node::Struct(rabbit) = &root()[0].node else {
             unreachable!()
         };
         assert_eq!(
@@ -328,62 +340,114 @@ mod tests {
         assert_eq!(suggest(rabbit, "qeue").as_deref(), Some("queue"));
         assert_eq!(suggest(rabbit, "zzzzzzzz"), None);
         assert_eq!(
-            suggest(EXECUTOR, "jobsNamespace").as_deref(),
+            suggest(executor_block(), "jobsNamespace").as_deref(),
             Some("options.kubernetes.jobs_namespace")
         );
     }
 
-    /// Someone adding a field to `model.rs` must add it here too, or it could never be set.
+    /// The loader's shapes, read off the model: structs, maps, values, the executor blocks and
+    /// the dropped keys of Screwdriver's layout.
     #[test]
-    fn the_schema_matches_the_model() {
-        use crate::config::{EcosystemSettings, ExecutorConfig, Settings};
-        let mut s = Settings::default();
-        let mut block = ExecutorConfig::default();
-        block.options.ecosystem = Some(EcosystemSettings::default());
-        s.executor.executors.push(("k8s".into(), block));
-        let v = serde_json::to_value(&s).unwrap();
-        let Node::Struct(root) = ROOT else {
-            unreachable!()
-        };
-        let mut diffs = Vec::new();
-        compare(root, &v, "", &mut diffs);
-        assert!(diffs.is_empty(), "{diffs:#?}");
+    fn the_derived_tree_has_the_shapes_the_loader_needs() {
+        let names: Vec<&str> = root().iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "rabbitmq",
+                "events",
+                "httpd",
+                "executor",
+                "ecosystem",
+                "intake",
+                "lifecycle",
+                "status_updates",
+                "shutdown"
+            ]
+        );
+        for path in [
+            "rabbitmq",
+            "executor.*.options.kubernetes.resources.cpu",
+            "executor.*.options.ecosystem.cache",
+            "status_updates.breaker",
+        ] {
+            assert!(matches!(at(path), Node::Struct(_)), "{path}");
+        }
+        for path in [
+            "rabbitmq.connect_options",
+            "executor.*.options.kubernetes.node_selectors",
+            "executor.*.options.kubernetes.pod_labels",
+        ] {
+            assert!(matches!(at(path), Node::Map), "{path}");
+        }
+        // Durations, secrets, lists, enums and opaque JSON are values, whatever their Rust type.
+        for path in [
+            "rabbitmq.max_wait",
+            "rabbitmq.retry_delays",
+            "rabbitmq.url",
+            "rabbitmq.queue_type",
+            "executor.*.options.kubernetes.lifecycle_hooks",
+            "executor.*.options.kubernetes.token",
+            "executor.plugin",
+        ] {
+            assert!(matches!(at(path), Node::Leaf), "{path}");
+        }
+        assert!(matches!(at("executor"), Node::Executors { .. }));
+        assert!(matches!(at("rabbitmq.queue_options"), Node::Ignored));
+        assert!(matches!(at("rabbitmq.stop_rechecks"), Node::Leaf));
     }
 
-    fn compare(fields: &[Field], v: &serde_json::Value, path: &str, diffs: &mut Vec<String>) {
-        let Some(obj) = v.as_object() else {
-            diffs.push(format!("{path}: a struct in the schema, not in the model"));
-            return;
+    /// Every key the loader accepts from the model carries its doc comment, so the model stays
+    /// the one place a key is described.
+    #[test]
+    fn every_key_of_the_model_is_documented() {
+        let schema = SchemaSettings::draft2020_12()
+            .into_generator()
+            .into_root_schema_for::<Settings>();
+        let mut undocumented = Vec::new();
+        let defs = schema.get("$defs").and_then(Value::as_object).unwrap();
+        for (name, def) in defs {
+            let props = def.get("properties").and_then(Value::as_object);
+            for (key, prop) in props.into_iter().flatten() {
+                if prop.get("description").is_none() && name != "Duration" {
+                    undocumented.push(format!("{name}.{key}"));
+                }
+            }
+        }
+        assert!(undocumented.is_empty(), "{undocumented:?}");
+    }
+
+    /// docs/interface.md describes every key the loader accepts, in either spelling, so that a
+    /// field added to the model is not left out of the documented interface.
+    #[test]
+    fn every_key_is_in_the_interface_document() {
+        let doc = include_str!("../../../docs/interface.md");
+        let mentioned = |word: &str| {
+            doc.match_indices(word).any(|(i, _)| {
+                let edge = |c: Option<char>| !c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+                edge(doc[..i].chars().next_back()) && edge(doc[i + word.len()..].chars().next())
+            })
         };
-        for k in obj.keys() {
-            if !fields.iter().any(|f| f.name == k) {
-                diffs.push(format!("{path}{k}: in the model, not in the schema"));
+        let mut missing = Vec::new();
+        let mut pending: Vec<(String, &'static [Field])> = vec![(String::new(), root())];
+        while let Some((prefix, fields)) = pending.pop() {
+            for f in fields {
+                let path = format!("{prefix}{}", f.name);
+                if !mentioned(&f.name) && !mentioned(&camel(&f.name)) {
+                    missing.push(path.clone());
+                }
+                match &f.node {
+                    Node::Struct(sub) => pending.push((format!("{path}."), sub)),
+                    Node::Executors { named, block } => {
+                        pending.push((format!("{path}."), named));
+                        if let Node::Struct(sub) = block.as_ref() {
+                            pending.push((format!("{path}.<name>."), sub));
+                        }
+                    }
+                    _ => {}
+                }
             }
         }
-        for f in fields {
-            let here = format!("{path}{}", f.name);
-            match (f.node, obj.get(f.name)) {
-                (Node::Ignored, None) => {}
-                (Node::Ignored, Some(_)) => {
-                    diffs.push(format!("{here}: ignored, yet in the model"))
-                }
-                (_, None) => diffs.push(format!("{here}: in the schema, not in the model")),
-                (Node::Struct(sub), Some(child)) => compare(sub, child, &format!("{here}."), diffs),
-                (Node::Executors, Some(child)) => compare(
-                    EXECUTOR,
-                    &child["executors"][0][1],
-                    "executor.<name>.",
-                    diffs,
-                ),
-                (Node::Map, Some(child)) if !child.is_object() => {
-                    diffs.push(format!("{here}: a map in the schema, not in the model"))
-                }
-                (Node::Leaf, Some(child)) if child.is_object() => diffs.push(format!(
-                    "{here}: a struct in the model, a leaf in the schema"
-                )),
-                _ => {}
-            }
-        }
+        assert!(missing.is_empty(), "{missing:?}");
     }
 
     #[test]
