@@ -286,7 +286,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn nothing_is_sent_after_the_send_deadline() {
-        let s = Script::new(vec![transient(None), Tried::Done("late")]);
+        // A Retry-After, not the backoff, sets the wait: a random backoff may fall under the
+        // deadline and send the second attempt in time.
+        let s = Script::new(vec![transient(Some(1)), Tried::Done("late")]);
         let by = Instant::now() + Duration::from_millis(100);
         let r = guard(5, 5).call(Some(by), &s, |_| s.next()).await;
         assert!(matches!(r, Err(Ended::Failed(Failure::Expired { .. }))));
