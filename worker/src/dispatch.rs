@@ -407,6 +407,13 @@ impl Dispatcher {
                     outcome: "finished",
                 }
             }
+            Outcome::Duplicate { exec } => {
+                info!(%exec, "the build was launched earlier there, which cannot be looked at now: a duplicate copy");
+                Decision::Done {
+                    events: vec![],
+                    outcome: "duplicate",
+                }
+            }
             Outcome::Later {
                 reason,
                 wait,

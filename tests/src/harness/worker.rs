@@ -168,26 +168,21 @@ impl WorkerProcess {
         w
     }
 
-    /// Waits until `/readyz` answers 200.
+    /// Waits until `/readyz` answers 200; on time out, fails with the end of the worker's log.
     pub async fn wait_ready(&self) {
-        let addr = self.http;
-        let log = self.log.clone();
-        super::eventually(
-            Duration::from_secs(30),
-            "the worker process to be ready",
-            || {
-                let log = log.clone();
-                async move {
-                    if http_status(addr, "/readyz").await == Some(200) {
-                        Some(())
-                    } else {
-                        let _ = std::fs::read_to_string(&log);
-                        None
-                    }
-                }
-            },
-        )
-        .await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while http_status(self.http, "/readyz").await != Some(200) {
+            if tokio::time::Instant::now() >= deadline {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                let mut tail: Vec<&str> = log.lines().rev().take(40).collect();
+                tail.reverse();
+                panic!(
+                    "timed out after 30s waiting for the worker process to be ready; its log ends:\n{}",
+                    tail.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// The process id.

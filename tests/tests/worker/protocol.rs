@@ -139,6 +139,88 @@ async fn a_placement_recorded_by_an_earlier_sequencer_sends_a_later_copy_there()
     sim.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_of_a_launched_build_whose_executor_cannot_be_looked_at_is_acknowledged_not_dead_lettered()
+ {
+    let sim = two_clusters(running_forever()).await;
+    let (a, b) = (sim.cluster("runc"), sim.cluster("kata"));
+    let executors = vec![
+        ExecutorSpec::new("a", &a.url()).weight(50),
+        ExecutorSpec::new("b", &b.url()).weight(50),
+    ];
+    let (rabbit, names, _tap) = broker("launchedunseen").await;
+    let build = build_preferring(&executors, &names, "b", 3000);
+    // maxWait is short: a copy that waited for A would be dead-lettered within seconds.
+    let knobs = Knobs {
+        max_wait_s: 1,
+        retry_delays: vec![0.2],
+        lifecycle: false,
+        ..Knobs::default()
+    };
+    // (A first start declares the ledger.)
+    InProcessWorker::start(settings(&names, &executors, &knobs))
+        .await
+        .stop()
+        .await
+        .expect("clean shutdown");
+    // An earlier sequencer recorded the build launched on A; A now fails every pod list.
+    let ledger = format!("{}.ledger", names.queue);
+    let entries = [
+        LedgerEntry::Marker {
+            epoch: 77,
+            marker: "earlier".into(),
+        },
+        LedgerEntry::Records {
+            epoch: 77,
+            records: vec![
+                Record::Placed {
+                    build,
+                    exec: "a".to_string(),
+                },
+                Record::Launched {
+                    build,
+                    exec: "a".to_string(),
+                },
+            ],
+        },
+    ];
+    for entry in entries {
+        rabbit
+            .publish_bytes("", &ledger, &entry.encode(), Default::default())
+            .await;
+    }
+    a.inject(
+        Fault::status(500)
+            .on_verbs([Verb::List])
+            .on_resources(["pods"]),
+    );
+    let worker = WorkerProcess::spawn(&settings_json(&names, &executors, &knobs), &[]).await;
+    rabbit
+        .publish_json(&names.exchange, &names.queue, &StartMsg::new(build).json())
+        .await;
+    eventually(SOON, "the copy to end as a duplicate", || async {
+        let (_, body) = worker.get("/metrics").await?;
+        body.lines()
+            .any(|l| {
+                l.starts_with("bcw_messages_total{")
+                    && l.contains(r#"job="start""#)
+                    && l.contains(r#"outcome="duplicate""#)
+            })
+            .then_some(())
+    })
+    .await;
+    queue_drained(&rabbit, &names).await;
+    assert_eq!(
+        rabbit.depth(&names.dead()).await,
+        Some(0),
+        "nothing dead-lettered"
+    );
+    assert_eq!(creates(&a).get(&build), None, "no second pod on A");
+    assert_eq!(creates(&b).get(&build), None, "no pod on B");
+    rabbit.cleanup(&names).await;
+    sim.shutdown().await;
+}
+
 /// Every entry on a stream up to now, read from its start.
 async fn stream_bodies(rabbit: &bcw_tests::harness::Rabbit, stream: &str) -> Vec<Vec<u8>> {
     use futures::StreamExt;

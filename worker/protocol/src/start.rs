@@ -118,6 +118,13 @@ pub enum Outcome<E, P> {
     Stopped,
     /// The build launched earlier and its pod is gone: a late copy of a finished build.
     Finished,
+    /// The build launched earlier on `exec` (its `build.launched` was confirmed before that was
+    /// recorded), and `exec` cannot be looked at now: a copy with nothing left to do. Waiting
+    /// for `exec` would end, at `maxWait`, in a dead letter of a build that runs.
+    Duplicate {
+        /// Where it launched.
+        exec: E,
+    },
     /// Come back later.
     Later {
         /// Why.
@@ -304,10 +311,12 @@ impl<E: Clone + Eq + Ord + std::fmt::Debug, P: Clone + std::fmt::Debug> Start<E,
                 Some(pod) => self.announce(exec, pod, true, None),
                 None => Step::Done(Outcome::Finished),
             },
-            (
-                Phase::Confirming { .. } | Phase::Vacating { .. } | Phase::Rejoining { .. },
-                Fact::LookFailed,
-            ) => later(WaitReason::Unconfirmed, 0, false),
+            (Phase::Rejoining { exec }, Fact::LookFailed) => {
+                Step::Done(Outcome::Duplicate { exec })
+            }
+            (Phase::Confirming { .. } | Phase::Vacating { .. }, Fact::LookFailed) => {
+                later(WaitReason::Unconfirmed, 0, false)
+            }
             (
                 Phase::Announcing {
                     exec,
@@ -643,6 +652,19 @@ mod tests {
             m.next(Fact::Found(None), &both()),
             Step::Done(Outcome::Finished)
         );
+    }
+
+    #[test]
+    fn a_copy_of_a_launched_build_whose_executor_cannot_be_looked_at_ends_as_a_duplicate() {
+        let mut m: Start<u8, &str> = Start::new(1, vec![X, Y]);
+        m.begin(&[X].into());
+        m.next(Fact::Answered(Answer::Launched { exec: Y }), &[X].into());
+        assert_eq!(
+            m.next(Fact::LookFailed, &[X].into()),
+            Step::Done(Outcome::Duplicate { exec: Y }),
+            "the launch is final: nothing to wait for"
+        );
+        assert!(m.is_over());
     }
 
     #[test]

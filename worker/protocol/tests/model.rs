@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 use bcw_protocol::stop::{self, StopEnd, StopStep};
 use bcw_protocol::wire::{LedgerEntry, Read, Replay};
 use bcw_protocol::{
-    Answer, Bounds, CreateFailure, Entry, Fact, Outcome, Question, Record, Start, Step,
+    Answer, Bounds, CreateFailure, Entry, Fact, Outcome, Question, Record, Start, Step, WaitReason,
 };
 use stateright::{Checker, Model, Property};
 
@@ -38,6 +38,8 @@ enum Mutation {
     NoEpochFilter,
     /// A stop settles as soon as its deletes are done, without waiting out open creates.
     StopDeletesAtOnce,
+    /// A copy told its build launched waits for the launch's executor to answer a look.
+    CopyWaitsForItsExecutor,
 }
 
 #[derive(Debug, Clone)]
@@ -52,6 +54,9 @@ struct Config {
     views: &'static [u8],
     /// The lifecycle reporter notes and collects pods.
     reporter: bool,
+    /// Waits without an attempt a copy makes before it is dead-lettered (`rabbitmq.maxWait`);
+    /// `u8::MAX`: waits are not counted.
+    max_waits: u8,
     mutation: Option<Mutation>,
 }
 
@@ -71,6 +76,8 @@ impl Config {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum End {
     Launched(u8),
+    /// A copy told its build launched, whose executor could not be looked at.
+    Duplicate,
     Stopped,
     Finished,
     Dead,
@@ -125,6 +132,10 @@ struct Msg {
     state: M,
     tries: u8,
     not_before: u8,
+    /// Waits without an attempt so far (counted only with `max_waits`).
+    waits: u8,
+    /// The sequencer told this copy its build launched (noted only with `max_waits`).
+    told_launched: bool,
 }
 
 /// A create on the wire.
@@ -276,10 +287,25 @@ impl Protocol {
     fn settle(&self, s: &mut St, i: usize, outcome: Outcome<u8, u8>) {
         let now = s.now;
         let msg = &mut s.msgs[i];
+        // The sequencer not answering is a wait of its own (a stated limit): only waits for an
+        // executor are counted against `max_waits`.
+        let counted = !matches!(
+            outcome,
+            Outcome::Later {
+                reason: WaitReason::Unanswered,
+                ..
+            }
+        );
         let (end, tries, not_before) = match outcome {
             Outcome::Launched { exec, .. } => (Some(End::Launched(exec)), 0, 0),
             Outcome::Stopped => (Some(End::Stopped), 0, 0),
             Outcome::Finished => (Some(End::Finished), 0, 0),
+            Outcome::Duplicate { .. }
+                if self.cfg.mutation == Some(Mutation::CopyWaitsForItsExecutor) =>
+            {
+                (None, 0, now + 1)
+            }
+            Outcome::Duplicate { .. } => (Some(End::Duplicate), 0, 0),
             Outcome::Dead(_) => (Some(End::Dead), 0, 0),
             Outcome::Later {
                 consumes_attempt, ..
@@ -288,9 +314,15 @@ impl Protocol {
         };
         msg.tries += tries;
         msg.not_before = not_before;
+        let waited = end.is_none() && tries == 0 && not_before > now;
+        if waited && counted && self.cfg.max_waits < u8::MAX {
+            msg.waits += 1;
+        }
         msg.state = match end {
             Some(e) => M::Settled(e),
             None if msg.tries > self.cfg.tries => M::Settled(End::GaveUp),
+            // maxWait passed without a usable executor: the dispatcher dead-letters it.
+            None if msg.waits > self.cfg.max_waits => M::Settled(End::Dead),
             None => M::Queued,
         };
     }
@@ -322,6 +354,9 @@ impl Protocol {
                 }
             }
         } else {
+            if self.cfg.max_waits < u8::MAX && matches!(answer, Answer::Launched { .. }) {
+                s.msgs[i].told_launched = true;
+            }
             self.feed(s, i, Fact::Answered(answer));
         }
     }
@@ -362,6 +397,8 @@ impl Model for Protocol {
                 state: M::Queued,
                 tries: 0,
                 not_before: 0,
+                waits: 0,
+                told_launched: false,
             })
             .collect();
         if self.cfg.stop {
@@ -370,6 +407,8 @@ impl Model for Protocol {
                 state: M::Queued,
                 tries: 0,
                 not_before: 0,
+                waits: 0,
+                told_launched: false,
             });
         }
         vec![St {
@@ -486,6 +525,11 @@ impl Model for Protocol {
                     })
                 },
             ),
+            Property::always(NEVER_DEAD_WHEN_LAUNCHED, |_: &Protocol, s: &St| {
+                s.msgs
+                    .iter()
+                    .all(|m| !(m.told_launched && m.state == M::Settled(End::Dead)))
+            }),
             Property::eventually(
                 "every start ends launched, stopped or dead-lettered",
                 |m: &Protocol, s: &St| {
@@ -501,6 +545,9 @@ impl Model for Protocol {
                 s.msgs
                     .iter()
                     .any(|m| m.state == M::Settled(End::Launched(Y)))
+            }),
+            Property::sometimes(DUPLICATE, |_: &Protocol, s: &St| {
+                s.msgs.iter().any(|m| m.state == M::Settled(End::Duplicate))
             }),
             Property::sometimes(FINISHED, |_: &Protocol, s: &St| {
                 s.msgs.iter().any(|m| m.state == M::Settled(End::Finished))
@@ -739,6 +786,7 @@ fn config() -> Config {
         tries: 1,
         views: &[0b11, 0b10],
         reporter: true,
+        max_waits: u8::MAX,
         mutation: None,
     }
 }
@@ -799,6 +847,9 @@ fn assert_holds(checker: &impl Checker<Protocol>, reached: &[&'static str]) {
 }
 
 const FAILOVER: &str = "a build is launched on its second executor";
+const DUPLICATE: &str = "a copy told its build launched cannot look there and ends";
+const NEVER_DEAD_WHEN_LAUNCHED: &str =
+    "a copy told its build launched is never dead-lettered for waiting";
 const FINISHED: &str = "a late copy finds its build finished";
 const STOPPED_AFTER_LAUNCH: &str = "a stop settles after its build was launched";
 
@@ -872,6 +923,38 @@ fn mutated(mutation: Mutation, stop: bool, property: &'static str) -> String {
         },
         property,
     )
+}
+
+/// A build's start redelivered after its replica died, the reporter noting the pod's launch,
+/// and `maxWait` reached after one wait: no copy told the build launched is dead-lettered for
+/// an executor it could not look at.
+fn launched_copies() -> Config {
+    Config {
+        starts: 1,
+        horizon: 3,
+        requester_crashes: 1,
+        activations: 1,
+        max_waits: 1,
+        ..config()
+    }
+}
+
+#[test]
+fn a_copy_of_a_launched_build_is_never_dead_lettered_for_waiting_on_its_executor() {
+    let checker = check(launched_copies());
+    assert_holds(&checker, &[FINISHED, DUPLICATE]);
+}
+
+#[test]
+fn a_copy_that_waits_for_its_launched_builds_executor_is_dead_lettered_at_max_wait() {
+    let trace = counterexample(
+        Config {
+            mutation: Some(Mutation::CopyWaitsForItsExecutor),
+            ..launched_copies()
+        },
+        NEVER_DEAD_WHEN_LAUNCHED,
+    );
+    assert!(trace.contains("Look"), "{trace}");
 }
 
 #[test]
