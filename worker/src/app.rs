@@ -30,6 +30,7 @@ use crate::protocol::sequencer::{self, Service};
 use crate::routing::Router;
 use crate::status::StatusUpdater;
 use crate::telemetry::metrics;
+use crate::watch::handover::Handover;
 use crate::watch::lease::{self, Election};
 use crate::watch::reporter::Reporter;
 
@@ -253,11 +254,13 @@ fn start_reporters(
             duration: settings.lifecycle.lease_duration,
             renew_every: settings.lifecycle.lease_renew_interval,
         };
+        let handover = Arc::new(Handover::default());
         tasks.spawn(lease::run(
             ex.cluster.clone(),
             election,
             leading_tx,
             background.clone(),
+            handover.clone(),
         ));
         let reporter = Reporter {
             cluster: ex.cluster.clone(),
@@ -268,6 +271,7 @@ fn start_reporters(
             resync: settings.lifecycle.resync_interval,
             protocol: shared.protocol.clone(),
             busy_for: ex.busy_for(),
+            handover,
         };
         tasks.spawn(reporter.run(leading_rx, background.clone()));
     }

@@ -370,6 +370,65 @@ async fn killing_the_reporter_hands_over_within_the_lease_duration_and_loses_no_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_update_hands_the_reporter_over_without_publishing_events_again() {
+    let sim = one_cluster(Timeline {
+        run_for: Some(Duration::from_secs(3)),
+        ..Timeline::fast()
+    })
+    .await;
+    let a = sim.cluster("a");
+    let (rabbit, names, tap) = broker("rolling").await;
+    let s = settings(
+        &names,
+        &[ExecutorSpec::new("a", &a.url())],
+        &reporting(json!({})),
+    );
+    let old = InProcessWorker::start(s.clone()).await;
+    for id in 1..=10u64 {
+        rabbit
+            .publish_json(&names.exchange, &names.queue, &StartMsg::new(id).json())
+            .await;
+    }
+    tap.wait_count("build.running", 10, SOON).await;
+    let holder = |a: &bcw_tests::kube_sim::ClusterHandle| {
+        a.leases()[0].spec.clone().unwrap().holder_identity
+    };
+    let old_holder = holder(&a);
+    // The new version starts, then the old one stops: it releases the Lease with its note.
+    let new = InProcessWorker::start(s).await;
+    old.stop().await.expect("clean shutdown");
+    eventually(SOON, "the new replica to take the Lease", || async {
+        let now = holder(&a);
+        (now.is_some() && now != old_holder).then_some(())
+    })
+    .await;
+    let annotations = a.leases()[0]
+        .metadata
+        .annotations
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        !annotations.contains_key("buildcluster-worker/reported"),
+        "the note is taken out of the Lease by the replica that took it: {annotations:?}"
+    );
+    // A build launched after the takeover is reported after the first list's pods were looked
+    // at (one watch, in order).
+    rabbit
+        .publish_json(&names.exchange, &names.queue, &StartMsg::new(11).json())
+        .await;
+    tap.wait_count("build.succeeded", 11, SOON).await;
+    for id in 1..=11u64 {
+        for ty in ["build.launched", "build.running", "build.succeeded"] {
+            let n = tap.of(ty).iter().filter(|e| e.build_id() == id).count();
+            assert_eq!(n, 1, "build {id}: {ty} published {n} times");
+        }
+    }
+    new.stop().await.expect("clean shutdown");
+    rabbit.cleanup(&names).await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_started_after_a_stop_does_not_launch_a_late_start_of_that_build() {
     let sim = one_cluster(running_forever()).await;
     let a = sim.cluster("a");

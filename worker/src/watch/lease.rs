@@ -6,6 +6,7 @@
 //! expired. Clock skew between replicas therefore cannot make two leaders. A leader that cannot
 //! renew within two thirds of the duration steps down before anyone else may take over.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -15,6 +16,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::handover::{ANNOTATION, Handover, Note};
 use crate::cluster::{CallError, Cluster};
 use crate::telemetry::metrics;
 
@@ -40,12 +42,14 @@ struct Seen {
 }
 
 /// Runs the election until `stop`, publishing `true` while this replica leads. On stop, a
-/// leader releases the lease so another replica takes over at once.
+/// leader releases the lease so another replica takes over at once, with its reporter's note
+/// of what it published ([`Handover`]); a takeover hands the note it finds to the reporter.
 pub async fn run(
     cluster: Cluster,
     election: Election,
     leading: watch::Sender<bool>,
     stop: CancellationToken,
+    handover: Arc<Handover>,
 ) {
     let mut seen: Option<Seen> = None;
     let mut last_renew: Option<Instant> = None;
@@ -55,7 +59,7 @@ pub async fn run(
         // does not wait for them.
         let stepped = tokio::select! {
             _ = stop.cancelled() => break,
-            r = step(&cluster, &election, &mut seen) => r,
+            r = step(&cluster, &election, &mut seen, &handover) => r,
         };
         let leader = match stepped {
             Ok(true) => {
@@ -89,12 +93,17 @@ pub async fn run(
     if *leading.borrow() {
         let _ = leading.send(false);
         metrics::reporter_leader(&cluster.executor, false);
-        release(&cluster, &election).await;
+        release(&cluster, &election, &handover).await;
     }
 }
 
 /// One round: returns whether this replica holds the lease now.
-async fn step(cluster: &Cluster, e: &Election, seen: &mut Option<Seen>) -> Result<bool, CallError> {
+async fn step(
+    cluster: &Cluster,
+    e: &Election,
+    seen: &mut Option<Seen>,
+    handover: &Handover,
+) -> Result<bool, CallError> {
     let now = now_micro();
     let Some(mut lease) = cluster.get_lease(&e.name).await? else {
         let fresh = Lease {
@@ -122,9 +131,24 @@ async fn step(cluster: &Cluster, e: &Election, seen: &mut Option<Seen>) -> Resul
     let Some(spec) = plan(spec, seen, e, now, Instant::now()) else {
         return Ok(false);
     };
+    let taken_over = lease
+        .spec
+        .as_ref()
+        .and_then(|s| s.holder_identity.as_deref())
+        != Some(e.identity.as_str());
+    // The note is for the next holder only: taken out of the Lease by whoever writes it next.
+    let note = lease
+        .metadata
+        .annotations
+        .as_mut()
+        .and_then(|a| a.remove(ANNOTATION));
     lease.spec = Some(spec);
     match cluster.replace_lease(&lease).await {
         Ok(updated) => {
+            if taken_over && let Some(note) = note.as_deref().and_then(Note::decode) {
+                info!(executor = %cluster.executor, "took over the reporter with the previous holder's note of what it published");
+                handover.found(note);
+            }
             let s = updated.spec.unwrap_or_default();
             *seen = Some(Seen {
                 holder: s.holder_identity,
@@ -180,14 +204,23 @@ fn plan(
     Some(spec)
 }
 
-/// Gives the lease up (holder cleared) so another replica can take it without waiting.
-async fn release(cluster: &Cluster, e: &Election) {
+/// Gives the lease up (holder cleared) so another replica can take it without waiting, with
+/// the reporter's note for it.
+async fn release(cluster: &Cluster, e: &Election, handover: &Handover) {
+    let note = handover.note_to_leave().await;
     if let Ok(Some(mut lease)) = cluster.get_lease(&e.name).await {
         let mut spec = lease.spec.clone().unwrap_or_default();
         if spec.holder_identity.as_deref() == Some(e.identity.as_str()) {
             spec.holder_identity = None;
             spec.renew_time = Some(now_micro());
             lease.spec = Some(spec);
+            if let Some(note) = note {
+                lease
+                    .metadata
+                    .annotations
+                    .get_or_insert_default()
+                    .insert(ANNOTATION.to_owned(), note.encode());
+            }
             match cluster.replace_lease(&lease).await {
                 Ok(_) => info!(executor = %cluster.executor, "reporter lease released"),
                 Err(err) => {

@@ -4,6 +4,7 @@
 
 pub mod assess;
 mod gc;
+pub mod handover;
 pub mod lease;
 pub mod plan;
 pub mod reporter;

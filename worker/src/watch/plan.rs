@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 use super::assess::{Verdict, trouble_key};
 use super::gc::{collection, finished_for, lifetime};
+use super::handover::Reported;
 use crate::protocol::LaunchState;
 use crate::status::Update;
 
@@ -317,6 +318,36 @@ impl Record {
             Event::Finished { tell } => {
                 self.outcome = Outcome::Finished(now);
                 self.failure_told = !tell;
+            }
+        }
+    }
+
+    /// How far the pod's events were published, for the next reporter ([`super::handover`]).
+    pub fn reported(&self) -> Option<Reported> {
+        match self.outcome {
+            Outcome::Finished(_) if self.failure_told => Some(Reported::Finished),
+            Outcome::CannotStart if self.failure_told => Some(Reported::CannotStart),
+            _ if self.running_sent => Some(Reported::Running),
+            _ => None,
+        }
+    }
+
+    /// Takes in what the previous reporter left about this pod: its events are not published
+    /// again (its launch was on the stream then; deleting the pod still waits for the record).
+    pub fn handed_over(&mut self, reported: Reported, now: Instant) {
+        self.launch = Launch::Announced;
+        self.running_sent = true;
+        self.scheduled = Scheduled::Told;
+        self.waiting_told = true;
+        match reported {
+            Reported::Running => {}
+            Reported::CannotStart => {
+                self.outcome = Outcome::CannotStart;
+                self.failure_told = true;
+            }
+            Reported::Finished => {
+                self.outcome = Outcome::Finished(now);
+                self.failure_told = true;
             }
         }
     }

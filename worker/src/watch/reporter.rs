@@ -28,6 +28,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::assess::{Policy, Verdict, assess};
 use super::gc;
+use super::handover::{Handover, Note, Reported};
 use super::plan::{
     Asked, Clock, Deletion, Event, Limits, MAX_STEPS, Observed, Record, Step, Went, plan,
 };
@@ -79,6 +80,8 @@ pub struct Reporter {
     /// S + H of this executor: a build's pod is deleted only this long after its launch was
     /// recorded (every create permitted before then has landed).
     pub busy_for: Duration,
+    /// What this reporter leaves for the next, and finds from the previous one.
+    pub handover: Arc<Handover>,
 }
 
 /// What the reporter keeps of a live pod: the pod (slimmed), its record, and the build's token
@@ -139,15 +142,44 @@ struct Tracked {
     done: HashMap<String, Done>,
     /// The uids seen since a relist began.
     relisting: Option<HashSet<String>>,
+    /// What the previous reporter published, for the pods of the first list.
+    handed_over: Option<Note>,
 }
 
 impl Tracked {
     /// Forgets, at the end of a relist, every pod the relist did not show.
     fn relisted(&mut self) {
+        self.handed_over = None;
         if let Some(seen) = self.relisting.take() {
             self.live.retain(|uid, _| seen.contains(uid));
             self.done.retain(|uid, _| seen.contains(uid));
         }
+    }
+
+    /// A pod first seen now: what the previous reporter published of it is not published again.
+    fn first_seen(&self, pod: Pod) -> Track {
+        let mut track = Track::new(pod);
+        let name = track.pod.metadata.name.as_deref().unwrap_or_default();
+        if let Some(reported) = self.handed_over.as_ref().and_then(|n| n.of(name)) {
+            track.record.handed_over(reported, Instant::now());
+        }
+        track
+    }
+
+    /// What this reporter has published, for the next one.
+    fn note(&self) -> Note {
+        let mut note = Note::default();
+        for track in self.live.values() {
+            if let (Some(name), Some(reported)) =
+                (&track.pod.metadata.name, track.record.reported())
+            {
+                note.insert(name.clone(), reported);
+            }
+        }
+        for done in self.done.values() {
+            note.insert(done.name.clone(), Reported::Finished);
+        }
+        note
     }
 
     fn forget(&mut self, uid: &str) {
@@ -204,16 +236,17 @@ impl Reporter {
         async move {
             loop {
                 tokio::select! {
-                    _ = stop.cancelled() => return,
-                    r = leading.wait_for(|l| *l) => if r.is_err() { return },
+                    _ = stop.cancelled() => break,
+                    r = leading.wait_for(|l| *l) => if r.is_err() { break },
                 }
                 info!("reporting for this executor");
                 if self.report(&mut leading, &stop).await == Ended::Stopped {
                     info!("stopped reporting for this executor");
-                    return;
+                    break;
                 }
                 info!("no longer reporting for this executor");
             }
+            self.handover.reporter_stopped();
         }
         .instrument(span)
         .await
@@ -229,13 +262,19 @@ impl Reporter {
             .default_backoff()
             .ready_chunks(EVENT_BATCH)
             .boxed();
-        let mut tracked = Tracked::default();
+        let mut tracked = Tracked {
+            handed_over: self.handover.take_found(),
+            ..Tracked::default()
+        };
         let mut tick = tokio::time::interval(self.resync);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
-                () = stop.cancelled() => return Ended::Stopped,
+                () = stop.cancelled() => {
+                    self.handover.leave(tracked.note());
+                    return Ended::Stopped;
+                }
                 changed = leading.changed() => {
                     if changed.is_err() || !*leading.borrow() {
                         return Ended::NotLeading;
@@ -333,17 +372,16 @@ impl Reporter {
             }
         }
         let work = groups.into_iter().map(|(uid, updates)| {
-            let track = tracked.live.remove(&uid);
+            let mut updates = updates.into_iter();
+            let first = updates.next().expect("a group has an update");
+            let mut track = match tracked.live.remove(&uid) {
+                Some(mut t) => {
+                    t.pod = first;
+                    t
+                }
+                None => tracked.first_seen(first),
+            };
             async move {
-                let mut updates = updates.into_iter();
-                let first = updates.next().expect("a group has an update");
-                let mut track = match track {
-                    Some(mut t) => {
-                        t.pod = first;
-                        t
-                    }
-                    None => Track::new(first),
-                };
                 self.evaluate(&mut track).await;
                 for pod in updates {
                     track.pod = pod;
