@@ -105,22 +105,7 @@ pub fn assess(
 ) -> Verdict {
     let status = pod.status.as_ref();
     let phase = status.and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
-    let build_name = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.containers.first())
-        .map(|c| c.name.as_str())
-        .unwrap_or_default();
-    let build = status
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|cs| cs.iter().find(|c| c.name == build_name));
-    let image = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.containers.first())
-        .and_then(|c| c.image.clone())
-        .unwrap_or_default();
-
+    let build = build_status(pod);
     // Kubernetes killed the pod at its activeDeadlineSeconds: its containers end with a kill
     // code too, but the build timed out, it did not fail.
     if phase == "Failed" && status.and_then(|s| s.reason.as_deref()) == Some("DeadlineExceeded") {
@@ -131,52 +116,13 @@ pub fn assess(
         .and_then(|c| c.state.as_ref())
         .and_then(|s| s.terminated.as_ref())
     {
-        return if t.exit_code == 0 {
-            Verdict::Succeeded
-        } else {
-            let reason = t.reason.clone().unwrap_or_else(|| "Error".into());
-            Verdict::Failed {
-                exit_code: t.exit_code,
-                message: finished_message(t.exit_code, &reason),
-                reason,
-            }
-        };
+        return ended(t.exit_code, t.reason.as_deref());
     }
-
     match phase {
         "Succeeded" => return Verdict::Succeeded,
-        "Failed" => {
-            let reason = status.and_then(|s| s.reason.clone()).unwrap_or_default();
-            if let Some((code, why)) = failed_init(pod) {
-                return init_failed(code, &why);
-            }
-            let ran = build.is_some_and(|c| c.last_state.is_some() || c.started == Some(true));
-            let reason = if reason.is_empty() {
-                "Failed".to_string()
-            } else {
-                reason
-            };
-            let detail = status.and_then(|s| s.message.clone()).unwrap_or_default();
-            return if ran {
-                Verdict::Failed {
-                    exit_code: -1,
-                    message: format!("The build pod failed ({reason}). {detail}")
-                        .trim_end()
-                        .to_string(),
-                    reason,
-                }
-            } else {
-                Verdict::LaunchFailed {
-                    message: format!("Build failed to start: the pod failed before the build ran ({reason}). {detail}")
-                        .trim_end()
-                        .to_string(),
-                    reason,
-                }
-            };
-        }
+        "Failed" => return pod_failed(pod, build),
         _ => {}
     }
-
     if build
         .and_then(|c| c.state.as_ref())
         .is_some_and(|s| s.running.is_some())
@@ -189,7 +135,6 @@ pub fn assess(
     if let Some((code, why)) = failed_init(pod) {
         return init_failed(code, &why);
     }
-
     // Waiting reasons of any container (init first: they run first).
     let waiting = status
         .into_iter()
@@ -201,45 +146,124 @@ pub fn assess(
         })
         .filter_map(waiting_reason)
         .next();
-    if let Some((reason, detail)) = waiting.clone() {
-        match reason.as_str() {
-            "InvalidImageName" => {
-                return Verdict::LaunchFailed {
-                    message: format!(
-                        "Build failed to start: {} is not a valid image reference. Please check the image name.",
-                        quote(&image)
-                    ),
-                    reason,
-                };
-            }
-            "CrashLoopBackOff" => {
-                return Verdict::LaunchFailed {
-                    message: format!(
-                        "Build failed to start: a container keeps crashing ({}). Please reach out to your cluster admin for help.",
-                        short(&detail)
-                    ),
-                    reason,
-                };
-            }
-            r if trouble_key(r) != "Other" && trouble_age(trouble_key(r)) >= policy.grace => {
-                let message = if trouble_key(r) == "ImagePull" {
-                    format!(
-                        "Build failed to start: the image {} could not be pulled ({}). Please check if your image is valid and accessible.",
-                        quote(&image),
-                        short(&detail)
-                    )
-                } else {
-                    format!(
-                        "Build failed to start: the container could not be created ({}). Please reach out to your cluster admin for help.",
-                        short(&detail)
-                    )
-                };
-                return Verdict::LaunchFailed { reason, message };
-            }
-            _ => {}
+    if let Some(v) = waiting
+        .as_ref()
+        .and_then(|(reason, detail)| cannot_start(pod, reason, detail, &trouble_age, policy))
+    {
+        return v;
+    }
+    pending(pod, now_unix, waiting, policy)
+}
+
+/// The status of the build container (the pod's first).
+fn build_status(pod: &Pod) -> Option<&ContainerStatus> {
+    let name = pod.spec.as_ref()?.containers.first()?.name.as_str();
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == name)
+}
+
+/// The image of the build container.
+fn build_image(pod: &Pod) -> String {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default()
+}
+
+/// The build container ended with `code`.
+fn ended(code: i32, reason: Option<&str>) -> Verdict {
+    if code == 0 {
+        return Verdict::Succeeded;
+    }
+    let reason = reason.unwrap_or("Error").to_string();
+    Verdict::Failed {
+        exit_code: code,
+        message: finished_message(code, &reason),
+        reason,
+    }
+}
+
+/// The pod failed: after its build ran, or before.
+fn pod_failed(pod: &Pod, build: Option<&ContainerStatus>) -> Verdict {
+    let status = pod.status.as_ref();
+    if let Some((code, why)) = failed_init(pod) {
+        return init_failed(code, &why);
+    }
+    let ran = build.is_some_and(|c| c.last_state.is_some() || c.started == Some(true));
+    let reason = status
+        .and_then(|s| s.reason.clone())
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| "Failed".to_string());
+    let detail = status.and_then(|s| s.message.clone()).unwrap_or_default();
+    if ran {
+        Verdict::Failed {
+            exit_code: -1,
+            message: format!("The build pod failed ({reason}). {detail}")
+                .trim_end()
+                .to_string(),
+            reason,
+        }
+    } else {
+        Verdict::LaunchFailed {
+            message: format!(
+                "Build failed to start: the pod failed before the build ran ({reason}). {detail}"
+            )
+            .trim_end()
+            .to_string(),
+            reason,
         }
     }
+}
 
+/// A kubelet waiting reason that means the pod cannot start: at once, or once it has lasted
+/// the grace period.
+fn cannot_start(
+    pod: &Pod,
+    reason: &str,
+    detail: &str,
+    trouble_age: &impl Fn(&'static str) -> Duration,
+    policy: &Policy,
+) -> Option<Verdict> {
+    let message = match reason {
+        "InvalidImageName" => format!(
+            "Build failed to start: {} is not a valid image reference. Please check the image name.",
+            quote(&build_image(pod))
+        ),
+        "CrashLoopBackOff" => format!(
+            "Build failed to start: a container keeps crashing ({}). Please reach out to your cluster admin for help.",
+            short(detail)
+        ),
+        r if trouble_key(r) == "Other" || trouble_age(trouble_key(r)) < policy.grace => {
+            return None;
+        }
+        r if trouble_key(r) == "ImagePull" => format!(
+            "Build failed to start: the image {} could not be pulled ({}). Please check if your image is valid and accessible.",
+            quote(&build_image(pod)),
+            short(detail)
+        ),
+        _ => format!(
+            "Build failed to start: the container could not be created ({}). Please reach out to your cluster admin for help.",
+            short(detail)
+        ),
+    };
+    Some(Verdict::LaunchFailed {
+        reason: reason.to_string(),
+        message,
+    })
+}
+
+/// A pod not running yet and not failed: pending, or failed for staying pending too long.
+fn pending(
+    pod: &Pod,
+    now_unix: i64,
+    waiting: Option<(String, String)>,
+    policy: &Policy,
+) -> Verdict {
     let scheduled = pod
         .spec
         .as_ref()
@@ -251,39 +275,43 @@ pub fn assess(
         .as_ref()
         .map(|t| now_unix.saturating_sub(t.0.as_second()))
         .unwrap_or(0);
-    if age >= 0 && Duration::from_secs(age as u64) >= policy.pending_timeout {
-        let minutes = policy.pending_timeout.as_secs().div_ceil(60);
-        let unschedulable = status.and_then(|s| s.conditions.as_ref()).and_then(|cs| {
+    if age < 0 || Duration::from_secs(age as u64) < policy.pending_timeout {
+        return Verdict::Pending { scheduled };
+    }
+    let minutes = policy.pending_timeout.as_secs().div_ceil(60);
+    let unschedulable = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| {
             cs.iter().find(|c| {
                 c.type_ == "PodScheduled"
                     && c.status == "False"
                     && c.reason.as_deref() == Some("Unschedulable")
             })
         });
-        return match unschedulable {
-            Some(c) => Verdict::LaunchFailed {
-                reason: "Unschedulable".into(),
-                message: format!(
-                    "Build failed to start: no node could run it within {minutes} minutes ({}). Waiting for resources to be available timed out.",
-                    short(c.message.as_deref().unwrap_or("no details"))
-                ),
-            },
-            None => Verdict::LaunchFailed {
-                // A known kubelet reason says more than "it took too long".
-                reason: waiting
-                    .as_ref()
-                    .map(|(r, _)| r.clone())
-                    .unwrap_or_else(|| "PendingTimeout".into()),
-                message: format!(
-                    "Build failed to start: the pod stayed pending for more than {minutes} minutes{}.",
-                    waiting
-                        .map(|(r, d)| format!(" ({r}: {})", short(&d)))
-                        .unwrap_or_default()
-                ),
-            },
-        };
+    match unschedulable {
+        Some(c) => Verdict::LaunchFailed {
+            reason: "Unschedulable".into(),
+            message: format!(
+                "Build failed to start: no node could run it within {minutes} minutes ({}). Waiting for resources to be available timed out.",
+                short(c.message.as_deref().unwrap_or("no details"))
+            ),
+        },
+        None => Verdict::LaunchFailed {
+            // A known kubelet reason says more than "it took too long".
+            reason: waiting
+                .as_ref()
+                .map(|(r, _)| r.clone())
+                .unwrap_or_else(|| "PendingTimeout".into()),
+            message: format!(
+                "Build failed to start: the pod stayed pending for more than {minutes} minutes{}.",
+                waiting
+                    .map(|(r, d)| format!(" ({r}: {})", short(&d)))
+                    .unwrap_or_default()
+            ),
+        },
     }
-    Verdict::Pending { scheduled }
 }
 
 fn waiting_reason(c: &ContainerStatus) -> Option<(String, String)> {

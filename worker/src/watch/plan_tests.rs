@@ -483,30 +483,7 @@ fn simulate_step(
             Went::Done
         }
         Step::Publish(event) => {
-            let old = at >= LAUNCH_ANNOUNCE_WITHIN.as_secs();
-            match event {
-                Event::Launched => {
-                    assert!(
-                        old && !seq.recorded,
-                        "announced for a young or recorded launch"
-                    );
-                    life.announce_ok = true;
-                }
-                _ => assert!(
-                    life.announce_ok || (old && r.asked == Some(Asked::Unreachable)),
-                    "{event:?} before the launch was known: {life:?}"
-                ),
-            }
-            assert!(
-                life.published.iter().all(|(_, e)| e != event),
-                "{event:?} published twice"
-            );
-            assert!(
-                life.published
-                    .iter()
-                    .all(|(_, e)| !matches!(e, Event::LaunchFailed | Event::Finished { .. })),
-                "{event:?} after the outcome"
-            );
+            check_publish(*event, r, at, seq, life);
             life.published.push((at, *event));
             Went::Done
         }
@@ -516,32 +493,67 @@ fn simulate_step(
         }
         Step::Tell(_) => Went::Done,
         Step::Delete(why) => {
-            let recorded = life.recorded_at.expect("deleted before the record");
-            if *why != Deletion::Orphan {
-                assert!(
-                    at - recorded >= LIMITS.busy_for.as_secs(),
-                    "deleted within S + H"
-                );
-            }
-            if *why == Deletion::CannotStart {
-                assert!(life.told_failure, "deleted before the user was told");
-            }
-            if *why == Deletion::Collect {
-                let outcome = life
-                    .published
-                    .iter()
-                    .find(|(_, e)| matches!(e, Event::Finished { .. }));
-                let (published, _) = outcome.expect("collected before its outcome");
-                let finished = o.finished_at.map_or(*published, |t| (t - CREATED) as u64);
-                assert!(
-                    at - finished >= LIMITS.pod_ttl.as_secs(),
-                    "collected within podTTL"
-                );
-            }
+            check_delete(*why, o, at, life);
             life.deleted = Some((at, *why));
             Went::Done
         }
         Step::Wait(_) => Went::Done,
+    }
+}
+
+/// The rules of a publish: `build.launched` only for an old launch nobody recorded; any other
+/// event only once the launch is known; each once; nothing after the outcome.
+fn check_publish(event: Event, r: &Record, at: u64, seq: &Sequencer, life: &mut Life) {
+    let old = at >= LAUNCH_ANNOUNCE_WITHIN.as_secs();
+    match event {
+        Event::Launched => {
+            assert!(
+                old && !seq.recorded,
+                "announced for a young or recorded launch"
+            );
+            life.announce_ok = true;
+        }
+        _ => assert!(
+            life.announce_ok || (old && r.asked == Some(Asked::Unreachable)),
+            "{event:?} before the launch was known: {life:?}"
+        ),
+    }
+    assert!(
+        life.published.iter().all(|(_, e)| *e != event),
+        "{event:?} published twice"
+    );
+    assert!(
+        life.published
+            .iter()
+            .all(|(_, e)| !matches!(e, Event::LaunchFailed | Event::Finished { .. })),
+        "{event:?} after the outcome"
+    );
+}
+
+/// The rules of a deletion: S + H after the record, a pod that cannot start only after its
+/// user was told, a finished one only after its podTTL.
+fn check_delete(why: Deletion, o: &Observed, at: u64, life: &Life) {
+    let recorded = life.recorded_at.expect("deleted before the record");
+    if why != Deletion::Orphan {
+        assert!(
+            at - recorded >= LIMITS.busy_for.as_secs(),
+            "deleted within S + H"
+        );
+    }
+    if why == Deletion::CannotStart {
+        assert!(life.told_failure, "deleted before the user was told");
+    }
+    if why == Deletion::Collect {
+        let outcome = life
+            .published
+            .iter()
+            .find(|(_, e)| matches!(e, Event::Finished { .. }));
+        let (published, _) = outcome.expect("collected before its outcome");
+        let finished = o.finished_at.map_or(*published, |t| (t - CREATED) as u64);
+        assert!(
+            at - finished >= LIMITS.pod_ttl.as_secs(),
+            "collected within podTTL"
+        );
     }
 }
 
