@@ -37,7 +37,7 @@ pub struct BuildRef {
 /// consumers expect every build event to carry both keys.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, JsonSchema)]
 #[schemars(inline)]
-pub struct Null;
+struct Null;
 
 /// `reason` and `message` of a type that has neither.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, JsonSchema)]

@@ -11,7 +11,7 @@ pub mod cdevents;
 
 pub use build::{
     BuildEvent, BuildRef, BuildState, DeadLettered, DeadlineExceeded, Failed, LaunchFailed,
-    Launched, Null, Retrying, Running, Stopped, Succeeded, TimedOut, Verified,
+    Launched, Retrying, Running, Stopped, Succeeded, TimedOut, Verified,
 };
 
 use schemars::JsonSchema;
