@@ -19,7 +19,10 @@ use crate::broker::headers::{self, Carried};
 use crate::broker::{Handler, Inbound, Outgoing, Publisher, Source, Topology};
 use crate::cache::{self, ClearError, ClearOutcome};
 use crate::config::CacheSettings;
-use crate::events::{BuildEventData, EventType, OutgoingEvent, build_event};
+use crate::events::{
+    BuildEvent, BuildRef, BuildState, DeadLettered, DeadlineExceeded, Launched, OutgoingEvent,
+    Retrying, Stopped, Verified, build_event,
+};
 use crate::health::Readiness;
 use crate::intake::{self, BuildId, Job, JobKind, Limits, PoisonReason, StartBuild};
 use crate::launch::{Announce, Launcher, PodRef, Started, StopOutcome};
@@ -95,7 +98,7 @@ enum Decision {
 
 /// Why a message waits (`build.retrying`'s reason, the log).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Waiting {
+pub enum Waiting {
     /// A start (or a stop) waits, as the launch protocol said.
     Build(WaitReason),
     /// A stop looks again for a pod whose create may still land.
@@ -103,7 +106,7 @@ enum Waiting {
 }
 
 impl Waiting {
-    fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             Waiting::Build(reason) => reason.label(),
             Waiting::StopRecheck => "stop_recheck",
@@ -114,7 +117,7 @@ impl Waiting {
 /// Why a message is dead-lettered (`x-bcw-reason`, `bcw_dead_letters_total{reason}`,
 /// `build.dead_lettered`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum DeadWhy {
+pub enum DeadWhy {
     /// The message itself is unusable, for this reason, at this field.
     Poison(PoisonReason, Option<&'static str>),
     /// The launch protocol gave the build up.
@@ -131,7 +134,7 @@ enum DeadWhy {
 
 impl DeadWhy {
     /// The reason code: bounded (a poison code names one of a fixed set of fields).
-    fn label(self) -> Cow<'static, str> {
+    pub fn label(self) -> Cow<'static, str> {
         Cow::Borrowed(match self {
             DeadWhy::Poison(reason, field) => return intake::poison_code(reason, field).into(),
             DeadWhy::Launch(d) => d.label(),
@@ -206,8 +209,8 @@ impl Dispatcher {
         !self.topology.declare
     }
 
-    fn event(&self, ty: EventType, data: BuildEventData) -> OutgoingEvent {
-        build_event(&self.source, ty, data)
+    fn event(&self, data: impl Into<BuildEvent>) -> OutgoingEvent {
+        build_event(&self.source, data)
     }
 
     async fn run(&self, inbound: Inbound) {
@@ -443,19 +446,17 @@ impl Dispatcher {
                 Some((e, n, p)) => (Some(e), Some(n), Some(p)),
                 None => (None, None, None),
             };
-            self.event(
-                EventType::BuildStopped,
-                BuildEventData {
-                    build_id: build.0,
+            self.event(Stopped::new(
+                BuildRef {
+                    build_id: build,
                     job_id,
                     executor,
                     namespace,
                     pod,
                     attempt: carried.recheck + 1,
-                    deleted_pods: Some(deleted),
-                    ..Default::default()
                 },
-            )
+                deleted,
+            ))
         };
         let wait = |reason: Waiting, retry_in: Duration, recheck: bool| {
             Decision::Later(Later {
@@ -519,21 +520,21 @@ impl Dispatcher {
             });
         }
         let (state, reason, message) = match &found.verdict {
-            None => ("missing", None, None),
+            None => (BuildState::Missing, None, None),
             Some(v @ Verdict::LaunchFailed { reason, message }) => {
-                (v.state(), Some(reason.clone()), Some(message.clone()))
+                (v.build_state(), Some(reason.clone()), Some(message.clone()))
             }
             Some(
                 v @ Verdict::Failed {
                     reason, message, ..
                 },
-            ) => (v.state(), Some(reason.clone()), Some(message.clone())),
+            ) => (v.build_state(), Some(reason.clone()), Some(message.clone())),
             Some(v @ Verdict::TimedOut { message }) => (
-                v.state(),
-                Some("DeadlineExceeded".into()),
+                v.build_state(),
+                Some(DeadlineExceeded::DeadlineExceeded.as_str().into()),
                 Some(message.clone()),
             ),
-            Some(v) => (v.state(), None, None),
+            Some(v) => (v.build_state(), None, None),
         };
         if let (Some(status), Some(Verdict::LaunchFailed { message, .. })) =
             (&self.status, &found.verdict)
@@ -541,21 +542,19 @@ impl Dispatcher {
             status.send(build, Update::Failure(message.clone())).await;
         }
         Decision::Done {
-            events: vec![self.event(
-                EventType::BuildVerified,
-                BuildEventData {
-                    build_id: build.build_id.0,
+            events: vec![self.event(Verified {
+                build: BuildRef {
+                    build_id: build.build_id,
                     job_id: build.job_id,
                     executor: found.executor,
                     namespace: found.namespace,
                     pod: found.pod,
                     attempt: carried.attempt,
-                    reason,
-                    message,
-                    state: Some(state.into()),
-                    ..Default::default()
                 },
-            )],
+                reason,
+                message,
+                state,
+            })],
             outcome: "verified",
         }
     }
@@ -689,19 +688,19 @@ impl Dispatcher {
             && (later.uses_attempt || first_wait)
             && let Some((build, job_id)) = later.build
         {
-            events.push(self.event(
-                EventType::BuildRetrying,
-                BuildEventData {
-                    build_id: build.0,
+            events.push(self.event(Retrying {
+                build: BuildRef {
+                    build_id: build,
                     job_id,
                     executor: later.executor.clone(),
+                    namespace: None,
+                    pod: None,
                     attempt: carried.attempt,
-                    reason: Some(later.reason.label().to_string()),
-                    message: Some(later.error.clone()),
-                    retry_in_seconds: Some(delay.as_secs()),
-                    ..Default::default()
                 },
-            ));
+                reason: later.reason,
+                message: later.error.clone(),
+                retry_in_seconds: delay.as_secs(),
+            }));
         }
         if !self.publish_all(&events).await {
             inbound.settle.requeue().await;
@@ -754,17 +753,18 @@ impl Dispatcher {
                 .await;
         }
         if let Some((build, job_id)) = dead.build {
-            let ev = self.event(
-                EventType::BuildDeadLettered,
-                BuildEventData {
-                    build_id: build.0,
+            let ev = self.event(DeadLettered {
+                build: BuildRef {
+                    build_id: build,
                     job_id,
+                    executor: None,
+                    namespace: None,
+                    pod: None,
                     attempt: dead.attempt,
-                    reason: Some(dead.reason.label().to_string()),
-                    message: Some(dead.error.clone()),
-                    ..Default::default()
                 },
-            );
+                reason: dead.reason,
+                message: dead.error.clone(),
+            });
             // The copy is safe in the dead-letter queue; an unpublished event must not send
             // the message round again, so a failure here is only logged.
             if let Err(e) = self.publisher.publish_event(&ev).await {
@@ -863,20 +863,16 @@ impl Announce for Announcer<'_> {
         namespace: &str,
         pod: &PodRef,
     ) -> bool {
-        let ev = self.dispatcher.event(
-            EventType::BuildLaunched,
-            BuildEventData {
-                build_id: build.build_id.0,
-                job_id: build.job_id,
-                executor: Some(executor.to_string()),
-                namespace: Some(namespace.to_string()),
-                pod: Some(pod.name.clone()),
-                // An adopted pod keeps the attempt that created it: the reporter derives the
-                // same event id from the pod.
-                attempt: pod.attempt,
-                ..Default::default()
-            },
-        );
+        let ev = self.dispatcher.event(Launched::new(BuildRef {
+            build_id: build.build_id,
+            job_id: build.job_id,
+            executor: Some(executor.to_string()),
+            namespace: Some(namespace.to_string()),
+            pod: Some(pod.name.clone()),
+            // An adopted pod keeps the attempt that created it: the reporter derives the
+            // same event id from the pod.
+            attempt: pod.attempt,
+        }));
         self.dispatcher.publish_all(&[ev]).await
     }
 }

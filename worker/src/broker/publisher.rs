@@ -167,10 +167,7 @@ impl Publisher {
             self.publish_cloudevent(exchange, event).await?;
         }
         if self.format.cdevents()
-            && let Some(cd) = event
-                .build
-                .as_ref()
-                .and_then(|b| cdevents::render(event.ty, b))
+            && let Some(cd) = event.build.as_ref().and_then(cdevents::render)
         {
             self.publish(Outgoing {
                 exchange,

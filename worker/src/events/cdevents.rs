@@ -12,7 +12,7 @@
 
 use serde::Serialize;
 
-use super::{BuildEventData, CloudEvent, EventType};
+use super::{BuildEvent, CloudEvent, EventType};
 
 /// The CDEvents specification release the events follow (`context.specversion`).
 pub const SPEC_VERSION: &str = "0.5.1";
@@ -102,7 +102,7 @@ struct Envelope<'a> {
     context: Context<'a>,
     subject: Subject<'a>,
     /// The worker's own event data (executor, pod, attempt, reason, exit code).
-    custom_data: &'a BuildEventData,
+    custom_data: &'a BuildEvent,
     custom_data_content_type: &'static str,
 }
 
@@ -130,14 +130,16 @@ struct Content {
     errors: Option<String>,
 }
 
-/// Renders a `build.*` CloudEvent of type `ty` as a CDEvent; `None` for the types that have
-/// no CDEvents form.
-pub fn render(ty: EventType, event: &CloudEvent<BuildEventData>) -> Option<OutgoingCdEvent> {
-    let (cd_ty, outcome) = meaning(ty)?;
+/// Renders a `build.*` CloudEvent as a CDEvent; `None` for the types that have no CDEvents
+/// form.
+pub fn render(event: &CloudEvent<BuildEvent>) -> Option<OutgoingCdEvent> {
     let data = &event.data;
-    let id = cdevent_id(data.build_id, cd_ty, data.attempt);
+    let ty = data.event_type();
+    let (cd_ty, outcome) = meaning(ty)?;
+    let build = data.build();
+    let id = cdevent_id(build.build_id.0, cd_ty, build.attempt);
     let source = uri_reference(&event.source);
-    let subject = data.build_id.to_string();
+    let subject = build.build_id.0.to_string();
     let envelope = Envelope {
         context: Context {
             specversion: SPEC_VERSION,
@@ -170,22 +172,22 @@ pub fn render(ty: EventType, event: &CloudEvent<BuildEventData>) -> Option<Outgo
 }
 
 /// `subject.content.errors`: what went wrong, for a person (reason, sentence, exit code).
-fn errors(ty: EventType, data: &BuildEventData) -> String {
+fn errors(ty: EventType, data: &BuildEvent) -> String {
     let mut parts: Vec<String> = Vec::new();
     if ty == EventType::BuildTimedOut {
         parts.push("the build ran past its deadline".into());
     }
-    if let Some(reason) = data.reason.as_deref().filter(|r| !r.is_empty()) {
-        parts.push(reason.to_string());
+    if let Some(reason) = data.reason().filter(|r| !r.is_empty()) {
+        parts.push(reason.into_owned());
     }
-    if let Some(message) = data.message.as_deref().filter(|m| !m.is_empty()) {
+    if let Some(message) = data.message().filter(|m| !m.is_empty()) {
         parts.push(message.to_string());
     }
     if parts.is_empty() {
         parts.push(ty.suffix().replace("build.", "build ").replace('_', " "));
     }
     let mut text = parts.join(": ");
-    if let Some(code) = data.exit_code {
+    if let Some(code) = data.exit_code() {
         text.push_str(&format!(" (exit code {code})"));
     }
     text
@@ -209,39 +211,46 @@ fn uri_reference(source: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::build_event;
+    use crate::events::{
+        BuildRef, DeadlineExceeded, Failed, LaunchFailed, Running, Succeeded, TimedOut, build_event,
+    };
+    use crate::intake::BuildId;
     use serde_json::Value;
 
-    fn rendered(ty: EventType, data: BuildEventData) -> (OutgoingCdEvent, Value) {
-        let ev = build_event("buildcluster-worker/default", ty, data);
-        let cd = render(ty, ev.build.as_ref().expect("a build event is typed"))
+    fn rendered(data: impl Into<BuildEvent>) -> (OutgoingCdEvent, Value) {
+        let ev = build_event("buildcluster-worker/default", data);
+        let cd = render(ev.build.as_ref().expect("a build event is typed"))
             .expect("this type has a CDEvents form");
         let v = serde_json::from_slice(&cd.body).unwrap();
         (cd, v)
     }
 
-    fn failed() -> BuildEventData {
-        BuildEventData {
-            build_id: 987654,
-            attempt: 2,
-            executor: Some("k8s".into()),
-            reason: Some("OOMKilled".into()),
-            message: Some("The build ran out of memory.".into()),
-            exit_code: Some(137),
-            ..Default::default()
+    fn build(build_id: u64, attempt: u32) -> BuildRef {
+        BuildRef {
+            build_id: BuildId(build_id),
+            job_id: None,
+            executor: None,
+            namespace: None,
+            pod: None,
+            attempt,
+        }
+    }
+
+    fn failed() -> Failed {
+        Failed {
+            build: BuildRef {
+                executor: Some("k8s".into()),
+                ..build(987654, 2)
+            },
+            reason: "OOMKilled".into(),
+            message: "The build ran out of memory.".into(),
+            exit_code: 137,
         }
     }
 
     #[test]
     fn running_is_a_started_task_run_of_the_build() {
-        let (cd, v) = rendered(
-            EventType::BuildRunning,
-            BuildEventData {
-                build_id: 42,
-                attempt: 1,
-                ..Default::default()
-            },
-        );
+        let (cd, v) = rendered(Running::new(build(42, 1)));
         assert_eq!(cd.ty, CdEventType::TaskRunStarted);
         assert_eq!(v["context"]["type"], "dev.cdevents.taskrun.started.0.3.0");
         assert_eq!(v["context"]["specversion"], "0.5.1");
@@ -255,37 +264,31 @@ mod tests {
 
     #[test]
     fn endings_are_finished_task_runs_with_their_outcome_and_errors() {
-        let (_, ok) = rendered(
-            EventType::BuildSucceeded,
-            BuildEventData {
-                build_id: 1,
-                attempt: 1,
-                exit_code: Some(0),
-                ..Default::default()
-            },
-        );
+        let (_, ok) = rendered(Succeeded::new(build(1, 1)));
         assert_eq!(ok["context"]["type"], "dev.cdevents.taskrun.finished.0.3.0");
         assert_eq!(ok["subject"]["content"]["outcome"], "success");
         assert!(ok["subject"]["content"].get("errors").is_none());
-        let (_, bad) = rendered(EventType::BuildFailed, failed());
+        let (_, bad) = rendered(failed());
         assert_eq!(bad["subject"]["content"]["outcome"], "failure");
         assert_eq!(
             bad["subject"]["content"]["errors"],
             "OOMKilled: The build ran out of memory. (exit code 137)"
         );
-        let (_, late) = rendered(EventType::BuildTimedOut, BuildEventData::default());
+        let (_, late) = rendered(TimedOut {
+            build: build(1, 1),
+            reason: DeadlineExceeded::DeadlineExceeded,
+            message: String::new(),
+        });
         assert_eq!(late["subject"]["content"]["outcome"], "failure");
         assert_eq!(
             late["subject"]["content"]["errors"],
-            "the build ran past its deadline"
+            "the build ran past its deadline: DeadlineExceeded"
         );
-        let (_, never) = rendered(
-            EventType::BuildLaunchFailed,
-            BuildEventData {
-                reason: Some("InvalidImageName".into()),
-                ..Default::default()
-            },
-        );
+        let (_, never) = rendered(LaunchFailed {
+            build: build(1, 1),
+            reason: "InvalidImageName".into(),
+            message: String::new(),
+        });
         assert_eq!(never["subject"]["content"]["outcome"], "error");
         assert_eq!(never["subject"]["content"]["errors"], "InvalidImageName");
     }
@@ -310,23 +313,19 @@ mod tests {
 
     #[test]
     fn ids_are_deterministic_per_build_type_and_attempt_and_differ_from_cloudevents() {
-        let (a, _) = rendered(EventType::BuildFailed, failed());
-        let (b, _) = rendered(EventType::BuildFailed, failed());
+        let (a, _) = rendered(failed());
+        let (b, _) = rendered(failed());
         assert_eq!(a.id, b.id, "a redelivery publishes the same id");
         assert_ne!(a.time, "", "the CloudEvent's time is kept");
         let mut next = failed();
-        next.attempt = 3;
-        assert_ne!(rendered(EventType::BuildFailed, next).0.id, a.id);
+        next.build.attempt = 3;
+        assert_ne!(rendered(next).0.id, a.id);
         assert_ne!(
-            rendered(EventType::BuildRunning, failed()).0.id,
+            rendered(Running::new(failed().build)).0.id,
             a.id,
             "another type, another id"
         );
-        let cloud = crate::events::build_event_id(
-            crate::intake::BuildId(987654),
-            EventType::BuildFailed,
-            2,
-        );
+        let cloud = crate::events::build_event_id(BuildId(987654), EventType::BuildFailed, 2);
         assert_ne!(a.id, cloud);
     }
 

@@ -3,9 +3,16 @@
 //!
 //! Owns the event types, their `data` shapes (also published as JSON Schemas in `schemas/`) and
 //! the deterministic event id. It never talks to the broker: [`crate::broker::Publisher`] sends
-//! what this module builds.
+//! what this module builds. A `build.*` event is built from a typed [`BuildEvent`], whose
+//! variant decides its type.
 
+mod build;
 pub mod cdevents;
+
+pub use build::{
+    BuildEvent, BuildRef, BuildState, DeadLettered, DeadlineExceeded, Failed, LaunchFailed,
+    Launched, Retrying, Running, Stopped, Succeeded, TimedOut, Verified,
+};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -95,9 +102,13 @@ impl EventType {
     }
 }
 
+// The general shape that every type's data ([`BuildEvent`]) fits: the contract schema
+// `build-event-data.schema.json` is generated from it, and a consumer may read any build event
+// with it. The worker never builds one (`non_exhaustive` keeps other crates from doing so).
 /// `data` of every `build.*` event.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct BuildEventData {
     /// The build.
     pub build_id: u64,
@@ -179,7 +190,7 @@ pub struct OutgoingEvent {
     pub body: Vec<u8>,
     /// The typed event of a `build.*` type, from which its other forms ([`cdevents`]) are
     /// rendered; `None` for `cluster.*` events.
-    pub build: Option<CloudEvent<BuildEventData>>,
+    pub build: Option<CloudEvent<BuildEvent>>,
 }
 
 /// The id of a build event: a UUID v5 of (buildId, type, attempt), so a redelivery that
@@ -189,15 +200,20 @@ pub fn build_event_id(build: BuildId, ty: EventType, attempt: u32) -> String {
     uuid::Uuid::new_v5(&ID_NAMESPACE, name.as_bytes()).to_string()
 }
 
-/// Builds a `build.*` event.
-pub fn build_event(source: &str, ty: EventType, data: BuildEventData) -> OutgoingEvent {
-    let id = build_event_id(BuildId(data.build_id), ty, data.attempt);
+/// Builds a `build.*` event; its type is the variant of `data`.
+pub fn build_event(source: &str, data: impl Into<BuildEvent>) -> OutgoingEvent {
+    let data = data.into();
+    let ty = data.event_type();
+    let BuildRef {
+        build_id, attempt, ..
+    } = *data.build();
+    let id = build_event_id(build_id, ty, attempt);
     let event = CloudEvent {
         specversion: "1.0".into(),
         id: id.clone(),
         source: source.to_string(),
         ty: ty.full(),
-        subject: data.build_id.to_string(),
+        subject: build_id.0.to_string(),
         time: now_rfc3339(),
         datacontenttype: "application/json".into(),
         data,
@@ -274,21 +290,30 @@ mod tests {
         );
     }
 
+    fn at(attempt: u32) -> BuildRef {
+        BuildRef {
+            build_id: BuildId(987654),
+            job_id: Some(4321),
+            executor: Some("k8s".into()),
+            namespace: Some("builds".into()),
+            pod: Some("987654-h53zd".into()),
+            attempt,
+        }
+    }
+
+    fn nowhere(job_id: Option<u64>, attempt: u32) -> BuildRef {
+        BuildRef {
+            job_id,
+            executor: None,
+            namespace: None,
+            pod: None,
+            ..at(attempt)
+        }
+    }
+
     #[test]
     fn event_json_matches_the_contract_shape() {
-        let ev = build_event(
-            "buildcluster-worker/default",
-            EventType::BuildLaunched,
-            BuildEventData {
-                build_id: 987654,
-                job_id: Some(4321),
-                executor: Some("k8s".into()),
-                namespace: Some("default".into()),
-                pod: Some("987654-abcde".into()),
-                attempt: 1,
-                ..Default::default()
-            },
-        );
+        let ev = build_event("buildcluster-worker/default", Launched::new(at(1)));
         let v: serde_json::Value = serde_json::from_slice(&ev.body).unwrap();
         assert_eq!(v["specversion"], "1.0");
         assert_eq!(v["type"], "dev.buildcluster.build.launched");
@@ -300,6 +325,153 @@ mod tests {
         let time = v["time"].as_str().unwrap();
         assert!(time.parse::<jiff::Timestamp>().is_ok(), "{time}");
         assert!(time.ends_with('Z'));
+    }
+
+    /// The id and `data` that the flat struct these types replaced wrote for [`golden_events`]:
+    /// the typed events must not change a byte on the wire.
+    const GOLDEN: [(&str, &str); 12] = [
+        (
+            "83e3a43a-810c-526d-ad99-514a7b06e031",
+            r#"{"buildId":987654,"jobId":4321,"executor":"k8s","namespace":"builds","pod":"987654-h53zd","attempt":1,"reason":null,"message":null}"#,
+        ),
+        (
+            "8892f20e-bde4-5921-b202-b18d0e78cf85",
+            r#"{"buildId":987654,"jobId":4321,"executor":"k8s","namespace":"builds","pod":"987654-h53zd","attempt":2,"reason":null,"message":null}"#,
+        ),
+        (
+            "a4bfab6a-ae8d-59ef-a851-ec54509ad855",
+            r#"{"buildId":987654,"jobId":4321,"executor":"k8s","namespace":"builds","pod":"987654-h53zd","attempt":1,"reason":"ImagePullBackOff","message":"the image node:99 cannot be pulled"}"#,
+        ),
+        (
+            "671aaba8-cecc-5f7c-8b0a-91c1fec2ecfa",
+            r#"{"buildId":987654,"jobId":4321,"executor":"k8s","namespace":null,"pod":null,"attempt":2,"reason":"unavailable","message":"the cluster did not answer","retryInSeconds":30}"#,
+        ),
+        (
+            "8a890234-f214-539b-ae66-e6ee5185b381",
+            r#"{"buildId":987654,"jobId":null,"executor":null,"namespace":null,"pod":null,"attempt":5,"reason":"no_executor","message":"no usable executor within rabbitmq.maxWait (5m)"}"#,
+        ),
+        (
+            "10e7133e-4c63-586d-9676-fe628c3cfaa6",
+            r#"{"buildId":987654,"jobId":4321,"executor":"k8s","namespace":"builds","pod":"987654-h53zd","attempt":1,"reason":null,"message":null,"deletedPods":1}"#,
+        ),
+        (
+            "10e7133e-4c63-586d-9676-fe628c3cfaa6",
+            r#"{"buildId":987654,"jobId":null,"executor":null,"namespace":null,"pod":null,"attempt":1,"reason":null,"message":null,"deletedPods":0}"#,
+        ),
+        (
+            "e1d72d15-273d-5157-b8d2-5c14b6a40573",
+            r#"{"buildId":987654,"jobId":4321,"executor":"k8s","namespace":"builds","pod":"987654-h53zd","attempt":1,"reason":null,"message":null}"#,
+        ),
+        (
+            "436eca67-0f34-545c-9bb0-5b2a23c5dc4e",
+            r#"{"buildId":987654,"jobId":4321,"executor":"k8s","namespace":"builds","pod":"987654-h53zd","attempt":1,"reason":"OOMKilled","message":"The build ran out of memory.","exitCode":137}"#,
+        ),
+        (
+            "6c577dba-1fa5-5c2a-a8a2-0b3616281990",
+            r#"{"buildId":987654,"jobId":4321,"executor":"k8s","namespace":"builds","pod":"987654-h53zd","attempt":1,"reason":"DeadlineExceeded","message":"The build ran past its deadline."}"#,
+        ),
+        (
+            "ecc232d6-4a5e-5ad2-9752-95c576e95e4a",
+            r#"{"buildId":987654,"jobId":4321,"executor":null,"namespace":null,"pod":null,"attempt":1,"reason":null,"message":null,"state":"missing"}"#,
+        ),
+        (
+            "ecc232d6-4a5e-5ad2-9752-95c576e95e4a",
+            r#"{"buildId":987654,"jobId":4321,"executor":"k8s","namespace":"builds","pod":"987654-h53zd","attempt":1,"reason":"Error","message":"exit 2","state":"failed"}"#,
+        ),
+    ];
+
+    /// One event of every type (two stops and two verifies: with and without a pod).
+    fn golden_events() -> Vec<BuildEvent> {
+        use crate::dispatch::{DeadWhy, Waiting};
+        use crate::protocol::WaitReason;
+        let text = |s: &str| s.to_string();
+        vec![
+            Launched::new(at(1)).into(),
+            Running::new(at(2)).into(),
+            LaunchFailed {
+                build: at(1),
+                reason: text("ImagePullBackOff"),
+                message: text("the image node:99 cannot be pulled"),
+            }
+            .into(),
+            Retrying {
+                build: BuildRef {
+                    executor: Some(text("k8s")),
+                    ..nowhere(Some(4321), 2)
+                },
+                reason: Waiting::Build(WaitReason::Unavailable),
+                message: text("the cluster did not answer"),
+                retry_in_seconds: 30,
+            }
+            .into(),
+            DeadLettered {
+                build: nowhere(None, 5),
+                reason: DeadWhy::NoExecutor,
+                message: text("no usable executor within rabbitmq.maxWait (5m)"),
+            }
+            .into(),
+            Stopped::new(at(1), 1).into(),
+            Stopped::new(nowhere(None, 1), 0).into(),
+            Succeeded::new(at(1)).into(),
+            Failed {
+                build: at(1),
+                reason: text("OOMKilled"),
+                message: text("The build ran out of memory."),
+                exit_code: 137,
+            }
+            .into(),
+            TimedOut {
+                build: at(1),
+                reason: DeadlineExceeded::DeadlineExceeded,
+                message: text("The build ran past its deadline."),
+            }
+            .into(),
+            Verified {
+                build: nowhere(Some(4321), 1),
+                reason: None,
+                message: None,
+                state: BuildState::Missing,
+            }
+            .into(),
+            Verified {
+                build: at(1),
+                reason: Some(text("Error")),
+                message: Some(text("exit 2")),
+                state: BuildState::Failed,
+            }
+            .into(),
+        ]
+    }
+
+    #[test]
+    fn typed_events_write_the_same_bytes_and_ids_as_before() {
+        assert_eq!(golden_events().len(), GOLDEN.len());
+        for (event, (id, data)) in golden_events().into_iter().zip(GOLDEN) {
+            let ev = build_event("buildcluster-worker/default", event);
+            let body = String::from_utf8(ev.body).unwrap();
+            assert_eq!(ev.id, id, "{body}");
+            assert!(
+                body.contains(&format!(r#","data":{data}}}"#)),
+                "{body}\nwant {data}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_event_reads_back_as_the_general_shape() {
+        for event in golden_events() {
+            let ev = build_event("buildcluster-worker/default", event);
+            let v: serde_json::Value = serde_json::from_slice(&ev.body).unwrap();
+            let general: BuildEventData = serde_json::from_value(v["data"].clone()).unwrap();
+            assert_eq!(serde_json::to_value(general).unwrap(), v["data"]);
+        }
+    }
+
+    #[test]
+    fn build_states_are_written_as_their_names() {
+        for state in BuildState::ALL {
+            assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
+        }
     }
 
     #[test]

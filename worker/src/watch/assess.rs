@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 
+use crate::events::BuildState;
+
 /// Thresholds of one executor.
 #[derive(Debug, Clone, Copy)]
 pub struct Policy {
@@ -64,16 +66,21 @@ impl Verdict {
         )
     }
 
-    /// The state name of a `build.verified` event.
-    pub fn state(&self) -> &'static str {
+    /// The state of a `build.verified` event.
+    pub fn build_state(&self) -> BuildState {
         match self {
-            Verdict::Pending { .. } => "pending",
-            Verdict::Running => "running",
-            Verdict::LaunchFailed { .. } => "launch_failed",
-            Verdict::Succeeded => "succeeded",
-            Verdict::Failed { .. } => "failed",
-            Verdict::TimedOut { .. } => "timed_out",
+            Verdict::Pending { .. } => BuildState::Pending,
+            Verdict::Running => BuildState::Running,
+            Verdict::LaunchFailed { .. } => BuildState::LaunchFailed,
+            Verdict::Succeeded => BuildState::Succeeded,
+            Verdict::Failed { .. } => BuildState::Failed,
+            Verdict::TimedOut { .. } => BuildState::TimedOut,
         }
+    }
+
+    /// The state name (the metric label of a finished build).
+    pub fn state(&self) -> &'static str {
+        self.build_state().as_str()
     }
 }
 

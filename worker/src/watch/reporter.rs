@@ -36,7 +36,10 @@ use super::slim::{WatchedPod, build_container_ran, finished_at, waiting_reasons}
 use crate::broker::Publisher;
 use crate::cluster::Cluster;
 use crate::config::ExecutorConfig;
-use crate::events::{BuildEventData, EventType, build_event};
+use crate::events::{
+    BuildEvent, BuildRef, DeadlineExceeded, Failed, LaunchFailed, Launched, Running, Succeeded,
+    TimedOut, build_event,
+};
 use crate::intake::BuildId;
 use crate::naming;
 use crate::protocol::client::Protocol;
@@ -557,17 +560,17 @@ impl Reporter {
     /// Publishes one event about a pod (confirmed); true once confirmed. Its metric and log line
     /// go with the confirm.
     async fn publish(&self, event: Event, o: &Observed, info: &BuildInfo, pod: &str) -> bool {
-        let base = BuildEventData {
-            build_id: info.build.0,
+        let build = BuildRef {
+            build_id: info.build,
             job_id: info.job_id,
             executor: Some(self.cluster.executor.clone()),
             namespace: Some(self.cluster.namespace.clone()),
             pod: Some(pod.to_owned()),
             attempt: info.attempt,
-            ..Default::default()
         };
-        let (ty, data) = event_data(event, &o.verdict, base);
-        let ev = build_event(&self.source, ty, data);
+        let data = event_data(event, &o.verdict, build);
+        let ty = data.event_type();
+        let ev = build_event(&self.source, data);
         if let Err(e) = self.publisher.publish_event(&ev).await {
             warn!(error = %e, event = ty.suffix(), "event not confirmed; will try again");
             return false;
@@ -641,23 +644,17 @@ fn went(done: bool) -> Went {
     if done { Went::Done } else { Went::Failed }
 }
 
-/// The type and data of `event` about a pod whose state is `verdict`.
-fn event_data(
-    event: Event,
-    verdict: &Verdict,
-    base: BuildEventData,
-) -> (EventType, BuildEventData) {
+/// The typed event of `event` about `build`'s pod, whose state is `verdict`.
+fn event_data(event: Event, verdict: &Verdict, build: BuildRef) -> BuildEvent {
     match (event, verdict) {
-        (Event::Launched, _) => (EventType::BuildLaunched, base),
-        (Event::Running, _) => (EventType::BuildRunning, base),
-        (Event::LaunchFailed, Verdict::LaunchFailed { reason, message }) => (
-            EventType::BuildLaunchFailed,
-            BuildEventData {
-                reason: Some(reason.clone()),
-                message: Some(message.clone()),
-                ..base
-            },
-        ),
+        (Event::Launched, _) => Launched::new(build).into(),
+        (Event::Running, _) => Running::new(build).into(),
+        (Event::LaunchFailed, Verdict::LaunchFailed { reason, message }) => LaunchFailed {
+            build,
+            reason: reason.clone(),
+            message: message.clone(),
+        }
+        .into(),
         (
             Event::Finished { .. },
             Verdict::Failed {
@@ -665,25 +662,21 @@ fn event_data(
                 reason,
                 message,
             },
-        ) => (
-            EventType::BuildFailed,
-            BuildEventData {
-                exit_code: Some(*exit_code),
-                reason: Some(reason.clone()),
-                message: Some(message.clone()),
-                ..base
-            },
-        ),
-        (Event::Finished { .. }, Verdict::TimedOut { message }) => (
-            EventType::BuildTimedOut,
-            BuildEventData {
-                reason: Some("DeadlineExceeded".into()),
-                message: Some(message.clone()),
-                ..base
-            },
-        ),
+        ) => Failed {
+            build,
+            reason: reason.clone(),
+            message: message.clone(),
+            exit_code: *exit_code,
+        }
+        .into(),
+        (Event::Finished { .. }, Verdict::TimedOut { message }) => TimedOut {
+            build,
+            reason: DeadlineExceeded::DeadlineExceeded,
+            message: message.clone(),
+        }
+        .into(),
         // Plan gives a finished or failed-to-start event only with its verdict: succeeded here.
-        _ => (EventType::BuildSucceeded, base),
+        _ => Succeeded::new(build).into(),
     }
 }
 

@@ -1,11 +1,13 @@
 //! The message corpus shared by the schema and bad-input tests: messages the worker must accept
 //! (the example of docs/interface.md §3, Screwdriver's messages and their variants), messages it
 //! must refuse (one or more per kind of poison), and the JSON Schemas of `schemas/messages/`
-//! loaded into a validator.
+//! loaded into a validator; and build events of every type ([`events`]).
 //!
 //! Test support only: it decides nothing about the worker's behaviour, it only lists inputs.
 
 #![allow(dead_code)] // Each test crate uses a different part of the corpus.
+
+pub mod events;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
