@@ -80,13 +80,71 @@ impl Drop for Holding<'_> {
     }
 }
 
+/// How a delivery was handled: the `outcome` label of `bcw_messages_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handled {
+    /// A pod was created.
+    Launched,
+    /// An existing pod of the build was adopted.
+    Adopted,
+    /// A stop was carried out, or a start of a stopped build ended.
+    Stopped,
+    /// A late copy of a build whose pod is gone.
+    Finished,
+    /// A copy of a build launched on an executor that cannot be looked at now.
+    Duplicate,
+    /// A `verify` was answered.
+    Verified,
+    /// A `clear` was carried out.
+    Cleared,
+    /// A message with nothing to do.
+    Ignored,
+    /// A job that failed and will not be retried.
+    Failed,
+    /// Sent to a delay queue for another attempt.
+    Retried,
+    /// A stop sent back to re-check later.
+    Rechecking,
+    /// Returned to its queue untouched.
+    Requeued,
+    /// Settled with nothing more to do.
+    Done,
+    /// Dead-lettered.
+    DeadLettered,
+    /// Undecodable: dead-lettered as poison.
+    Poison,
+}
+
+impl Handled {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Handled::Launched => "launched",
+            Handled::Adopted => "adopted",
+            Handled::Stopped => "stopped",
+            Handled::Finished => "finished",
+            Handled::Duplicate => "duplicate",
+            Handled::Verified => "verified",
+            Handled::Cleared => "cleared",
+            Handled::Ignored => "ignored",
+            Handled::Failed => "failed",
+            Handled::Retried => "retried",
+            Handled::Rechecking => "rechecking",
+            Handled::Requeued => "requeued",
+            Handled::Done => "done",
+            Handled::DeadLettered => "dead_lettered",
+            Handled::Poison => "poison",
+        }
+    }
+}
+
 /// What to do with a delivery once its job was carried out.
 #[derive(Debug)]
 enum Decision {
     /// Publish these events, then ack.
     Done {
         events: Vec<OutgoingEvent>,
-        outcome: &'static str,
+        outcome: Handled,
     },
     /// Send a copy to a delay queue, then ack.
     Later(Later),
@@ -250,7 +308,7 @@ impl Dispatcher {
                     fail: None,
                 }));
                 self.settle(inbound, &carried, decision).await;
-                metrics::message_handled(poison.job.as_str(), "poison");
+                metrics::message_handled(poison.job.as_str(), Handled::Poison.label());
                 return;
             }
         };
@@ -282,7 +340,7 @@ impl Dispatcher {
             }
             drop(holding.take());
             let outcome = self.settle(inbound, &carried, decision).await;
-            metrics::message_handled(kind.as_str(), outcome);
+            metrics::message_handled(kind.as_str(), outcome.label());
             return;
         }
     }
@@ -304,23 +362,23 @@ impl Dispatcher {
                     info!(path = %p.display(), "cache directory removed");
                     Decision::Done {
                         events: vec![],
-                        outcome: "cleared",
+                        outcome: Handled::Cleared,
                     }
                 }
                 Ok(ClearOutcome::Absent(_)) => Decision::Done {
                     events: vec![],
-                    outcome: "cleared",
+                    outcome: Handled::Cleared,
                 },
                 Ok(ClearOutcome::Disabled) => Decision::Done {
                     events: vec![],
-                    outcome: "ignored",
+                    outcome: Handled::Ignored,
                 },
                 Err(e @ ClearError::Io { .. }) => {
                     // As the original worker: a failed removal is logged, not retried forever.
                     error!(error = %e, "cache removal failed");
                     Decision::Done {
                         events: vec![],
-                        outcome: "failed",
+                        outcome: Handled::Failed,
                     }
                 }
                 Err(e) => Decision::Dead(Box::new(Dead {
@@ -393,28 +451,32 @@ impl Dispatcher {
                 info!(pod = %pod.name, adopted, "build launched");
                 Decision::Done {
                     events: vec![],
-                    outcome: if adopted { "adopted" } else { "launched" },
+                    outcome: if adopted {
+                        Handled::Adopted
+                    } else {
+                        Handled::Launched
+                    },
                 }
             }
             Outcome::Stopped => {
                 info!("the build was stopped; not launching");
                 Decision::Done {
                     events: vec![],
-                    outcome: "stopped",
+                    outcome: Handled::Stopped,
                 }
             }
             Outcome::Finished => {
                 info!("the build was launched earlier and its pod is gone: a late copy");
                 Decision::Done {
                     events: vec![],
-                    outcome: "finished",
+                    outcome: Handled::Finished,
                 }
             }
             Outcome::Duplicate { exec } => {
                 info!(%exec, "the build was launched earlier there, which cannot be looked at now: a duplicate copy");
                 Decision::Done {
                     events: vec![],
-                    outcome: "duplicate",
+                    outcome: Handled::Duplicate,
                 }
             }
             Outcome::Later {
@@ -488,7 +550,7 @@ impl Dispatcher {
                 };
                 Decision::Done {
                     events,
-                    outcome: "stopped",
+                    outcome: Handled::Stopped,
                 }
             }
             StopOutcome::Recheck { after } => wait(Waiting::StopRecheck, after, true),
@@ -555,17 +617,12 @@ impl Dispatcher {
                 message,
                 state,
             })],
-            outcome: "verified",
+            outcome: Handled::Verified,
         }
     }
 
     /// Makes the decision durable, then settles the delivery. Returns the outcome label.
-    async fn settle(
-        &self,
-        inbound: &Inbound,
-        carried: &Carried,
-        decision: Decision,
-    ) -> &'static str {
+    async fn settle(&self, inbound: &Inbound, carried: &Carried, decision: Decision) -> Handled {
         match decision {
             Decision::Done { events, outcome } => {
                 if self.publish_all(&events).await {
@@ -573,19 +630,19 @@ impl Dispatcher {
                     outcome
                 } else {
                     inbound.settle.requeue().await;
-                    "requeued"
+                    Handled::Requeued
                 }
             }
             Decision::Later(later) => self.later(inbound, carried, later).await,
             Decision::Dead(dead) => self.dead(inbound, *dead).await,
             Decision::Requeue => {
                 inbound.settle.requeue().await;
-                "requeued"
+                Handled::Requeued
             }
         }
     }
 
-    async fn later(&self, inbound: &Inbound, carried: &Carried, later: Later) -> &'static str {
+    async fn later(&self, inbound: &Inbound, carried: &Carried, later: Later) -> Handled {
         if later.uses_attempt
             && let Some(ex) = &later.executor
         {
@@ -608,7 +665,7 @@ impl Dispatcher {
         if later.uses_attempt {
             // The administrator's dead-letter loop brings it back.
             inbound.settle.reject().await;
-            return "retried";
+            return Handled::Retried;
         }
         if !later.recheck {
             return self.hand_back(inbound, next, &later.events).await;
@@ -616,10 +673,10 @@ impl Dispatcher {
         // A stop re-check without delay queues: done for now (waits expired above).
         if self.publish_all(&later.events).await {
             inbound.settle.ack().await;
-            return "done";
+            return Handled::Done;
         }
         inbound.settle.requeue().await;
-        "requeued"
+        Handled::Requeued
     }
 
     /// The dead letter of a message that waited or failed too long: its attempts used up, or
@@ -672,7 +729,7 @@ impl Dispatcher {
         carried: &Carried,
         later: Later,
         next: Carried,
-    ) -> &'static str {
+    ) -> Handled {
         let queue = if later.uses_attempt {
             self.topology.retry_queue_for(next.attempt)
         } else {
@@ -680,7 +737,7 @@ impl Dispatcher {
         };
         let Some((queue, delay)) = queue.cloned() else {
             inbound.settle.requeue().await;
-            return "requeued";
+            return Handled::Requeued;
         };
         let mut events = later.events;
         let first_wait = !later.uses_attempt && carried.waiting_since_ms.is_none();
@@ -704,29 +761,29 @@ impl Dispatcher {
         }
         if !self.publish_all(&events).await {
             inbound.settle.requeue().await;
-            return "requeued";
+            return Handled::Requeued;
         }
         let mut table = inbound.properties.headers().clone().unwrap_or_default();
         next.write(&mut table);
         match self.copy_to(inbound, &queue, table).await {
             Ok(()) if later.recheck => {
                 inbound.settle.ack().await;
-                "rechecking"
+                Handled::Rechecking
             }
             Ok(()) => {
                 info!(queue = %queue, reason = later.reason.label(), next_attempt = next.attempt, "build will be retried");
                 inbound.settle.ack().await;
-                "retried"
+                Handled::Retried
             }
             Err(e) => {
                 warn!(error = %e, "could not put the message on its delay queue; returning it to the queue");
                 inbound.settle.requeue().await;
-                "requeued"
+                Handled::Requeued
             }
         }
     }
 
-    async fn dead(&self, inbound: &Inbound, dead: Dead) -> &'static str {
+    async fn dead(&self, inbound: &Inbound, dead: Dead) -> Handled {
         let dead_queue = self.topology.dead_queue.clone();
         let use_queue = !self.admin() || self.dead_queue_exists.load(Ordering::SeqCst);
         if use_queue {
@@ -735,7 +792,7 @@ impl Dispatcher {
             if let Err(e) = self.copy_to(inbound, &dead_queue, table).await {
                 warn!(error = %e, "could not dead-letter the message; returning it to the queue");
                 inbound.settle.requeue().await;
-                return "requeued";
+                return Handled::Requeued;
             }
             metrics::dead_lettered(&dead.reason.label());
             warn!(reason = %dead.reason.label(), error = %dead.error, "message dead-lettered");
@@ -772,7 +829,7 @@ impl Dispatcher {
             }
         }
         inbound.settle.ack().await;
-        "dead_lettered"
+        Handled::DeadLettered
     }
 
     /// The administrator's layout: a build that waited [`HOLD_AT_MOST`] here for an executor
@@ -784,7 +841,7 @@ impl Dispatcher {
         inbound: &Inbound,
         next: Carried,
         events: &[OutgoingEvent],
-    ) -> &'static str {
+    ) -> Handled {
         let queue = match inbound.source {
             Source::Main => self.topology.queue.as_str(),
             Source::Verify => self.topology.verify_queue.as_deref().unwrap_or_default(),
@@ -793,18 +850,18 @@ impl Dispatcher {
         next.write(&mut table);
         if !self.publish_all(events).await {
             inbound.settle.requeue().await;
-            return "requeued";
+            return Handled::Requeued;
         }
         match self.copy_to(inbound, queue, table).await {
             Ok(()) => {
                 info!(queue = %queue, "no executor can take the build here yet; handed back to its queue");
                 inbound.settle.ack().await;
-                "retried"
+                Handled::Retried
             }
             Err(e) => {
                 warn!(error = %e, "could not hand the build back; returning it to the queue");
                 inbound.settle.requeue().await;
-                "requeued"
+                Handled::Requeued
             }
         }
     }
