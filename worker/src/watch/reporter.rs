@@ -147,6 +147,9 @@ struct Tracked {
     relisting: Option<HashSet<String>>,
     /// What the previous reporter published, for the pods of the first list.
     handed_over: Option<Note>,
+    /// Pods this reporter deleted, until the watch says they are gone: updates of theirs that
+    /// were on the way before the delete must not start their reports over.
+    deleted: HashSet<String>,
 }
 
 impl Tracked {
@@ -156,6 +159,7 @@ impl Tracked {
         if let Some(seen) = self.relisting.take() {
             self.live.retain(|uid, _| seen.contains(uid));
             self.done.retain(|uid, _| seen.contains(uid));
+            self.deleted.retain(|uid| seen.contains(uid));
         }
     }
 
@@ -188,11 +192,19 @@ impl Tracked {
     fn forget(&mut self, uid: &str) {
         self.live.remove(uid);
         self.done.remove(uid);
+        self.deleted.remove(uid);
+    }
+
+    /// Updates of this pod need nothing: its outcome is reported and only its collection is
+    /// left, or this reporter deleted it.
+    fn settled(&self, uid: &str) -> bool {
+        self.done.contains_key(uid) || self.deleted.contains(uid)
     }
 
     /// Keeps one evaluated pod: as [`Done`] once finished, not at all once deleted.
     fn keep(&mut self, uid: String, track: Track) {
         if track.record.deleted() {
+            self.deleted.insert(uid);
             return;
         }
         match Done::of(&track) {
@@ -207,7 +219,14 @@ impl Tracked {
 
     /// Keeps finished pods as [`Done`] and drops deleted ones (after a resync: every pod).
     fn settle(&mut self) {
-        self.live.retain(|_, t| !t.record.deleted());
+        let deleted = &mut self.deleted;
+        self.live.retain(|uid, t| {
+            let gone = t.record.deleted();
+            if gone {
+                deleted.insert(uid.clone());
+            }
+            !gone
+        });
         let finished: Vec<String> = self
             .live
             .iter()
@@ -344,6 +363,7 @@ impl Reporter {
                 .await;
         for uid in collected {
             tracked.done.remove(&uid);
+            tracked.deleted.insert(uid);
         }
         tracked.settle();
     }
@@ -361,9 +381,9 @@ impl Reporter {
             if let Some(seen) = tracked.relisting.as_mut() {
                 seen.insert(uid.clone());
             }
-            // A finished pod's outcome is reported; what changes now (its deletion) needs
-            // nothing but forgetting it, which the Delete event does.
-            if tracked.done.contains_key(&uid) {
+            // What changes now about a settled pod (its deletion) needs nothing but forgetting
+            // it, which the Delete event does.
+            if tracked.settled(&uid) {
                 continue;
             }
             match order.get(&uid) {
@@ -766,6 +786,12 @@ mod tests {
             !tracked.live.contains_key("d"),
             "a deleted pod is forgotten"
         );
+        assert!(
+            tracked.settled("d") && tracked.settled("f") && !tracked.settled("r"),
+            "updates of a pod this reporter deleted, or of a finished one, need nothing"
+        );
+        tracked.forget("d");
+        assert!(!tracked.settled("d"), "until the watch says it is gone");
         // A relist that shows only the running pod forgets the others, finished ones included.
         tracked.relisting = Some(HashSet::from(["r".to_string()]));
         tracked.relisted();
