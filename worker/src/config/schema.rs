@@ -61,17 +61,25 @@ pub(crate) fn root() -> &'static [Field] {
     }
 }
 
-/// The tree of `Settings`: its schema, walked.
-fn derive() -> Node {
+/// The model's JSON Schema (doc comments as descriptions), and its definitions: what the key
+/// tree and the key reference (`super::reference`) are both read from.
+pub(super) fn model_schema() -> (Value, Map<String, Value>) {
     let schema = SchemaSettings::draft2020_12()
         .into_generator()
-        .into_root_schema_for::<Settings>();
-    let empty = Map::new();
+        .into_root_schema_for::<Settings>()
+        .to_value();
     let defs = schema
         .get("$defs")
         .and_then(Value::as_object)
-        .unwrap_or(&empty);
-    let mut root = node_of(schema.as_value(), defs);
+        .cloned()
+        .unwrap_or_default();
+    (schema, defs)
+}
+
+/// The tree of `Settings`: its schema, walked.
+fn derive() -> Node {
+    let (schema, defs) = model_schema();
+    let mut root = node_of(&schema, &defs);
     add_ignored(&mut root);
     root
 }
@@ -114,7 +122,7 @@ fn fields(properties: &Map<String, Value>, defs: &Map<String, Value>) -> Vec<Fie
 }
 
 /// The schema itself, behind a `$ref` to its definition and without the `null` of an `Option`.
-fn resolve<'a>(schema: &'a Value, defs: &'a Map<String, Value>) -> &'a Value {
+pub(super) fn resolve<'a>(schema: &'a Value, defs: &'a Map<String, Value>) -> &'a Value {
     if let Some(name) = schema
         .get("$ref")
         .and_then(Value::as_str)
