@@ -56,6 +56,13 @@ pub fn assert_mentions(line: &str, parts: &[&str]) {
     }
 }
 
+/// Panics unless `log` has exactly one ERROR line and it contains every one of `parts`.
+pub fn assert_one_error(log: &str, parts: &[&str]) {
+    let errors = error_lines(log);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_mentions(errors[0], parts);
+}
+
 /// Installs a test log subscriber once (output captured per test by the harness).
 pub fn init_logs() {
     let _ = rustls::crypto::ring::default_provider().install_default();

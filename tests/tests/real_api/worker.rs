@@ -487,16 +487,14 @@ async fn a_missing_namespace_is_said_once_with_its_fix() {
         event_of(&tap, "build.dead_lettered", base + i).await;
     }
     let log = worker.log_text();
-    let errors = bcw_tests::harness::error_lines(&log);
-    assert_eq!(errors.len(), 1, "{errors:#?}");
-    for part in [
-        format!("\"executor\":\"{name}\""),
-        "\"cause\":\"forbidden\"".to_string(),
-        "in namespace no-such-namespace-bcw (if that namespace does not exist, create it"
-            .to_string(),
-    ] {
-        assert!(errors[0].contains(&part), "no {part:?} in {}", errors[0]);
-    }
+    bcw_tests::harness::assert_one_error(
+        &log,
+        &[
+            &format!("\"executor\":\"{name}\""),
+            "\"cause\":\"forbidden\"",
+            "in namespace no-such-namespace-bcw (if that namespace does not exist, create it",
+        ],
+    );
     drop(worker);
     rabbit.cleanup(&names).await;
 }
@@ -524,13 +522,7 @@ async fn a_refused_token_is_said_once_at_start_up() {
     publish(&rabbit, &names, &StartMsg::new(build).json()).await;
     event_of(&tap, "build.dead_lettered", build).await;
     let log = worker.log_text();
-    let errors = bcw_tests::harness::error_lines(&log);
-    assert_eq!(errors.len(), 1, "{errors:#?}");
-    assert!(
-        errors[0].contains("\"cause\":\"unauthorized\"") && errors[0].contains(&name),
-        "{}",
-        errors[0]
-    );
+    bcw_tests::harness::assert_one_error(&log, &["\"cause\":\"unauthorized\"", &name]);
     assert!(
         !log.contains("not-a-valid-token"),
         "the token reached the log"

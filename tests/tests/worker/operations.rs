@@ -669,10 +669,8 @@ async fn an_unknown_runtime_class_is_counted_and_logged_without_tripping_the_bre
     // Issue 20: loud once, not once per build: one ERROR line naming the executor, the host,
     // the cause and the fix, for four refused builds.
     let log = worker.log_text();
-    let errors = bcw_tests::harness::error_lines(&log);
-    assert_eq!(errors.len(), 1, "{errors:#?}");
-    bcw_tests::harness::assert_mentions(
-        errors[0],
+    bcw_tests::harness::assert_one_error(
+        &log,
         &[
             "executor misconfigured",
             "\"executor\":\"a\"",

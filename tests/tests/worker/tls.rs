@@ -6,7 +6,7 @@ use std::time::Duration;
 use bcw_tests::harness::tls::TestPki;
 use bcw_tests::harness::worker::http_status;
 use bcw_tests::harness::{
-    ExecutorSpec, InProcessWorker, Knobs, StartMsg, WorkerProcess, assert_mentions, error_lines,
+    ExecutorSpec, InProcessWorker, Knobs, StartMsg, WorkerProcess, assert_one_error, error_lines,
     eventually, settings, settings_json,
 };
 use bcw_tests::kube_sim::{ClusterConfig, KubeSim, SimConfig, Timeline};
@@ -142,10 +142,8 @@ async fn an_untrusted_cluster_certificate_is_said_once_and_shown_on_readyz_and_m
     })
     .await;
     let log = worker.log_text();
-    let errors = error_lines(&log);
-    assert_eq!(errors.len(), 1, "{errors:#?}");
-    assert_mentions(
-        errors[0],
+    assert_one_error(
+        &log,
         &[
             "\"executor\":\"a\"",
             &format!("\"host\":\"{host}\""),
@@ -241,10 +239,8 @@ async fn an_unknown_host_is_said_once_at_start_up() {
     .await;
     assert!(body.contains("does not resolve"), "{body}");
     let log = worker.log_text();
-    let errors = error_lines(&log);
-    assert_eq!(errors.len(), 1, "{errors:#?}");
-    assert_mentions(
-        errors[0],
+    assert_one_error(
+        &log,
         &[
             "\"executor\":\"a\"",
             "no-such-host.invalid",
