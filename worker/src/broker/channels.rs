@@ -8,9 +8,11 @@ use deadpool::managed::{self, Metrics, Pool, RecycleError, RecycleResult};
 use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Connection};
 
-/// Confirm-mode channels per connection: a channel is held only while a publish is written
-/// (confirms are awaited without it), so a few suffice.
-const CONFIRM_CHANNELS: usize = 8;
+/// Confirm-mode channels per connection. A channel is held only while a publish is written
+/// (confirms are awaited without it), so one carries every publish; RabbitMQ answers a busy
+/// channel's publishes with few `multiple` confirms, while spreading them over eight channels cost
+/// it about a quarter more CPU per build (load-tests/README.md).
+const CONFIRM_CHANNELS: usize = 1;
 
 /// Opens confirm-mode channels on one connection.
 #[derive(Debug)]

@@ -2,7 +2,7 @@
 //! handle that outlives reconnects.
 //!
 //! A channel is checked out only to write the frame; the confirm is awaited after the channel
-//! went back to the pool, so many tasks pipeline their publishes on few channels. A message is
+//! went back to the pool, so many tasks pipeline their publishes on one channel. A message is
 //! only reported as sent once the broker confirmed it (and, when `mandatory`, routed it).
 
 use std::time::Duration;
