@@ -59,14 +59,19 @@ pub fn init(format: LogFormat, level: Option<&str>) {
 /// of a queue that does not exist closes its channel with 404) and every connection that
 /// ends (its own close at shutdown included; a lost one is the worker's WARN and reconnect),
 /// kube's client every failed request (each meets the worker's retry, breaker and set-up
-/// judgement).
+/// judgement). lapin's bare notes about its socket (a write of nothing while a connection
+/// closes, a read of 0 from a half-closed one) carry no error; a connection they end is the
+/// worker's WARN too.
 fn not_said_better_by_the_worker(meta: &Metadata<'_>) -> bool {
     let field = |name| meta.fields().field(name).is_some();
     let closed_by_broker = meta.target() == "lapin::channel" && field("method");
     let connection_ended =
         meta.target() == "lapin::channels" && field("error") && !field("channel");
+    let socket_note =
+        meta.target() == "lapin::io_loop" && meta.fields().iter().map(|f| f.name()).eq(["message"]);
     let failed_request = meta.target() == "kube_client::client::builder";
-    !(*meta.level() == Level::ERROR && (closed_by_broker || connection_ended || failed_request))
+    let said_better = closed_by_broker || connection_ended || socket_note || failed_request;
+    !(*meta.level() == Level::ERROR && said_better)
 }
 
 /// One JSON object per event: `timestamp`, `level`, `target`, `message`, the event's fields and
@@ -171,6 +176,29 @@ mod tests {
         fn make_writer(&'a self) -> Buf {
             self.clone()
         }
+    }
+
+    #[test]
+    fn dependencies_errors_the_worker_says_better_are_left_out_and_others_kept() {
+        let buf = Buf::default();
+        let layer = tracing_subscriber::fmt::layer()
+            .with_writer(buf.clone())
+            .with_filter(filter_fn(not_said_better_by_the_worker));
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, || {
+            // As lapin 4.12.3's io_loop writes them when a connection closes.
+            tracing::error!(target: "lapin::io_loop", "Socket was writable but we wrote 0, marking as wouldblock");
+            tracing::error!(target: "lapin::io_loop", error = "reset", "error doing IO");
+            tracing::warn!(target: "lapin::io_loop", "kept: not an ERROR");
+            tracing::error!(target: "kube_client::client::builder", "failed with error");
+            tracing::error!("kept: the worker's own");
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[0].contains("error doing IO"), "{text}");
+        assert!(lines[1].contains("kept: not an ERROR"), "{text}");
+        assert!(lines[2].contains("kept: the worker's own"), "{text}");
     }
 
     #[test]
