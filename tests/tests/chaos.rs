@@ -321,9 +321,7 @@ async fn chaos(scenario: Scenario) {
                     println!("    build {id} log {line}");
                 }
             }
-            let dump = std::env::temp_dir().join(format!("bcw-chaos-{seed}.log"));
-            let _ = std::fs::write(&dump, &logs);
-            println!("  every worker's log: {}", dump.display());
+            dump_logs(seed, &logs);
             panic!("timed out after {settle:?} waiting for every build to reach its end");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -493,6 +491,7 @@ async fn chaos(scenario: Scenario) {
         }
     }
     if !missing_poison.is_empty() || !unexpected_dead.is_empty() {
+        dump_logs(seed, &logs);
         for (p, body) in &dead {
             println!(
                 "  dead letter: {:?} {}",
@@ -551,4 +550,11 @@ fn live_builds(c: &ClusterHandle) -> Vec<u64> {
 /// Panics a worker's log shows (the Rust runtime writes them to stderr, which is the log).
 fn panics_in(log: &str) -> usize {
     log.matches("panicked at").count()
+}
+
+/// Writes every worker's log where a failed run can be read after it.
+fn dump_logs(seed: u64, logs: &str) {
+    let dump = std::env::temp_dir().join(format!("bcw-chaos-{seed}.log"));
+    let _ = std::fs::write(&dump, logs);
+    println!("  every worker's log: {}", dump.display());
 }
