@@ -621,7 +621,7 @@ impl Dispatcher {
         }
     }
 
-    /// Makes the decision durable, then settles the delivery. Returns the outcome label.
+    /// Makes the decision durable, then settles the delivery. Returns how it was handled.
     async fn settle(&self, inbound: &Inbound, carried: &Carried, decision: Decision) -> Handled {
         match decision {
             Decision::Done { events, outcome } => {

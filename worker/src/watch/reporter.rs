@@ -219,24 +219,8 @@ impl Tracked {
 
     /// Keeps finished pods as [`Done`] and drops deleted ones (after a resync: every pod).
     fn settle(&mut self) {
-        let deleted = &mut self.deleted;
-        self.live.retain(|uid, t| {
-            let gone = t.record.deleted();
-            if gone {
-                deleted.insert(uid.clone());
-            }
-            !gone
-        });
-        let finished: Vec<String> = self
-            .live
-            .iter()
-            .filter(|(_, t)| Done::of(t).is_some())
-            .map(|(uid, _)| uid.clone())
-            .collect();
-        for uid in finished {
-            if let Some(done) = self.live.remove(&uid).as_ref().and_then(Done::of) {
-                self.done.insert(uid, done);
-            }
+        for (uid, track) in std::mem::take(&mut self.live) {
+            self.keep(uid, track);
         }
     }
 }
