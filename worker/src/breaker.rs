@@ -2,9 +2,10 @@
 //!
 //! Owns the decision whether a call to a cluster may be made now: Closed (calls flow), Open
 //! (calls fail fast for a period that grows with each consecutive trip) and HalfOpen (exactly
-//! one probe call in flight). [`Breaker`] is a pure state machine driven by the `now` and the
-//! randomness its caller passes in; [`SharedBreaker`] is the small thread-safe handle the
-//! cluster layer holds. It never makes calls, sleeps, logs or records metrics itself: every
+//! one probe call in flight). Beside that, a side slot lets the launch protocol's own reads and
+//! deletions through one at a time while the breaker is not closed ([`Admission::Side`]).
+//! [`Breaker`] is a pure state machine driven by the `now` and the randomness its caller
+//! passes in; [`SharedBreaker`] is the small thread-safe handle the cluster layer holds. It never makes calls, sleeps, logs or records metrics itself: every
 //! state change is handed back to the caller exactly once as a [`Transition`].
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -117,6 +118,21 @@ impl State {
     }
 }
 
+/// How a call asks the breaker for leave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Admission {
+    /// Refused while the breaker is open; the outcome counts. Every call that can be failed
+    /// over or put off: creates, and everything else by default.
+    Guarded,
+    /// A call the launch protocol needs to make progress on a build already placed or stopped
+    /// (a look for its pod, a stop's deletion). Failing it fast helps nothing (the build waits
+    /// for its answer, nothing is failed over), and creates that time out keep a breaker open
+    /// while the cluster answers reads. So while the breaker is not closed, one such call at a
+    /// time is let through anyway, and its outcome is not counted: it says nothing about
+    /// creates. Closed, it is a call like any other.
+    Side,
+}
+
 /// What a call's answer says about the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Outcome {
@@ -172,12 +188,18 @@ pub struct Permit {
 enum PermitKind {
     Normal,
     Probe(u64),
+    Side(u64),
 }
 
 impl Permit {
     /// Whether this is the half-open breaker's probe call.
     pub fn is_probe(&self) -> bool {
         matches!(self.kind, PermitKind::Probe(_))
+    }
+
+    /// Whether this is a side call let through a breaker that is not closed.
+    pub fn is_side(&self) -> bool {
+        matches!(self.kind, PermitKind::Side(_))
     }
 
     /// `Some(HalfOpened)` when acquiring this permit ended the open period (reported here
@@ -221,6 +243,8 @@ pub struct Breaker {
     /// Bumped on every transition; permits carry the epoch they were granted in.
     epoch: u64,
     next_probe: u64,
+    /// The side call in flight while not closed (one at a time, presumed lost past its deadline).
+    side: Option<Probe>,
 }
 
 impl Breaker {
@@ -233,6 +257,7 @@ impl Breaker {
             trips: 0,
             epoch: 0,
             next_probe: 0,
+            side: None,
         }
     }
 
@@ -291,6 +316,38 @@ impl Breaker {
         }
     }
 
+    /// Asks to make one [`Admission::Side`] call at `now`. Closed: a normal permit. Otherwise
+    /// granted when no other side call is in flight (or the one in flight is past the probe
+    /// deadline), whatever the open period; the breaker's state does not change (the end of
+    /// an open period is left to [`Breaker::poll`] and guarded calls, which report it).
+    pub fn try_acquire_side(&mut self, now: Instant) -> Result<Permit, Rejected> {
+        if matches!(self.phase, Phase::Closed) {
+            return Ok(self.permit(PermitKind::Normal, false));
+        }
+        if let Some(side) = self.side
+            && now < side.deadline
+        {
+            return Err(Rejected {
+                retry_in: side.deadline.saturating_duration_since(now),
+            });
+        }
+        let id = self.next_probe;
+        self.next_probe += 1;
+        self.side = Some(Probe {
+            id,
+            deadline: later(now, self.policy.probe_timeout),
+        });
+        Ok(self.permit(PermitKind::Side(id), false))
+    }
+
+    /// Asks as `admission` says ([`Breaker::try_acquire`] or [`Breaker::try_acquire_side`]).
+    pub fn admit(&mut self, admission: Admission, now: Instant) -> Result<Permit, Rejected> {
+        match admission {
+            Admission::Guarded => self.try_acquire(now),
+            Admission::Side => self.try_acquire_side(now),
+        }
+    }
+
     /// Records the outcome of a permitted call at `now`; `unit` in `[0, 1)` draws the jitter
     /// of the open period if this opens the breaker. Results of stale permits (granted before
     /// the last state change, or a probe that was replaced) are ignored.
@@ -301,6 +358,10 @@ impl Breaker {
         now: Instant,
         unit: f64,
     ) -> Option<Transition> {
+        if let PermitKind::Side(id) = permit.kind {
+            self.free_side(id);
+            return None;
+        }
         if permit.epoch != self.epoch {
             return None;
         }
@@ -332,6 +393,10 @@ impl Breaker {
     /// Hands back a permit whose call ended without an answer (its task was cancelled). An
     /// abandoned probe frees the probe slot at once; anything else changes nothing.
     pub fn abandon(&mut self, permit: Permit) {
+        if let PermitKind::Side(id) = permit.kind {
+            self.free_side(id);
+            return;
+        }
         if permit.epoch != self.epoch {
             return;
         }
@@ -346,6 +411,13 @@ impl Breaker {
     /// Consecutive counted failures since the last success or close.
     pub fn consecutive_failures(&self) -> u32 {
         self.failures
+    }
+
+    /// Frees the side slot if side call `id` holds it (a replaced one holds nothing).
+    fn free_side(&mut self, id: u64) {
+        if self.side.is_some_and(|side| side.id == id) {
+            self.side = None;
+        }
     }
 
     fn permit(&self, kind: PermitKind, half_opened: bool) -> Permit {
@@ -414,7 +486,12 @@ impl SharedBreaker {
     /// Asks to make one call now. The returned [`Call`] must be given its outcome; dropping it
     /// unrecorded (a cancelled task) frees a probe slot at once.
     pub fn try_acquire(&self) -> Result<Call, Rejected> {
-        let permit = lock(&self.inner).try_acquire(Instant::now())?;
+        self.admit(Admission::Guarded)
+    }
+
+    /// Asks to make one call now, as `admission` says.
+    pub fn admit(&self, admission: Admission) -> Result<Call, Rejected> {
+        let permit = lock(&self.inner).admit(admission, Instant::now())?;
         Ok(Call {
             breaker: Arc::clone(&self.inner),
             permit: Some(permit),
@@ -434,6 +511,11 @@ impl Call {
     /// Whether this is the half-open breaker's probe.
     pub fn is_probe(&self) -> bool {
         self.permit.as_ref().is_some_and(Permit::is_probe)
+    }
+
+    /// Whether this is a side call let through a breaker that is not closed.
+    pub fn is_side(&self) -> bool {
+        self.permit.as_ref().is_some_and(Permit::is_side)
     }
 
     /// `Some(HalfOpened)` when acquiring this call ended the open period.
@@ -768,6 +850,54 @@ mod tests {
         assert_eq!(breaker.poll(), None);
     }
 
+    #[test]
+    fn side_calls_pass_a_breaker_that_is_not_closed_one_at_a_time_and_change_nothing() {
+        let mut r = Rig::new();
+        let closed = r.b.try_acquire_side(r.now).unwrap();
+        assert!(
+            !closed.is_side(),
+            "closed: a side call is an ordinary, counted call"
+        );
+        assert_eq!(r.b.record(closed, Outcome::Success, r.now, 0.0), None);
+        assert!(matches!(r.trip(), Some(Transition::Opened { .. })));
+        assert!(r.acquire().is_err(), "guarded calls are refused while open");
+
+        let side = r.b.try_acquire_side(r.now).unwrap();
+        assert!(side.is_side());
+        assert!(
+            r.b.try_acquire_side(r.now).is_err(),
+            "one side call at a time"
+        );
+        // A failure of a side call does not reopen or lengthen anything.
+        assert_eq!(r.b.record(side, Outcome::Failure, r.now, 0.0), None);
+        assert_eq!(r.state(), State::Open);
+
+        // The open period ends while a side call is in flight: the probe is still free, and
+        // the side call's success does not close the breaker.
+        let side = r.b.try_acquire_side(r.now).unwrap();
+        r.advance(secs(10));
+        let probe = r.acquire().unwrap();
+        assert!(probe.is_probe());
+        assert_eq!(r.b.record(side, Outcome::Success, r.now, 0.0), None);
+        assert_eq!(r.state(), State::HalfOpen);
+        assert_eq!(
+            r.b.record(probe, Outcome::Success, r.now, 0.0),
+            Some(Transition::Closed)
+        );
+
+        // A side call silent past the probe deadline is presumed lost and replaced.
+        assert!(matches!(r.trip(), Some(Transition::Opened { .. })));
+        let lost = r.b.try_acquire_side(r.now).unwrap();
+        r.advance(secs(20));
+        let next = r.b.try_acquire_side(r.now).unwrap();
+        assert!(next.is_side());
+        assert_eq!(r.b.record(lost, Outcome::Success, r.now, 0.0), None);
+        assert!(
+            r.b.try_acquire_side(r.now).is_err(),
+            "the replaced call freed nothing"
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_cancelled_probe_task_does_not_wedge_the_breaker() {
         let breaker = SharedBreaker::new(policy());
@@ -798,6 +928,7 @@ mod tests {
     #[derive(Debug, Clone)]
     enum Op {
         Acquire,
+        AcquireSide,
         Record(usize, Outcome, f64),
         Abandon(usize),
         Advance(u64),
@@ -815,6 +946,7 @@ mod tests {
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             4 => Just(Op::Acquire),
+            2 => Just(Op::AcquireSide),
             4 => (any::<usize>(), outcome(), 0.0f64..1.0).prop_map(|(i, o, u)| Op::Record(i, o, u)),
             1 => any::<usize>().prop_map(Op::Abandon),
             3 => (0u64..40_000).prop_map(Op::Advance),
@@ -880,6 +1012,7 @@ mod tests {
             let mut trips = 0u32;
             let mut seq = 0u64;
             let mut current_probe: Option<u64> = None;
+            let mut current_side: Option<u64> = None;
             let mut held: Vec<Held> = Vec::new();
 
             for op in ops {
@@ -931,17 +1064,48 @@ mod tests {
                             }
                         },
                     },
+                    Op::AcquireSide => {
+                        let live_side = held.iter().any(|h| {
+                            h.permit.is_side() && Some(h.seq) == current_side && h.issued + p.probe_timeout > now
+                        });
+                        match b.try_acquire_side(now) {
+                            Ok(permit) => {
+                                prop_assert_eq!(permit.transition(), None, "a side call changed the breaker");
+                                prop_assert_eq!(permit.is_side(), model != Model::Closed);
+                                prop_assert!(!(permit.is_side() && live_side), "a second side call in flight");
+                                if permit.is_side() {
+                                    current_side = Some(seq);
+                                }
+                                held.push(Held { permit, period, seq, issued: now });
+                                seq += 1;
+                            }
+                            Err(rejected) => {
+                                prop_assert!(model != Model::Closed && live_side, "side call refused without one in flight");
+                                prop_assert!(rejected.retry_in <= p.probe_timeout);
+                            }
+                        }
+                    }
                     Op::Abandon(i) => {
                         if held.is_empty() { continue; }
                         let h = held.remove(i % held.len());
                         if h.period == period && Some(h.seq) == current_probe {
                             current_probe = None;
                         }
+                        if Some(h.seq) == current_side {
+                            current_side = None;
+                        }
                         b.abandon(h.permit);
                     }
                     Op::Record(i, outcome, unit) => {
                         if held.is_empty() { continue; }
                         let h = held.remove(i % held.len());
+                        if h.permit.is_side() {
+                            if Some(h.seq) == current_side {
+                                current_side = None;
+                            }
+                            prop_assert_eq!(b.record(h.permit, outcome, now, unit), None, "a side call changed the breaker");
+                            continue;
+                        }
                         let fresh = h.period == period;
                         let is_probe = h.permit.is_probe();
                         let is_current_probe = is_probe && Some(h.seq) == current_probe;

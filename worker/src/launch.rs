@@ -15,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::breaker::State;
+use crate::breaker::{Admission, State};
 use crate::cluster::{CallError, Cluster};
 use crate::config::{EcosystemSettings, ExecutorConfig, TokenDelivery};
 use crate::intake::{BuildId, StartBuild};
@@ -383,7 +383,7 @@ impl Launcher {
 
     async fn delete(&self, exec: &str, pod: &str) {
         if let Some(ex) = self.executors.get(exec)
-            && let Err(e) = ex.cluster.delete_pod(pod, Some(0)).await
+            && let Err(e) = ex.cluster.delete_pod(pod, Some(0), Admission::Side).await
         {
             warn!(executor = %exec, %pod, error = %e, "cannot delete the stopped build's pod; the stop's re-check will");
         }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
-use crate::breaker::{Outcome, SharedBreaker, Transition};
+use crate::breaker::{Admission, Outcome, SharedBreaker, Transition};
 use crate::budget::Budget;
 
 /// Longest `Retry-After` honoured; a longer one is shortened to this.
@@ -103,10 +103,12 @@ pub struct Guard {
 
 impl Guard {
     /// Runs `attempt` (given the attempt number, from 1) until it is done or refused, or the
-    /// call fails; no attempt starts after `send_by`.
+    /// call fails; no attempt starts after `send_by`. Each attempt asks the breaker as
+    /// `admission` says.
     pub async fn call<T, E, F, Fut>(
         &self,
         send_by: Option<Instant>,
+        admission: Admission,
         observer: &impl Observer,
         mut attempt: F,
     ) -> Result<T, Ended<E>>
@@ -118,7 +120,7 @@ impl Guard {
         let mut n = 0u32;
         loop {
             n += 1;
-            let permit = match self.breaker.try_acquire() {
+            let permit = match self.breaker.admit(admission) {
                 Ok(p) => p,
                 Err(rejected) => {
                     return Err(Ended::Failed(Failure::BreakerOpen {
@@ -140,6 +142,9 @@ impl Guard {
                 permit.record(Outcome::Neutral, &mut rand::rng());
                 return Err(Ended::Failed(Failure::Expired { ambiguous }));
             }
+            // A side call through a breaker that is not closed gets one attempt: the protocol
+            // asks again later, and the cluster is known to be in trouble.
+            let side = permit.is_side();
             let tried = attempt(n).await;
             let outcome = match &tried {
                 Tried::Done(_) => Outcome::Success,
@@ -157,7 +162,7 @@ impl Guard {
                 Tried::Transient(failed) => failed,
             };
             ambiguous |= failed.ambiguous;
-            if opened || !self.backoff.may_retry_after(n) {
+            if opened || side || !self.backoff.may_retry_after(n) {
                 return Err(Ended::Failed(Failure::Unavailable {
                     status: failed.status,
                     message: failed.message,
@@ -245,7 +250,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_refusal_is_returned_at_once_and_never_retried() {
         let s = Script::new(vec![Tried::Refused(400)]);
-        let r = guard(5, 5).call(None, &s, |_| s.next()).await;
+        let r = guard(5, 5)
+            .call(None, Admission::Guarded, &s, |_| s.next())
+            .await;
         assert!(matches!(r, Err(Ended::Refused(400))));
         assert!(s.delays.borrow().is_empty());
     }
@@ -253,7 +260,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn transient_failures_are_retried_honouring_retry_after() {
         let s = Script::new(vec![transient(Some(7)), transient(None), Tried::Done("ok")]);
-        let r = guard(5, 5).call(None, &s, |_| s.next()).await;
+        let r = guard(5, 5)
+            .call(None, Admission::Guarded, &s, |_| s.next())
+            .await;
         assert_eq!(r.unwrap(), "ok");
         let delays = s.delays.borrow();
         assert_eq!(
@@ -270,11 +279,15 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn retries_stop_when_the_attempts_are_used_up_or_the_breaker_opens() {
         let s = Script::new(vec![transient(None), transient(None), transient(None)]);
-        let r = guard(5, 3).call(None, &s, |_| s.next()).await;
+        let r = guard(5, 3)
+            .call(None, Admission::Guarded, &s, |_| s.next())
+            .await;
         assert!(matches!(r, Err(Ended::Failed(Failure::Unavailable { .. }))));
         assert_eq!(s.delays.borrow().len(), 2, "three attempts, two waits");
         let s = Script::new(vec![transient(None), transient(None), transient(None)]);
-        let r = guard(2, 5).call(None, &s, |_| s.next()).await;
+        let r = guard(2, 5)
+            .call(None, Admission::Guarded, &s, |_| s.next())
+            .await;
         assert!(matches!(r, Err(Ended::Failed(Failure::Unavailable { .. }))));
         assert_eq!(*s.opened.borrow(), 1);
         assert_eq!(
@@ -285,12 +298,39 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_side_call_passes_an_open_breaker_with_one_attempt() {
+        let g = guard(1, 5);
+        let s = Script::new(vec![transient(None)]);
+        let r = g.call(None, Admission::Guarded, &s, |_| s.next()).await;
+        assert!(matches!(r, Err(Ended::Failed(Failure::Unavailable { .. }))));
+        assert_eq!(*s.opened.borrow(), 1);
+
+        let s = Script::new(vec![transient(None), Tried::Done("second")]);
+        let r = g.call(None, Admission::Side, &s, |_| s.next()).await;
+        assert!(matches!(r, Err(Ended::Failed(Failure::Unavailable { .. }))));
+        assert!(s.delays.borrow().is_empty(), "not retried while open");
+        assert_eq!(s.answers.borrow().len(), 1, "one attempt");
+
+        let s = Script::new(vec![Tried::Done("read")]);
+        let r = g.call(None, Admission::Side, &s, |_| s.next()).await;
+        assert_eq!(r.unwrap(), "read");
+        let s = Script::new(vec![]);
+        let r = g.call(None, Admission::Guarded, &s, |_| s.next()).await;
+        assert!(
+            matches!(r, Err(Ended::Failed(Failure::BreakerOpen { .. }))),
+            "the side call's answer did not close the breaker"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn nothing_is_sent_after_the_send_deadline() {
         // A Retry-After, not the backoff, sets the wait: a random backoff may fall under the
         // deadline and send the second attempt in time.
         let s = Script::new(vec![transient(Some(1)), Tried::Done("late")]);
         let by = Instant::now() + Duration::from_millis(100);
-        let r = guard(5, 5).call(Some(by), &s, |_| s.next()).await;
+        let r = guard(5, 5)
+            .call(Some(by), Admission::Guarded, &s, |_| s.next())
+            .await;
         assert!(matches!(r, Err(Ended::Failed(Failure::Expired { .. }))));
         assert_eq!(
             s.answers.borrow().len(),

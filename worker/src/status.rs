@@ -22,7 +22,7 @@ use serde_json::json;
 use tracing::{debug, info, warn};
 
 use crate::backoff::{Backoff, parse_retry_after};
-use crate::breaker::{BreakerPolicy, SharedBreaker, Transition};
+use crate::breaker::{Admission, BreakerPolicy, SharedBreaker, Transition};
 use crate::config::StatusUpdateSettings;
 use crate::intake::{BuildId, StartBuild};
 use crate::outbound::{Ended, Failure, Guard, Observer, Transient, Tried};
@@ -196,7 +196,9 @@ impl StatusUpdater {
         let body = Bytes::from(update.body().to_string());
         let ended = self
             .guard
-            .call(None, &ApiObserver, |_| self.attempt(&uri, token, &body))
+            .call(None, Admission::Guarded, &ApiObserver, |_| {
+                self.attempt(&uri, token, &body)
+            })
             .await;
         ended.map_err(|e| match e {
             Ended::Refused(e) => e,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bcw_tests::harness::{
     ExecutorSpec, InProcessWorker, Knobs, StartMsg, WorkerProcess, eventually, settings,
-    settings_json,
+    settings_json, stop,
 };
 use bcw_tests::kube_sim::{ClusterHandle, Fault, KubeSim, Verb};
 use lapin::BasicProperties;
@@ -259,6 +259,80 @@ async fn a_create_slower_than_the_breaker_timeout_is_cut_off_and_counted() {
     tap.wait_count("build.launched", 1, SOON).await;
     assert_eq!(creates(&a).len(), 1);
     worker.stop().await.expect("clean shutdown");
+    rabbit.cleanup(&names).await;
+    sim.shutdown().await;
+}
+
+/// Creates that time out keep a cluster's breaker open while it answers reads: the looks and
+/// deletions the protocol needs there still go through (one at a time), so a build placed
+/// there moves on after its busy window and a stop of another is settled, instead of both
+/// waiting for the breaker until `maxWait`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_holding_creates_with_its_breaker_open_still_lets_builds_move_and_stops_settle() {
+    let sim = two_clusters(running_forever()).await;
+    let (rabbit, names, tap) = broker("heldopen").await;
+    let (a, b) = (sim.cluster("runc"), sim.cluster("kata"));
+    let executors = vec![
+        ExecutorSpec::new("a", &a.url()).weight(50),
+        ExecutorSpec::new("b", &b.url()).weight(50),
+    ];
+    let moved = build_preferring(&executors, &names, "a", 1000);
+    let stopped = build_preferring(&executors, &names, "a", moved + 1);
+    // One timeout opens A's breaker for longer than the test waits: nothing closes it.
+    let knobs = Knobs {
+        breaker_timeout_ms: 300,
+        max_failures: 1,
+        reset_timeout_ms: 120_000,
+        retry_delays: vec![0.5],
+        ..Knobs::default()
+    };
+    a.inject(
+        Fault::hang()
+            .on_verbs([Verb::Create])
+            .on_resources(["pods"]),
+    );
+    let worker = WorkerProcess::spawn(&settings_json(&names, &executors, &knobs), &[]).await;
+    for id in [moved, stopped] {
+        rabbit
+            .publish_json(&names.exchange, &names.queue, &StartMsg::new(id).json())
+            .await;
+    }
+    tap.wait(SOON, "A's breaker to open", |evs| {
+        evs.iter()
+            .any(|e| e.ty == "cluster.breaker_opened" && e.data["executor"] == "a")
+    })
+    .await;
+    rabbit
+        .publish_json(&names.exchange, &names.queue, &stop(stopped))
+        .await;
+
+    let launched = tap.wait_count("build.launched", 1, SOON).await;
+    assert_eq!(launched[0].build_id(), moved);
+    assert_eq!(launched[0].data["executor"], "b");
+    // The stop is settled (acknowledged), not waiting in the delay queue for A to answer.
+    eventually(SOON, "the stop to be settled", || async {
+        let (_, body) = worker.get("/metrics").await?;
+        body.lines()
+            .any(|l| {
+                l.starts_with("bcw_messages_total{")
+                    && l.contains(r#"job="stop""#)
+                    && l.contains(r#"outcome="stopped""#)
+            })
+            .then_some(())
+    })
+    .await;
+    assert_eq!(tap.of("build.stopped")[0].build_id(), stopped);
+    assert!(
+        pod_requests(&a, "list") >= 1 && pod_requests(&a, "deletecollection") >= 1,
+        "the look and the deletion reached A"
+    );
+    assert!(
+        tap.of("cluster.breaker_closed").is_empty(),
+        "A's breaker stayed open throughout"
+    );
+    assert_eq!(creates(&b).get(&stopped), None, "the stopped build moved");
+    assert_eq!(rabbit.depth(&names.dead()).await, Some(0));
+    drop(worker);
     rabbit.cleanup(&names).await;
     sim.shutdown().await;
 }

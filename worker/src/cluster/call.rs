@@ -17,7 +17,7 @@ use tracing::{debug, warn};
 
 use super::health::{self, Health};
 use crate::backoff::parse_retry_after;
-use crate::breaker::Transition;
+use crate::breaker::{Admission, Transition};
 use crate::outbound::{Ended, Failure, Guard, Observer, Transient, Tried};
 use crate::telemetry::metrics;
 
@@ -236,7 +236,7 @@ impl Caller {
         verb: Verb,
         request: impl Fn() -> Result<http::Request<Vec<u8>>, kube::core::request::Error>,
     ) -> Result<Answer, CallError> {
-        self.call_before(verb, None, request).await
+        self.call_as(verb, None, Admission::Guarded, request).await
     }
 
     /// As [`Caller::call`], but no attempt is sent after `send_by` (the launch protocol's S):
@@ -247,10 +247,24 @@ impl Caller {
         send_by: Option<Instant>,
         request: impl Fn() -> Result<http::Request<Vec<u8>>, kube::core::request::Error>,
     ) -> Result<Answer, CallError> {
+        self.call_as(verb, send_by, Admission::Guarded, request)
+            .await
+    }
+
+    /// As [`Caller::call_before`], asking the breaker as `admission` says.
+    pub async fn call_as(
+        &self,
+        verb: Verb,
+        send_by: Option<Instant>,
+        admission: Admission,
+        request: impl Fn() -> Result<http::Request<Vec<u8>>, kube::core::request::Error>,
+    ) -> Result<Answer, CallError> {
         let observer = Observed { caller: self, verb };
         let ended = self
             .guard
-            .call(send_by, &observer, |_| self.attempt(verb, &request))
+            .call(send_by, admission, &observer, |_| {
+                self.attempt(verb, &request)
+            })
             .await;
         ended.map_err(|e| match e {
             Ended::Refused(e) => e,

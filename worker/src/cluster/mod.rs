@@ -24,7 +24,7 @@ pub use call::{BreakerSignal, CallError, Caller, Verb};
 pub use health::Health;
 
 use crate::backoff::Backoff;
-use crate::breaker::{BreakerPolicy, SharedBreaker, State};
+use crate::breaker::{Admission, BreakerPolicy, SharedBreaker, State};
 use crate::budget::Budget;
 use crate::config::ExecutorConfig;
 
@@ -233,17 +233,20 @@ impl Cluster {
         }
     }
 
-    /// Lists pods by label selector (all pages).
+    /// Lists a build's pods by label selector (all pages). Only the launch protocol lists
+    /// pods, to move or settle a build, so the call passes an open breaker as a side call.
     pub async fn list_pods(&self, selector: &str) -> Result<Vec<Pod>, CallError> {
-        self.list(Verb::List, selector, || self.pods()).await
+        self.list(Verb::List, selector, Admission::Side, || self.pods())
+            .await
     }
 
     /// Deletes every pod matching the selector (one delete-collection call); returns them.
+    /// A stop's deletion: a side call, like [`Cluster::list_pods`].
     pub async fn delete_pods(&self, selector: &str) -> Result<Vec<Pod>, CallError> {
         let lp = ListParams::default().labels(selector);
         let answer = self
             .caller
-            .call(Verb::DeleteCollection, || {
+            .call_as(Verb::DeleteCollection, None, Admission::Side, || {
                 self.pods()
                     .delete_collection(&DeleteParams::background(), &lp)
             })
@@ -255,15 +258,22 @@ impl Cluster {
         }
     }
 
-    /// Deletes one pod; `false` when it did not exist.
-    pub async fn delete_pod(&self, name: &str, grace: Option<u32>) -> Result<bool, CallError> {
+    /// Deletes one pod, asking the breaker as `admission` says; `false` when it did not exist.
+    pub async fn delete_pod(
+        &self,
+        name: &str,
+        grace: Option<u32>,
+        admission: Admission,
+    ) -> Result<bool, CallError> {
         let mut dp = DeleteParams::background();
         if let Some(g) = grace {
             dp = dp.grace_period(g);
         }
         match self
             .caller
-            .call(Verb::Delete, || self.pods().delete(name, &dp))
+            .call_as(Verb::Delete, None, admission, || {
+                self.pods().delete(name, &dp)
+            })
             .await
         {
             Ok(_) => Ok(true),
@@ -343,6 +353,7 @@ impl Cluster {
         &self,
         verb: Verb,
         selector: &str,
+        admission: Admission,
         request: impl Fn() -> Request,
     ) -> Result<Vec<T>, CallError> {
         let mut items = Vec::new();
@@ -352,7 +363,10 @@ impl Cluster {
             if let Some(t) = &token {
                 lp = lp.continue_token(t);
             }
-            let a = self.caller.call(verb, || request().list(&lp)).await?;
+            let a = self
+                .caller
+                .call_as(verb, None, admission, || request().list(&lp))
+                .await?;
             let page: ObjectList<T> = parse(&a.body)?;
             items.extend(page.items);
             match page.metadata.continue_.filter(|c| !c.is_empty()) {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use tracing::{debug, warn};
 
 use super::plan::{Clock, Deletion, Limits};
+use crate::breaker::Admission;
 use crate::cluster::Cluster;
 use crate::telemetry::metrics;
 
@@ -51,7 +52,11 @@ pub async fn delete(cluster: &Cluster, pod: &str, why: Deletion) -> bool {
         Deletion::Orphan | Deletion::CannotStart => Some(0),
         Deletion::Collect => None,
     };
-    if cluster.delete_pod(pod, grace).await.is_err() {
+    if cluster
+        .delete_pod(pod, grace, Admission::Guarded)
+        .await
+        .is_err()
+    {
         return false;
     }
     match why {
