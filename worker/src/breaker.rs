@@ -2,8 +2,8 @@
 //!
 //! Owns the decision whether a call to a cluster may be made now: Closed (calls flow), Open
 //! (calls fail fast for a period that grows with each consecutive trip) and HalfOpen (exactly
-//! one probe call in flight). Beside that, a side slot lets the launch protocol's own reads and
-//! deletions through one at a time while the breaker is not closed ([`Admission::Side`]).
+//! one probe call in flight). Beside that, the launch protocol's own reads and deletions pass a
+//! breaker that is not closed, uncounted, one at a time ([`Admission::Side`]).
 //! [`Breaker`] is a pure state machine driven by the `now` and the randomness its caller
 //! passes in; [`SharedBreaker`] is the small thread-safe handle the cluster layer holds. It never makes calls, sleeps, logs or records metrics itself: every
 //! state change is handed back to the caller exactly once as a [`Transition`].
@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rand::RngExt as _;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::config::BreakerSettings;
@@ -127,9 +128,10 @@ pub enum Admission {
     /// A call the launch protocol needs to make progress on a build already placed or stopped
     /// (a look for its pod, a stop's deletion). Failing it fast helps nothing (the build waits
     /// for its answer, nothing is failed over), and creates that time out keep a breaker open
-    /// while the cluster answers reads. So while the breaker is not closed, one such call at a
-    /// time is let through anyway, and its outcome is not counted: it says nothing about
-    /// creates. Closed, it is a call like any other.
+    /// while the cluster answers reads. So while the breaker is not closed, such calls are let
+    /// through anyway, one at a time ([`SharedBreaker::admit`] gives them turns), and their
+    /// outcome is not counted: it says nothing about creates. Closed, it is a call like any
+    /// other.
     Side,
 }
 
@@ -188,7 +190,7 @@ pub struct Permit {
 enum PermitKind {
     Normal,
     Probe(u64),
-    Side(u64),
+    Side,
 }
 
 impl Permit {
@@ -199,7 +201,7 @@ impl Permit {
 
     /// Whether this is a side call let through a breaker that is not closed.
     pub fn is_side(&self) -> bool {
-        matches!(self.kind, PermitKind::Side(_))
+        matches!(self.kind, PermitKind::Side)
     }
 
     /// `Some(HalfOpened)` when acquiring this permit ended the open period (reported here
@@ -243,8 +245,6 @@ pub struct Breaker {
     /// Bumped on every transition; permits carry the epoch they were granted in.
     epoch: u64,
     next_probe: u64,
-    /// The side call in flight while not closed (one at a time, presumed lost past its deadline).
-    side: Option<Probe>,
 }
 
 impl Breaker {
@@ -257,7 +257,6 @@ impl Breaker {
             trips: 0,
             epoch: 0,
             next_probe: 0,
-            side: None,
         }
     }
 
@@ -316,35 +315,22 @@ impl Breaker {
         }
     }
 
-    /// Asks to make one [`Admission::Side`] call at `now`. Closed: a normal permit. Otherwise
-    /// granted when no other side call is in flight (or the one in flight is past the probe
-    /// deadline), whatever the open period; the breaker's state does not change (the end of
-    /// an open period is left to [`Breaker::poll`] and guarded calls, which report it).
-    pub fn try_acquire_side(&mut self, now: Instant) -> Result<Permit, Rejected> {
-        if matches!(self.phase, Phase::Closed) {
-            return Ok(self.permit(PermitKind::Normal, false));
-        }
-        if let Some(side) = self.side
-            && now < side.deadline
-        {
-            return Err(Rejected {
-                retry_in: side.deadline.saturating_duration_since(now),
-            });
-        }
-        let id = self.next_probe;
-        self.next_probe += 1;
-        self.side = Some(Probe {
-            id,
-            deadline: later(now, self.policy.probe_timeout),
-        });
-        Ok(self.permit(PermitKind::Side(id), false))
+    /// Leave for one [`Admission::Side`] call, always given: a normal permit while closed, an
+    /// uncounted side permit otherwise. The breaker's state does not change (the end of an open
+    /// period is left to [`Breaker::poll`] and guarded calls, which report it).
+    pub fn acquire_side(&self) -> Permit {
+        let kind = match self.phase {
+            Phase::Closed => PermitKind::Normal,
+            Phase::Open { .. } | Phase::HalfOpen { .. } => PermitKind::Side,
+        };
+        self.permit(kind, false)
     }
 
-    /// Asks as `admission` says ([`Breaker::try_acquire`] or [`Breaker::try_acquire_side`]).
+    /// Asks as `admission` says ([`Breaker::try_acquire`] or [`Breaker::acquire_side`]).
     pub fn admit(&mut self, admission: Admission, now: Instant) -> Result<Permit, Rejected> {
         match admission {
             Admission::Guarded => self.try_acquire(now),
-            Admission::Side => self.try_acquire_side(now),
+            Admission::Side => Ok(self.acquire_side()),
         }
     }
 
@@ -358,8 +344,7 @@ impl Breaker {
         now: Instant,
         unit: f64,
     ) -> Option<Transition> {
-        if let PermitKind::Side(id) = permit.kind {
-            self.free_side(id);
+        if permit.kind == PermitKind::Side {
             return None;
         }
         if permit.epoch != self.epoch {
@@ -393,10 +378,6 @@ impl Breaker {
     /// Hands back a permit whose call ended without an answer (its task was cancelled). An
     /// abandoned probe frees the probe slot at once; anything else changes nothing.
     pub fn abandon(&mut self, permit: Permit) {
-        if let PermitKind::Side(id) = permit.kind {
-            self.free_side(id);
-            return;
-        }
         if permit.epoch != self.epoch {
             return;
         }
@@ -411,13 +392,6 @@ impl Breaker {
     /// Consecutive counted failures since the last success or close.
     pub fn consecutive_failures(&self) -> u32 {
         self.failures
-    }
-
-    /// Frees the side slot if side call `id` holds it (a replaced one holds nothing).
-    fn free_side(&mut self, id: u64) {
-        if self.side.is_some_and(|side| side.id == id) {
-            self.side = None;
-        }
     }
 
     fn permit(&self, kind: PermitKind, half_opened: bool) -> Permit {
@@ -462,6 +436,9 @@ fn later(now: Instant, d: Duration) -> Instant {
 #[derive(Debug, Clone)]
 pub struct SharedBreaker {
     inner: Arc<Mutex<Breaker>>,
+    /// The side calls' turn while the breaker is not closed: one at a time, so a cluster in
+    /// trouble gets no more from them than one call in flight.
+    side_turn: Arc<Semaphore>,
 }
 
 impl SharedBreaker {
@@ -469,6 +446,7 @@ impl SharedBreaker {
     pub fn new(policy: BreakerPolicy) -> Self {
         Self {
             inner: Arc::new(Mutex::new(Breaker::new(policy))),
+            side_turn: Arc::new(Semaphore::new(1)),
         }
     }
 
@@ -486,16 +464,39 @@ impl SharedBreaker {
     /// Asks to make one call now. The returned [`Call`] must be given its outcome; dropping it
     /// unrecorded (a cancelled task) frees a probe slot at once.
     pub fn try_acquire(&self) -> Result<Call, Rejected> {
-        self.admit(Admission::Guarded)
+        let permit = lock(&self.inner).try_acquire(Instant::now())?;
+        Ok(self.call(permit, None))
     }
 
-    /// Asks to make one call now, as `admission` says.
-    pub fn admit(&self, admission: Admission) -> Result<Call, Rejected> {
+    /// Asks to make one call now, as `admission` says. A side call through a breaker that is
+    /// not closed first waits for its turn, at most the probe deadline (twice the call
+    /// timeout: the call holding the turn has ended by then, or the cluster is hanging).
+    pub async fn admit(&self, admission: Admission) -> Result<Call, Rejected> {
+        if admission == Admission::Guarded || self.state() == State::Closed {
+            return self.try_acquire_as(admission);
+        }
+        let wait = lock(&self.inner).policy().probe_timeout;
+        let turn = tokio::time::timeout(wait, Arc::clone(&self.side_turn).acquire_owned()).await;
+        let Ok(Ok(turn)) = turn else {
+            return Err(Rejected {
+                retry_in: Duration::ZERO,
+            });
+        };
+        let permit = lock(&self.inner).acquire_side();
+        Ok(self.call(permit, Some(turn)))
+    }
+
+    fn try_acquire_as(&self, admission: Admission) -> Result<Call, Rejected> {
         let permit = lock(&self.inner).admit(admission, Instant::now())?;
-        Ok(Call {
+        Ok(self.call(permit, None))
+    }
+
+    fn call(&self, permit: Permit, turn: Option<OwnedSemaphorePermit>) -> Call {
+        Call {
             breaker: Arc::clone(&self.inner),
             permit: Some(permit),
-        })
+            _turn: turn,
+        }
     }
 }
 
@@ -505,6 +506,8 @@ impl SharedBreaker {
 pub struct Call {
     breaker: Arc<Mutex<Breaker>>,
     permit: Option<Permit>,
+    /// A side call's turn, held until the call is recorded or dropped.
+    _turn: Option<OwnedSemaphorePermit>,
 }
 
 impl Call {
@@ -851,9 +854,9 @@ mod tests {
     }
 
     #[test]
-    fn side_calls_pass_a_breaker_that_is_not_closed_one_at_a_time_and_change_nothing() {
+    fn side_calls_pass_a_breaker_that_is_not_closed_and_change_nothing() {
         let mut r = Rig::new();
-        let closed = r.b.try_acquire_side(r.now).unwrap();
+        let closed = r.b.acquire_side();
         assert!(
             !closed.is_side(),
             "closed: a side call is an ordinary, counted call"
@@ -862,40 +865,58 @@ mod tests {
         assert!(matches!(r.trip(), Some(Transition::Opened { .. })));
         assert!(r.acquire().is_err(), "guarded calls are refused while open");
 
-        let side = r.b.try_acquire_side(r.now).unwrap();
-        assert!(side.is_side());
-        assert!(
-            r.b.try_acquire_side(r.now).is_err(),
-            "one side call at a time"
-        );
         // A failure of a side call does not reopen or lengthen anything.
+        let side = r.b.acquire_side();
+        assert!(side.is_side());
         assert_eq!(r.b.record(side, Outcome::Failure, r.now, 0.0), None);
         assert_eq!(r.state(), State::Open);
 
         // The open period ends while a side call is in flight: the probe is still free, and
         // the side call's success does not close the breaker.
-        let side = r.b.try_acquire_side(r.now).unwrap();
+        let side = r.b.acquire_side();
         r.advance(secs(10));
         let probe = r.acquire().unwrap();
         assert!(probe.is_probe());
+        assert!(r.b.acquire_side().is_side(), "half-open: still a side call");
         assert_eq!(r.b.record(side, Outcome::Success, r.now, 0.0), None);
         assert_eq!(r.state(), State::HalfOpen);
         assert_eq!(
             r.b.record(probe, Outcome::Success, r.now, 0.0),
             Some(Transition::Closed)
         );
+    }
 
-        // A side call silent past the probe deadline is presumed lost and replaced.
-        assert!(matches!(r.trip(), Some(Transition::Opened { .. })));
-        let lost = r.b.try_acquire_side(r.now).unwrap();
-        r.advance(secs(20));
-        let next = r.b.try_acquire_side(r.now).unwrap();
-        assert!(next.is_side());
-        assert_eq!(r.b.record(lost, Outcome::Success, r.now, 0.0), None);
-        assert!(
-            r.b.try_acquire_side(r.now).is_err(),
-            "the replaced call freed nothing"
-        );
+    #[tokio::test(start_paused = true)]
+    async fn side_calls_take_turns_while_the_breaker_is_open_and_give_up_after_the_probe_deadline()
+    {
+        let breaker = SharedBreaker::new(policy());
+        let mut rng = StdRng::seed_from_u64(3);
+        let first = breaker.admit(Admission::Side).await.unwrap();
+        let second = breaker.admit(Admission::Side).await.unwrap();
+        assert!(!first.is_side() && !second.is_side(), "closed: no turns");
+        drop((first, second));
+        for _ in 0..3 {
+            let _ = breaker
+                .try_acquire()
+                .unwrap()
+                .record(Outcome::Failure, &mut rng);
+        }
+        let first = breaker.admit(Admission::Side).await.unwrap();
+        assert!(first.is_side());
+        let waiting = {
+            let breaker = breaker.clone();
+            tokio::spawn(async move { breaker.admit(Admission::Side).await.map(|c| c.is_side()) })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "the second waits for its turn");
+        assert_eq!(first.record(Outcome::Success, &mut rng), None);
+        assert_eq!(waiting.await.unwrap(), Ok(true), "its turn came");
+
+        // A turn held past the probe deadline (twice the call timeout) is given up on.
+        let _stuck = breaker.admit(Admission::Side).await.unwrap();
+        let started = Instant::now();
+        assert!(breaker.admit(Admission::Side).await.is_err());
+        assert_eq!(started.elapsed(), secs(20));
     }
 
     #[tokio::test(start_paused = true)]
@@ -1012,7 +1033,6 @@ mod tests {
             let mut trips = 0u32;
             let mut seq = 0u64;
             let mut current_probe: Option<u64> = None;
-            let mut current_side: Option<u64> = None;
             let mut held: Vec<Held> = Vec::new();
 
             for op in ops {
@@ -1065,25 +1085,11 @@ mod tests {
                         },
                     },
                     Op::AcquireSide => {
-                        let live_side = held.iter().any(|h| {
-                            h.permit.is_side() && Some(h.seq) == current_side && h.issued + p.probe_timeout > now
-                        });
-                        match b.try_acquire_side(now) {
-                            Ok(permit) => {
-                                prop_assert_eq!(permit.transition(), None, "a side call changed the breaker");
-                                prop_assert_eq!(permit.is_side(), model != Model::Closed);
-                                prop_assert!(!(permit.is_side() && live_side), "a second side call in flight");
-                                if permit.is_side() {
-                                    current_side = Some(seq);
-                                }
-                                held.push(Held { permit, period, seq, issued: now });
-                                seq += 1;
-                            }
-                            Err(rejected) => {
-                                prop_assert!(model != Model::Closed && live_side, "side call refused without one in flight");
-                                prop_assert!(rejected.retry_in <= p.probe_timeout);
-                            }
-                        }
+                        let permit = b.acquire_side();
+                        prop_assert_eq!(permit.transition(), None, "a side call changed the breaker");
+                        prop_assert_eq!(permit.is_side(), model != Model::Closed);
+                        held.push(Held { permit, period, seq, issued: now });
+                        seq += 1;
                     }
                     Op::Abandon(i) => {
                         if held.is_empty() { continue; }
@@ -1091,18 +1097,12 @@ mod tests {
                         if h.period == period && Some(h.seq) == current_probe {
                             current_probe = None;
                         }
-                        if Some(h.seq) == current_side {
-                            current_side = None;
-                        }
                         b.abandon(h.permit);
                     }
                     Op::Record(i, outcome, unit) => {
                         if held.is_empty() { continue; }
                         let h = held.remove(i % held.len());
                         if h.permit.is_side() {
-                            if Some(h.seq) == current_side {
-                                current_side = None;
-                            }
                             prop_assert_eq!(b.record(h.permit, outcome, now, unit), None, "a side call changed the breaker");
                             continue;
                         }

@@ -120,7 +120,7 @@ impl Guard {
         let mut n = 0u32;
         loop {
             n += 1;
-            let permit = match self.breaker.admit(admission) {
+            let permit = match self.breaker.admit(admission).await {
                 Ok(p) => p,
                 Err(rejected) => {
                     return Err(Ended::Failed(Failure::BreakerOpen {
