@@ -231,7 +231,8 @@ pub enum Answer<E> {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "r", rename_all = "camelCase")]
 pub enum Record<E> {
-    /// Creates of the build may be sent to `exec`.
+    /// A create of the build was permitted on `exec`, its placement (the first permission
+    /// there, or a later one).
     Placed {
         /// The build.
         build: Build,
@@ -329,9 +330,11 @@ impl<E: Copy + Eq + Hash + std::fmt::Debug> Table<E> {
         self.entries.is_empty()
     }
 
-    /// Rebuilds from a record of the ledger (read back at `now`, when this sequencer became
-    /// active).
-    pub fn replay(&mut self, record: &Record<E>, now: Millis) {
+    /// Rebuilds from a record of the ledger, appended when the ledger's clock read `ledger_at`
+    /// ([`crate::wire::Replay::clock`]) and read back at `now`, when this sequencer became
+    /// active. Once the ledger is read, [`Table::caught_up`] brings the windows onto this
+    /// sequencer's clock.
+    pub fn replay(&mut self, record: &Record<E>, ledger_at: Millis, now: Millis) {
         let epoch = self.epoch;
         let e = touch(
             &mut self.entries,
@@ -341,7 +344,15 @@ impl<E: Copy + Eq + Hash + std::fmt::Debug> Table<E> {
             record.build(),
             now,
         );
-        e.replay(record, now, &self.bounds, epoch);
+        e.replay(record, ledger_at, &self.bounds, epoch);
+    }
+
+    /// The ledger is read: its clock read `ledger_now` at its last append, this sequencer's
+    /// reads `now`. Every window ends what is left of it on the ledger's clock after `now`.
+    pub fn caught_up(&mut self, ledger_now: Millis, now: Millis) {
+        for e in self.entries.values_mut() {
+            e.caught_up(ledger_now, now);
+        }
     }
 
     /// Decides one question at `now`.
@@ -410,15 +421,22 @@ fn touch<'a, E>(
 }
 
 impl<E: Copy + Eq + Hash> Entry<E> {
-    /// Rebuilds from a ledger record read back at `now` by the sequencer of `epoch`. A replayed
-    /// placement may still have creates on the wire: they are `Unknown` and the busy window
-    /// starts afresh.
-    pub fn replay(&mut self, record: &Record<E>, now: Millis, bounds: &Bounds<E>, epoch: u32) {
+    /// Rebuilds from a ledger record appended at `ledger_at` on the ledger's clock, read back by
+    /// the sequencer of `epoch`. A replayed placement may still have creates on the wire: they
+    /// are `Unknown`, and its busy window runs from the record on the ledger's clock (brought
+    /// onto the sequencer's own by [`Entry::caught_up`]).
+    pub fn replay(
+        &mut self,
+        record: &Record<E>,
+        ledger_at: Millis,
+        bounds: &Bounds<E>,
+        epoch: u32,
+    ) {
         match record {
             Record::Placed { exec, .. } => {
                 self.placed = Some(*exec);
                 self.open = Open::Unknown;
-                self.busy_until = now + bounds.busy_for(exec);
+                self.busy_until = ledger_at + bounds.busy_for(exec);
                 self.version = Version {
                     epoch,
                     counter: self.version.counter + 1,
@@ -427,6 +445,12 @@ impl<E: Copy + Eq + Hash> Entry<E> {
             Record::Launched { exec, .. } => self.launched = Some(*exec),
             Record::Stopped { .. } => self.stopped = true,
         }
+    }
+
+    /// Moves a replayed window from the ledger's clock (at `ledger_now` when the ledger was
+    /// read) to this sequencer's (at `now`): what was left of it then is left of it now.
+    pub fn caught_up(&mut self, ledger_now: Millis, now: Millis) {
+        self.busy_until = now + self.busy_until.saturating_sub(ledger_now);
     }
 
     /// Decides one question about this build at `now` (State is answered by the table).
@@ -506,7 +530,7 @@ fn claim<E: Copy + Eq + Hash>(
     }
     if let Some(exec) = e.placed {
         if prefs.contains(&exec) {
-            return go(e, exec, now, bounds, None);
+            return go(e, build, exec, now, bounds);
         }
         if e.open.is_empty() {
             // Every create permitted here certainly did not land: nothing can be there.
@@ -529,18 +553,19 @@ fn claim<E: Copy + Eq + Hash>(
             e.placed = Some(exec);
             e.open = Open::NONE;
             e.busy_until = 0;
-            go(e, exec, now, bounds, Some(Record::Placed { build, exec }))
+            go(e, build, exec, now, bounds)
         }
     }
 }
 
-/// Permits a create on `exec`, the build's placement.
+/// Permits a create on `exec`, the build's placement. Every permission is recorded, a first
+/// one and a later one alike: the record's time is where a successor's busy window starts.
 fn go<E: Copy + Eq + Hash>(
     e: &mut Entry<E>,
+    build: Build,
     exec: E,
     now: Millis,
     bounds: &Bounds<E>,
-    record: Option<Record<E>>,
 ) -> Decision<E> {
     e.version.counter += 1;
     e.open.add(e.version.counter);
@@ -550,7 +575,7 @@ fn go<E: Copy + Eq + Hash>(
             exec,
             version: e.version,
         },
-        record,
+        record: Some(Record::Placed { build, exec }),
         fenced: true,
     }
 }
@@ -657,10 +682,11 @@ mod tests {
         let d = t.decide(&claim(&[X, Y], None), 0);
         assert_eq!(go(&d).0, X);
         assert_eq!(d.record, Some(Record::Placed { build: 1, exec: X }));
-        // A copy that can use X goes there too: no new placement, but a fenced permission.
+        // A copy that can use X goes there too: the same placement, its permission recorded
+        // again (where a successor's window starts).
         let d = t.decide(&claim(&[X], None), 5);
         assert_eq!(go(&d).0, X);
-        assert_eq!((d.record, d.fenced), (None, true));
+        assert_eq!(d.record, Some(Record::Placed { build: 1, exec: X }));
     }
 
     #[test]
@@ -810,7 +836,8 @@ mod tests {
         let mut old = table();
         let (x, v) = go(&old.decide(&claim(&[X, Y], None), 0));
         let mut t = Table::new(8, table().bounds, 1_000);
-        t.replay(&Record::Placed { build: 1, exec: X }, 500);
+        t.replay(&Record::Placed { build: 1, exec: X }, 70, 500);
+        t.caught_up(70, 500);
         assert_eq!(t.state(1, 500), LaunchState::Pending);
         // The old permission's failure closes nothing: creates of unknown number may be open.
         let d = t.decide(&claim(&[Y], Some((x, v))), 501);
@@ -821,6 +848,33 @@ mod tests {
         );
         assert!(matches!(
             t.decide(&claim(&[Y], None), 500 + BUSY + 1).answer,
+            Answer::Look { exec: X, .. }
+        ));
+    }
+
+    #[test]
+    fn a_new_sequencer_counts_a_window_from_its_record_on_the_ledgers_clock() {
+        let mut t = Table::new(8, table().bounds, 1_000);
+        // Permitted at 100 on the ledger's clock, again at 110; the ledger's clock had
+        // reached 120 when its last append was made: 20 of the window had passed.
+        t.replay(&Record::Placed { build: 1, exec: X }, 100, 500);
+        t.replay(&Record::Placed { build: 1, exec: X }, 110, 500);
+        t.caught_up(120, 500);
+        let left = BUSY - 10;
+        assert!(matches!(
+            t.decide(&claim(&[Y], None), 500).answer,
+            Answer::Wait { exec: X, wait } if wait == left + 1
+        ));
+        assert!(matches!(
+            t.decide(&claim(&[Y], None), 500 + left + 1).answer,
+            Answer::Look { exec: X, .. }
+        ));
+        // Nothing is left of a window whose end the ledger's clock passed.
+        let mut t = Table::new(9, table().bounds, 1_000);
+        t.replay(&Record::Placed { build: 1, exec: X }, 100, 500);
+        t.caught_up(100 + BUSY + 5, 500);
+        assert!(matches!(
+            t.decide(&claim(&[Y], None), 501).answer,
             Answer::Look { exec: X, .. }
         ));
     }

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::table::{Answer, Question, Record};
+use super::table::{Answer, Millis, Question, Record};
 
 /// Questions asked together (one claims-queue message); answered in the same order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,12 +32,17 @@ pub enum LedgerEntry<E> {
         /// Unique per activation: the new sequencer reads the ledger up to it.
         marker: String,
     },
-    /// Records of one epoch, appended together (possibly none: a fence).
+    /// Records of one epoch, appended together (possibly none: a fence, or the sequencer's
+    /// periodic tick).
     Records {
         /// The epoch that wrote them.
         epoch: u32,
         /// The records.
         records: Vec<Record<E>>,
+        /// The writing sequencer's own clock when it made the append, after every decision the
+        /// records carry (absent from versions before it was added: no time is credited).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        at: Option<Millis>,
     },
 }
 
@@ -56,6 +61,13 @@ impl LedgerEntry<String> {
 /// Which ledger records count, in stream order: those of the epoch of the latest marker read.
 /// A sequencer that lost its consumer can still have had an append on the wire, which the broker
 /// may write after its successor's marker; that sequencer never answered on it, so it is void.
+///
+/// It also keeps the ledger's clock ([`Replay::clock`]): the time each epoch's sequencer saw
+/// pass between its own accepted appends, summed over the epochs in stream order. Clocks of
+/// different sequencers are never compared: the time between one epoch's last append and the
+/// next epoch's first is not counted. Every accepted append of an epoch precedes the next
+/// epoch's marker, and that epoch appends only after reading its marker back, so the clock
+/// between two appends is a lower bound of the real time between them.
 #[derive(Debug, Default)]
 pub struct Replay {
     epoch: Option<u32>,
@@ -63,6 +75,9 @@ pub struct Replay {
     pub accepted: usize,
     /// Records of a superseded epoch, skipped.
     pub void: usize,
+    clock: Millis,
+    /// The `at` of the current epoch's last accepted append, if it had one.
+    last_at: Option<Millis>,
 }
 
 /// What one ledger message was to the replay.
@@ -90,21 +105,22 @@ impl Replay {
         match entry {
             LedgerEntry::Marker { epoch, marker } => {
                 self.epoch = Some(epoch);
+                self.last_at = None;
                 if marker == own {
                     Read::Caught
                 } else {
                     Read::Skip
                 }
             }
-            LedgerEntry::Records { epoch, records } if self.epoch == Some(epoch) => {
-                self.accepted += records.len();
-                Read::Apply(records)
-            }
-            LedgerEntry::Records { epoch, records } if self.epoch.is_none() => {
-                // The window began after the marker of these records' epoch: take the first
-                // epoch seen as current (a void append comes milliseconds after a marker, so a
-                // window cut between the two is the only way to mistake one).
+            LedgerEntry::Records { epoch, records, at }
+                if self.epoch.is_none_or(|current| current == epoch) =>
+            {
+                // With no marker read yet, the window began after the marker of these records'
+                // epoch: the first epoch seen is current (a void append comes milliseconds
+                // after a marker, so a window cut between the two is the only way to mistake
+                // one).
                 self.epoch = Some(epoch);
+                self.tick(at);
                 self.accepted += records.len();
                 Read::Apply(records)
             }
@@ -113,6 +129,19 @@ impl Replay {
                 Read::Skip
             }
         }
+    }
+
+    /// The ledger's clock at the last accepted append: records read since were decided no
+    /// later than this, and a later reading minus it is time that certainly passed since.
+    pub fn clock(&self) -> Millis {
+        self.clock
+    }
+
+    fn tick(&mut self, at: Option<Millis>) {
+        if let (Some(last), Some(now)) = (self.last_at, at) {
+            self.clock += now.saturating_sub(last);
+        }
+        self.last_at = at;
     }
 }
 
@@ -127,6 +156,16 @@ mod tests {
                 .iter()
                 .map(|b| Record::Stopped { build: *b })
                 .collect(),
+            at: None,
+        }
+        .encode()
+    }
+
+    fn tick(epoch: u32, at: Option<Millis>) -> Vec<u8> {
+        LedgerEntry::<String>::Records {
+            epoch,
+            records: vec![],
+            at,
         }
         .encode()
     }
@@ -166,6 +205,58 @@ mod tests {
         assert_eq!(r.read(b"not json", "mine"), Read::Skip);
         assert_eq!(r.read(&marker(3, "mine"), "mine"), Read::Caught);
         assert_eq!((r.accepted, r.void), (4, 2));
+    }
+
+    #[test]
+    fn the_ledger_clock_sums_time_within_epochs_and_never_compares_clocks_across_them() {
+        let mut r = Replay::default();
+        r.read(&marker(1, "a"), "mine");
+        r.read(&tick(1, Some(1_000)), "mine");
+        r.read(&tick(1, Some(4_000)), "mine");
+        assert_eq!(r.clock(), 3_000);
+        // Epoch 2's clock has its own origin: its first append credits nothing.
+        r.read(&marker(2, "b"), "mine");
+        r.read(&tick(2, Some(50)), "mine");
+        assert_eq!(r.clock(), 3_000);
+        r.read(&tick(2, Some(550)), "mine");
+        assert_eq!(r.clock(), 3_500);
+        // A void append of epoch 1 and an append without a time (an older writer) credit
+        // nothing, and the time after one without a time counts from the next.
+        r.read(&tick(1, Some(99_000)), "mine");
+        r.read(&tick(2, None), "mine");
+        r.read(&tick(2, Some(900)), "mine");
+        assert_eq!(r.clock(), 3_500);
+        r.read(&tick(2, Some(1_000)), "mine");
+        assert_eq!(r.clock(), 3_600);
+        assert_eq!(r.read(&marker(3, "mine"), "mine"), Read::Caught);
+        assert_eq!(r.clock(), 3_600);
+    }
+
+    #[test]
+    fn an_append_without_a_time_reads_as_before_and_one_with_it_reads_elsewhere() {
+        let old = br#"{"epoch":4,"records":[{"r":"placed","build":7,"exec":"east"}]}"#;
+        let Some(LedgerEntry::Records {
+            at: None, records, ..
+        }) = LedgerEntry::decode(old)
+        else {
+            panic!("an append of the previous version still reads");
+        };
+        assert_eq!(records.len(), 1);
+        // What a replica of the previous version reads of a new append: the same records (it
+        // ignores the time).
+        #[derive(serde::Deserialize)]
+        struct Previous {
+            epoch: u32,
+            records: Vec<Record<String>>,
+        }
+        let new = LedgerEntry::Records {
+            epoch: 4,
+            records: records.clone(),
+            at: Some(12),
+        }
+        .encode();
+        let previous: Previous = serde_json::from_slice(&new).unwrap();
+        assert_eq!((previous.epoch, previous.records), (4, records));
     }
 
     #[test]

@@ -38,8 +38,8 @@ impl Decider {
         }
     }
 
-    /// The sequencer's clock.
-    fn now(&self) -> Millis {
+    /// The sequencer's clock (its origin: this table's creation, at activation).
+    pub(crate) fn now(&self) -> Millis {
         millis(self.origin.elapsed())
     }
 
@@ -64,8 +64,9 @@ impl Decider {
         }
     }
 
-    /// Applies a record read back from the ledger.
-    pub(crate) fn replay(&mut self, record: &Record<String>) {
+    /// Applies a record read back from the ledger, appended at `ledger_at` on the ledger's
+    /// clock.
+    pub(crate) fn replay(&mut self, record: &Record<String>, ledger_at: Millis) {
         let r = match record {
             Record::Placed { build, exec } => Record::Placed {
                 build: *build,
@@ -78,7 +79,13 @@ impl Decider {
             Record::Stopped { build } => Record::Stopped { build: *build },
         };
         let now = self.now();
-        self.table.replay(&r, now);
+        self.table.replay(&r, ledger_at, now);
+    }
+
+    /// The ledger is read; its clock read `ledger_now` at its last append.
+    pub(crate) fn caught_up(&mut self, ledger_now: Millis) {
+        let now = self.now();
+        self.table.caught_up(ledger_now, now);
     }
 
     fn id(&mut self, name: &str) -> u16 {

@@ -45,6 +45,9 @@ const CLAIMS_PREFETCH: u16 = 512;
 const APPEND_WAIT: Duration = Duration::from_secs(10);
 /// Longest a new sequencer reads the ledger before it gives up (and its connection with it).
 const CATCH_UP_LIMIT: Duration = Duration::from_secs(120);
+/// How often an active sequencer appends even with nothing to record, so that its successor
+/// can count the time it saw pass (docs/protocol.md, Time).
+const LEDGER_TICK: Duration = Duration::from_secs(1);
 
 /// Where the protocol lives on the broker.
 #[derive(Debug, Clone)]
@@ -281,23 +284,31 @@ async fn append(
 }
 
 /// Appends what the decisions recorded, a group at a time: everything decided while one append
-/// waits for its confirm goes into the next.
+/// waits for its confirm goes into the next. With nothing to record for [`LEDGER_TICK`], it
+/// appends its clock alone.
 async fn append_loop(core: Arc<Core>, channel: Channel, ledger: String) -> String {
     loop {
-        core.wake.notified().await;
-        let (records, upto, epoch) = {
+        let woken = tokio::time::timeout(LEDGER_TICK, core.wake.notified())
+            .await
+            .is_ok();
+        let (entry, upto) = {
             let decider = core.decider.lock().unwrap_or_else(PoisonError::into_inner);
-            let Some(epoch) = decider.as_ref().map(Decider::epoch) else {
+            let Some(decider) = decider.as_ref() else {
                 continue;
             };
             let mut log = core.log.lock().unwrap_or_else(PoisonError::into_inner);
-            if Some(log.issued) == *core.appended.borrow() {
+            if woken && Some(log.issued) == *core.appended.borrow() {
                 continue;
             }
-            (std::mem::take(&mut log.records), log.issued, epoch)
+            // Read after every decision this append covers: none was taken later than `at`.
+            let entry = LedgerEntry::Records {
+                epoch: decider.epoch(),
+                records: std::mem::take(&mut log.records),
+                at: Some(decider.now()),
+            };
+            (entry, log.issued)
         };
-        if let Err(why) = append(&channel, &ledger, &LedgerEntry::Records { epoch, records }).await
-        {
+        if let Err(why) = append(&channel, &ledger, &entry).await {
             return why;
         }
         core.appended.send_replace(Some(upto));
@@ -446,8 +457,14 @@ impl Sequencer {
             while let Some(d) = reader.next().await {
                 let d = d.map_err(|e| format!("launch protocol: reading the ledger: {e}"))?;
                 match replay.read(&d.data, marker) {
-                    Read::Caught => return Ok(()),
-                    Read::Apply(records) => records.iter().for_each(|r| decider.replay(r)),
+                    Read::Caught => {
+                        decider.caught_up(replay.clock());
+                        return Ok(());
+                    }
+                    Read::Apply(records) => {
+                        let at = replay.clock();
+                        records.iter().for_each(|r| decider.replay(r, at));
+                    }
                     Read::Skip => {}
                 }
             }
