@@ -97,20 +97,26 @@ async fn bind_again(addr: SocketAddr) -> io::Result<TcpListener> {
     Err(last.unwrap_or_else(|| io::Error::other("could not bind")))
 }
 
+/// Accepts until stopped; then ends every connection it served before returning, so that once
+/// [`Listener::stop`] returns no request is answered (a client's pooled connection included).
 async fn accept_loop(cluster: Arc<ClusterInner>, socket: TcpListener, stop: CancellationToken) {
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             () = stop.cancelled() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = socket.accept() => match accepted {
                 Ok((stream, _)) => {
                     let _ = stream.set_nodelay(true);
-                    tokio::spawn(serve_connection(cluster.clone(), stream, stop.clone()));
+                    connections.spawn(serve_connection(cluster.clone(), stream, stop.clone()));
                 }
                 // Out of file descriptors and the like: back off briefly, keep serving.
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
             },
         }
     }
+    drop(socket);
+    connections.shutdown().await;
 }
 
 async fn serve_connection(
