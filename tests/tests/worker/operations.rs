@@ -10,7 +10,9 @@ use bcw_tests::kube_sim::{ClusterHandle, Fault, Verb};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
-use crate::support::{SOON, broker, live_pods, queue_drained, running_forever, two_clusters};
+use crate::support::{
+    SOON, broker, even_pair, live_pods, queue_drained, running_forever, two_clusters,
+};
 
 /// Parses Prometheus text: name -> list of label maps (with the value under `__value`).
 fn parse_metrics(text: &str) -> BTreeMap<String, Vec<BTreeMap<String, String>>> {
@@ -72,11 +74,7 @@ fn label_keys(samples: &[BTreeMap<String, String>]) -> BTreeSet<String> {
 async fn metrics_carry_every_contract_name_and_label_set_and_move() {
     let sim = two_clusters(running_forever()).await;
     let (rabbit, names, tap) = broker("metrics").await;
-    let (a, b) = (sim.cluster("runc"), sim.cluster("kata"));
-    let executors = vec![
-        ExecutorSpec::new("a", &a.url()).weight(50),
-        ExecutorSpec::new("b", &b.url()).weight(50),
-    ];
+    let (a, b, executors) = even_pair(&sim);
     let knobs = Knobs {
         max_failures: 2,
         reset_timeout_ms: 300,

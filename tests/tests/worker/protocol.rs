@@ -5,25 +5,21 @@
 use bcw_protocol::Record;
 use bcw_protocol::wire::LedgerEntry;
 use bcw_tests::harness::{
-    ExecutorSpec, InProcessWorker, Knobs, StartMsg, WorkerProcess, eventually, settings,
-    settings_json,
+    InProcessWorker, Knobs, StartMsg, WorkerProcess, eventually, settings, settings_json,
 };
 use bcw_tests::kube_sim::{Fault, Verb};
 use serde_json::json;
 
 use crate::support::{
-    SOON, broker, build_of, build_preferring, creates, queue_drained, running_forever, two_clusters,
+    SOON, broker, build_of, build_preferring, creates, even_pair, queue_drained, running_forever,
+    two_clusters,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_started_after_a_launch_adopts_a_late_duplicate_where_it_was_launched() {
     let sim = two_clusters(running_forever()).await;
     let (rabbit, names, tap) = broker("launchrestart").await;
-    let (a, b) = (sim.cluster("runc"), sim.cluster("kata"));
-    let executors = vec![
-        ExecutorSpec::new("a", &a.url()).weight(50),
-        ExecutorSpec::new("b", &b.url()).weight(50),
-    ];
+    let (a, b, executors) = even_pair(&sim);
     let trip = build_preferring(&executors, &names, "a", 1000);
     let build = build_preferring(&executors, &names, "a", trip + 1);
     // One failure opens A's breaker for a long while in the first replica (a 429: the create
@@ -89,11 +85,7 @@ async fn a_replica_started_after_a_launch_adopts_a_late_duplicate_where_it_was_l
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_placement_recorded_by_an_earlier_sequencer_sends_a_later_copy_there() {
     let sim = two_clusters(running_forever()).await;
-    let (a, b) = (sim.cluster("runc"), sim.cluster("kata"));
-    let executors = vec![
-        ExecutorSpec::new("a", &a.url()).weight(50),
-        ExecutorSpec::new("b", &b.url()).weight(50),
-    ];
+    let (a, b, executors) = even_pair(&sim);
     let (rabbit, names, tap) = broker("placedearlier").await;
     let build = build_preferring(&executors, &names, "a", 2000);
     // (A first start declares the ledger.)
@@ -144,11 +136,7 @@ async fn a_placement_recorded_by_an_earlier_sequencer_sends_a_later_copy_there()
 async fn a_copy_of_a_launched_build_whose_executor_cannot_be_looked_at_is_acknowledged_not_dead_lettered()
  {
     let sim = two_clusters(running_forever()).await;
-    let (a, b) = (sim.cluster("runc"), sim.cluster("kata"));
-    let executors = vec![
-        ExecutorSpec::new("a", &a.url()).weight(50),
-        ExecutorSpec::new("b", &b.url()).weight(50),
-    ];
+    let (a, b, executors) = even_pair(&sim);
     let (rabbit, names, _tap) = broker("launchedunseen").await;
     let build = build_preferring(&executors, &names, "b", 3000);
     // maxWait is short: a copy that waited for A would be dead-lettered within seconds.

@@ -12,7 +12,9 @@ use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
 use serde_json::json;
 
-use crate::support::{SOON, broker, build_preferring, creates, running_forever, two_clusters};
+use crate::support::{
+    SOON, broker, build_preferring, creates, even_pair, running_forever, two_clusters,
+};
 
 /// Requests of a verb on pods that a cluster received.
 fn pod_requests(c: &ClusterHandle, verb: &str) -> usize {
@@ -102,11 +104,7 @@ async fn a_redelivered_build_never_gets_a_second_pod_while_its_first_cluster_is_
 async fn a_failing_cluster_trips_its_breaker_builds_move_and_it_recovers() {
     let sim = two_clusters(running_forever()).await;
     let (rabbit, names, tap) = broker("trip").await;
-    let (a, b) = (sim.cluster("runc"), sim.cluster("kata"));
-    let executors = vec![
-        ExecutorSpec::new("a", &a.url()).weight(50),
-        ExecutorSpec::new("b", &b.url()).weight(50),
-    ];
+    let (a, b, executors) = even_pair(&sim);
     let knobs = Knobs {
         max_failures: 5,
         reset_timeout_ms: 300,
@@ -271,11 +269,7 @@ async fn a_create_slower_than_the_breaker_timeout_is_cut_off_and_counted() {
 async fn a_cluster_holding_creates_with_its_breaker_open_still_lets_builds_move_and_stops_settle() {
     let sim = two_clusters(running_forever()).await;
     let (rabbit, names, tap) = broker("heldopen").await;
-    let (a, b) = (sim.cluster("runc"), sim.cluster("kata"));
-    let executors = vec![
-        ExecutorSpec::new("a", &a.url()).weight(50),
-        ExecutorSpec::new("b", &b.url()).weight(50),
-    ];
+    let (a, b, executors) = even_pair(&sim);
     let moved = build_preferring(&executors, &names, "a", 1000);
     let stopped = build_preferring(&executors, &names, "a", moved + 1);
     // One timeout opens A's breaker for longer than the test waits: nothing closes it.
@@ -388,11 +382,7 @@ async fn an_invalid_pod_is_dead_lettered_at_once_without_retry() {
 async fn with_every_cluster_down_builds_wait_without_using_attempts_then_launch() {
     let sim = two_clusters(running_forever()).await;
     let (rabbit, names, tap) = broker("alldown").await;
-    let (a, b) = (sim.cluster("runc"), sim.cluster("kata"));
-    let executors = vec![
-        ExecutorSpec::new("a", &a.url()).weight(50),
-        ExecutorSpec::new("b", &b.url()).weight(50),
-    ];
+    let (a, b, executors) = even_pair(&sim);
     let knobs = Knobs {
         reprocess_limit: 2,
         retry_delays: vec![0.5, 1.0],
@@ -445,11 +435,7 @@ async fn with_every_cluster_down_builds_wait_without_using_attempts_then_launch(
 async fn a_pinned_build_waits_for_its_executor_instead_of_moving() {
     let sim = two_clusters(running_forever()).await;
     let (rabbit, names, tap) = broker("pinned").await;
-    let (a, b) = (sim.cluster("runc"), sim.cluster("kata"));
-    let executors = vec![
-        ExecutorSpec::new("a", &a.url()).weight(50),
-        ExecutorSpec::new("b", &b.url()).weight(50),
-    ];
+    let (a, b, executors) = even_pair(&sim);
     let knobs = Knobs {
         reset_timeout_ms: 300,
         max_failures: 2,

@@ -36,6 +36,16 @@ pub fn running_forever() -> Timeline {
     }
 }
 
+/// The two clusters as executors `a` (runc) and `b` (kata) of equal weight.
+pub fn even_pair(sim: &KubeSim) -> (ClusterHandle, ClusterHandle, Vec<ExecutorSpec>) {
+    let (a, b) = (sim.cluster("runc"), sim.cluster("kata"));
+    let executors = vec![
+        ExecutorSpec::new("a", &a.url()).weight(50),
+        ExecutorSpec::new("b", &b.url()).weight(50),
+    ];
+    (a, b, executors)
+}
+
 /// The demo's executors: runc weight 30, kata weight 70 with `rhel6` excluded.
 pub fn weighted_pair(sim: &KubeSim) -> Vec<ExecutorSpec> {
     vec![

@@ -233,8 +233,8 @@ impl Cluster {
         }
     }
 
-    /// Lists a build's pods by label selector (all pages). Only the launch protocol lists
-    /// pods, to move or settle a build, so the call passes an open breaker as a side call.
+    /// Lists a build's pods by label selector (all pages). Pods are listed only to look for a
+    /// build's pod (the launch protocol's looks, a `verify`), so the call is a side call.
     pub async fn list_pods(&self, selector: &str) -> Result<Vec<Pod>, CallError> {
         self.list(Verb::List, selector, Admission::Side, || self.pods())
             .await
