@@ -326,14 +326,6 @@ impl Breaker {
         self.permit(kind, false)
     }
 
-    /// Asks as `admission` says ([`Breaker::try_acquire`] or [`Breaker::acquire_side`]).
-    pub fn admit(&mut self, admission: Admission, now: Instant) -> Result<Permit, Rejected> {
-        match admission {
-            Admission::Guarded => self.try_acquire(now),
-            Admission::Side => Ok(self.acquire_side()),
-        }
-    }
-
     /// Records the outcome of a permitted call at `now`; `unit` in `[0, 1)` draws the jitter
     /// of the open period if this opens the breaker. Results of stale permits (granted before
     /// the last state change, or a probe that was replaced) are ignored.
@@ -472,23 +464,23 @@ impl SharedBreaker {
     /// not closed first waits for its turn, at most the probe deadline (twice the call
     /// timeout: the call holding the turn has ended by then, or the cluster is hanging).
     pub async fn admit(&self, admission: Admission) -> Result<Call, Rejected> {
-        if admission == Admission::Guarded || self.state() == State::Closed {
-            return self.try_acquire_as(admission);
+        if admission == Admission::Guarded {
+            return self.try_acquire();
         }
-        let wait = lock(&self.inner).policy().probe_timeout;
-        let turn = tokio::time::timeout(wait, Arc::clone(&self.side_turn).acquire_owned()).await;
-        let Ok(Ok(turn)) = turn else {
-            return Err(Rejected {
-                retry_in: Duration::ZERO,
-            });
+        let turn = if self.state() == State::Closed {
+            None
+        } else {
+            let wait = lock(&self.inner).policy().probe_timeout;
+            let turn = Arc::clone(&self.side_turn).acquire_owned();
+            let Ok(Ok(turn)) = tokio::time::timeout(wait, turn).await else {
+                return Err(Rejected {
+                    retry_in: Duration::ZERO,
+                });
+            };
+            Some(turn)
         };
         let permit = lock(&self.inner).acquire_side();
-        Ok(self.call(permit, Some(turn)))
-    }
-
-    fn try_acquire_as(&self, admission: Admission) -> Result<Call, Rejected> {
-        let permit = lock(&self.inner).admit(admission, Instant::now())?;
-        Ok(self.call(permit, None))
+        Ok(self.call(permit, turn))
     }
 
     fn call(&self, permit: Permit, turn: Option<OwnedSemaphorePermit>) -> Call {

@@ -233,7 +233,7 @@ mod tests {
     }
 
     #[test]
-    fn an_append_without_a_time_reads_as_before_and_one_with_it_reads_elsewhere() {
+    fn appends_without_a_time_still_read_and_the_previous_version_reads_new_ones() {
         let old = br#"{"epoch":4,"records":[{"r":"placed","build":7,"exec":"east"}]}"#;
         let Some(LedgerEntry::Records {
             at: None, records, ..
