@@ -442,6 +442,12 @@ impl Dispatcher {
                 build: Some((build.build_id, build.job_id)),
             })
         };
+        // `build.launched` went out in the launch's announce step: these outcomes publish
+        // nothing with the ack.
+        let done = |outcome| Decision::Done {
+            events: vec![],
+            outcome,
+        };
         match started.outcome {
             Outcome::Launched {
                 exec, pod, adopted, ..
@@ -449,35 +455,23 @@ impl Dispatcher {
                 tracing::Span::current().record("executor", exec.as_str());
                 metrics::launched(&exec, inbound.received.elapsed());
                 info!(pod = %pod.name, adopted, "build launched");
-                Decision::Done {
-                    events: vec![],
-                    outcome: if adopted {
-                        Handled::Adopted
-                    } else {
-                        Handled::Launched
-                    },
-                }
+                done(if adopted {
+                    Handled::Adopted
+                } else {
+                    Handled::Launched
+                })
             }
             Outcome::Stopped => {
                 info!("the build was stopped; not launching");
-                Decision::Done {
-                    events: vec![],
-                    outcome: Handled::Stopped,
-                }
+                done(Handled::Stopped)
             }
             Outcome::Finished => {
                 info!("the build was launched earlier and its pod is gone: a late copy");
-                Decision::Done {
-                    events: vec![],
-                    outcome: Handled::Finished,
-                }
+                done(Handled::Finished)
             }
             Outcome::Duplicate { exec } => {
                 info!(%exec, "the build was launched earlier there, which cannot be looked at now: a duplicate copy");
-                Decision::Done {
-                    events: vec![],
-                    outcome: Handled::Duplicate,
-                }
+                done(Handled::Duplicate)
             }
             Outcome::Later {
                 reason,
