@@ -5,8 +5,9 @@
 //! one probe call in flight). Beside that, the launch protocol's own reads and deletions pass a
 //! breaker that is not closed, uncounted, one at a time ([`Admission::Side`]).
 //! [`Breaker`] is a pure state machine driven by the `now` and the randomness its caller
-//! passes in; [`SharedBreaker`] is the small thread-safe handle the cluster layer holds. It never makes calls, sleeps, logs or records metrics itself: every
-//! state change is handed back to the caller exactly once as a [`Transition`].
+//! passes in; [`SharedBreaker`] is the small thread-safe handle the cluster layer holds. It
+//! never makes calls, sleeps, logs or records metrics itself: every state change is handed
+//! back to the caller exactly once as a [`Transition`].
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;

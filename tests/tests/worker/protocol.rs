@@ -11,8 +11,8 @@ use bcw_tests::kube_sim::{Fault, Verb};
 use serde_json::json;
 
 use crate::support::{
-    SOON, broker, build_of, build_preferring, creates, even_pair, queue_drained, running_forever,
-    two_clusters,
+    SOON, breaker_opened, broker, build_of, build_preferring, creates, even_pair, queue_drained,
+    running_forever, two_clusters,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,11 +38,7 @@ async fn a_replica_started_after_a_launch_adopts_a_late_duplicate_where_it_was_l
     rabbit
         .publish_json(&names.exchange, &names.queue, &StartMsg::new(trip).json())
         .await;
-    tap.wait(SOON, "A's breaker to open", |evs| {
-        evs.iter()
-            .any(|e| e.ty == "cluster.breaker_opened" && e.data["executor"] == "a")
-    })
-    .await;
+    breaker_opened(&tap, "a").await;
     rabbit
         .publish_json(&names.exchange, &names.queue, &StartMsg::new(build).json())
         .await;

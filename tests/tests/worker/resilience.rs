@@ -13,7 +13,8 @@ use lapin::types::{AMQPValue, FieldTable};
 use serde_json::json;
 
 use crate::support::{
-    SOON, broker, build_preferring, creates, even_pair, running_forever, two_clusters,
+    SOON, breaker_opened, broker, build_preferring, creates, even_pair, running_forever,
+    two_clusters,
 };
 
 /// Requests of a verb on pods that a cluster received.
@@ -73,11 +74,7 @@ async fn a_redelivered_build_never_gets_a_second_pod_while_its_first_cluster_is_
             .any(|e| e.ty == "build.retrying" && e.data["reason"] == "unconfirmed")
     })
     .await;
-    tap.wait(SOON, "A's breaker to open", |evs| {
-        evs.iter()
-            .any(|e| e.ty == "cluster.breaker_opened" && e.data["executor"] == "a")
-    })
-    .await;
+    breaker_opened(&tap, "a").await;
     // Several rounds of waiting later, B still has nothing.
     eventually(SOON, "a few retry rounds", || async {
         (pod_requests(&a, "list") >= 3).then_some(())
@@ -291,11 +288,7 @@ async fn a_cluster_holding_creates_with_its_breaker_open_still_lets_builds_move_
             .publish_json(&names.exchange, &names.queue, &StartMsg::new(id).json())
             .await;
     }
-    tap.wait(SOON, "A's breaker to open", |evs| {
-        evs.iter()
-            .any(|e| e.ty == "cluster.breaker_opened" && e.data["executor"] == "a")
-    })
-    .await;
+    breaker_opened(&tap, "a").await;
     rabbit
         .publish_json(&names.exchange, &names.queue, &stop(stopped))
         .await;

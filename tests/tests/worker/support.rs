@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use std::collections::BTreeMap;
 
-use bcw_tests::harness::{ExecutorSpec, Knobs, Names, Rabbit, eventually, settings};
+use bcw_tests::harness::{EventTap, ExecutorSpec, Knobs, Names, Rabbit, eventually, settings};
 use bcw_tests::kube_sim::{ClusterConfig, ClusterHandle, KubeSim, SimConfig, Timeline};
 use buildcluster_worker::intake::BuildId;
 use buildcluster_worker::routing::Router;
@@ -58,12 +58,21 @@ pub fn weighted_pair(sim: &KubeSim) -> Vec<ExecutorSpec> {
 }
 
 /// Fresh names, exchanges declared, and an event tap.
-pub async fn broker(tag: &str) -> (Rabbit, Names, bcw_tests::harness::EventTap) {
+pub async fn broker(tag: &str) -> (Rabbit, Names, EventTap) {
     let rabbit = Rabbit::connect().await;
     let names = Names::unique(tag);
     rabbit.declare_exchanges(&names).await;
     let tap = rabbit.tap(&names).await;
     (rabbit, names, tap)
+}
+
+/// Waits until `executor`'s breaker has opened (its `cluster.breaker_opened` event).
+pub async fn breaker_opened(tap: &EventTap, executor: &str) {
+    tap.wait(SOON, &format!("{executor}'s breaker to open"), |evs| {
+        evs.iter()
+            .any(|e| e.ty == "cluster.breaker_opened" && e.data["executor"] == executor)
+    })
+    .await;
 }
 
 /// Waits until the test's queue holds no message: every delivery was settled.
