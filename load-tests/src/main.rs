@@ -50,6 +50,10 @@ enum Command {
     Baseline(baseline::BaselineArgs),
 }
 
+/// The worker's allocator, so the baseline differs from it by logic only.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
