@@ -20,9 +20,9 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use serde_json::json;
 
-/// Arguments of `bcw-load baseline` (started by the benchmark as a process of its own, like the
-/// worker).
-#[derive(Debug, clap::Args)]
+/// The baseline pipeline of the benchmark: the least a worker must do per build.
+#[derive(Debug, clap::Parser)]
+#[command(name = "bcw-baseline")]
 pub struct BaselineArgs {
     /// Queue to consume (already declared and filled).
     #[arg(long)]

@@ -2,10 +2,8 @@
 //!
 //! `bcw-load bench` runs the standard scenarios against the release build of the worker and a
 //! baseline pipeline, back to back on this machine, and writes `load-tests/results/`: one JSON
-//! per scenario, `summary.md` (figures and targets) and SVG charts. `bcw-load baseline` is the
-//! baseline pipeline itself, started by `bench` as a process of its own.
-
-mod baseline;
+//! per scenario, `summary.md` (figures and targets) and SVG charts. The baseline pipeline is
+//! `bcw-baseline`, started by `bench` as a process of its own.
 mod procstat;
 mod report;
 mod run;
@@ -46,11 +44,11 @@ enum Command {
         #[arg(long)]
         list: bool,
     },
-    /// The baseline pipeline (started by `bench`).
-    Baseline(baseline::BaselineArgs),
 }
 
-/// The worker's allocator, so the baseline differs from it by logic only.
+/// kube-sim and the load generator share the machine with the consumers they measure: mimalloc
+/// makes their share smaller (load-tests/README.md). The consumers, the worker and
+/// `bcw-baseline`, keep the system allocator.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -58,7 +56,6 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     match Cli::parse().command {
-        Command::Baseline(args) => baseline::run(args).await,
         Command::Bench {
             only,
             scale,

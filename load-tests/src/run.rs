@@ -923,9 +923,8 @@ impl Consumer {
 
     async fn baseline(bin_dir: &Path, a: &BaselineLaunch) -> anyhow::Result<Consumer> {
         let dir = tempfile::tempdir()?;
-        let mut cmd = Command::new(bin_dir.join("bcw-load"));
-        cmd.arg("baseline")
-            .args(["--queue", &a.queue, "--events", &a.events])
+        let mut cmd = Command::new(bin_dir.join("bcw-baseline"));
+        cmd.args(["--queue", &a.queue, "--events", &a.events])
             .args(["--prefetch", &a.prefetch.to_string()])
             .args(["--clusters", &a.clusters.join(",")])
             .arg("--pod")

@@ -10,11 +10,6 @@ use buildcluster_worker::telemetry::{logging, metrics};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-/// mimalloc instead of glibc's allocator: a build's allocations are made on one thread and
-/// often freed on another, which glibc pays for with arena locks (load-tests/README.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Consumes CI build messages from RabbitMQ and launches build pods on Kubernetes clusters.
 #[derive(Debug, Parser)]
 #[command(name = "buildcluster-worker", version, about)]
