@@ -451,7 +451,7 @@ impl Reporter {
         let observed = self.observe(track, &clock, info.is_some());
         let mut step = plan(&observed, &track.record, &self.limits(), &clock);
         if let Step::Wait(_) = step {
-            // Most looks at a pod end here: they log nothing, so they get no span.
+            // A look that only waits logs nothing, so it gets no span.
             track.record.apply(&step, Went::Done, clock.now);
             return;
         }
