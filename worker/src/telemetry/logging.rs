@@ -13,6 +13,7 @@ use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::fmt::format::DefaultFields;
 use tracing_subscriber::fmt::format::{JsonFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::layer::{Context, Filter};
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -43,7 +44,8 @@ pub fn init(format: LogFormat, level: Option<&str>) {
     let subscriber = tracing_subscriber::registry().with(
         layer
             .with_filter(filter)
-            .with_filter(filter_fn(not_said_better_by_the_worker)),
+            .with_filter(filter_fn(not_said_better_by_the_worker))
+            .with_filter(ClosedConnectionNotes),
     );
     if tracing::subscriber::set_global_default(subscriber).is_ok() {
         // The platform verifier logs each certificate it refuses at ERROR, naming neither the
@@ -72,6 +74,39 @@ fn not_said_better_by_the_worker(meta: &Metadata<'_>) -> bool {
     let failed_request = meta.target() == "kube_client::client::builder";
     let said_better = closed_by_broker || connection_ended || socket_note || failed_request;
     !(*meta.level() == Level::ERROR && said_better)
+}
+
+/// lapin's I/O loop, finding its connection already closed or failed (by the worker's own close
+/// at shutdown, or by a loss the worker reports itself), logs `InvalidConnectionState` as an I/O
+/// error at ERROR. That line is left out; other I/O errors are kept.
+struct ClosedConnectionNotes;
+
+impl<S: Subscriber> Filter<S> for ClosedConnectionNotes {
+    fn enabled(&self, _: &Metadata<'_>, _: &Context<'_, S>) -> bool {
+        true
+    }
+
+    fn event_enabled(&self, event: &Event<'_>, _: &Context<'_, S>) -> bool {
+        let meta = event.metadata();
+        if *meta.level() != Level::ERROR || meta.target() != "lapin::io_loop" {
+            return true;
+        }
+        let mut error = ErrorText::default();
+        event.record(&mut error);
+        !error.0.contains("InvalidConnectionState")
+    }
+}
+
+/// The `error` field of an event, as text.
+#[derive(Default)]
+struct ErrorText(String);
+
+impl tracing::field::Visit for ErrorText {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
+        if field.name() == "error" {
+            self.0 = format!("{value:?}");
+        }
+    }
 }
 
 /// One JSON object per event: `timestamp`, `level`, `target`, `message`, the event's fields and
@@ -183,11 +218,13 @@ mod tests {
         let buf = Buf::default();
         let layer = tracing_subscriber::fmt::layer()
             .with_writer(buf.clone())
-            .with_filter(filter_fn(not_said_better_by_the_worker));
+            .with_filter(filter_fn(not_said_better_by_the_worker))
+            .with_filter(ClosedConnectionNotes);
         let subscriber = tracing_subscriber::registry().with(layer);
         tracing::subscriber::with_default(subscriber, || {
             // As lapin 4.12.3's io_loop writes them when a connection closes.
             tracing::error!(target: "lapin::io_loop", "Socket was writable but we wrote 0, marking as wouldblock");
+            tracing::error!(target: "lapin::io_loop", error = ?format_args!("Error {{ kind: InvalidConnectionState(Error), notifier: None }}"), "error doing IO");
             tracing::error!(target: "lapin::io_loop", error = "reset", "error doing IO");
             tracing::warn!(target: "lapin::io_loop", "kept: not an ERROR");
             tracing::error!(target: "kube_client::client::builder", "failed with error");
