@@ -4,6 +4,7 @@
 //! baseline pipeline, back to back on this machine, and writes `load-tests/results/`: one JSON
 //! per scenario, `summary.md` (figures and targets) and SVG charts. The baseline pipeline is
 //! `bcw-baseline`, started by `bench` as a process of its own.
+
 mod procstat;
 mod report;
 mod run;

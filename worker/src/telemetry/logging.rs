@@ -9,7 +9,6 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 use tracing::{Event, Level, Metadata, Subscriber};
-use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::fmt::format::DefaultFields;
 use tracing_subscriber::fmt::format::{JsonFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
@@ -41,12 +40,8 @@ pub fn init(format: LogFormat, level: Option<&str>) {
             .boxed(),
         LogFormat::Text => layer.fmt_fields(DefaultFields::new()).boxed(),
     };
-    let subscriber = tracing_subscriber::registry().with(
-        layer
-            .with_filter(filter)
-            .with_filter(filter_fn(not_said_better_by_the_worker))
-            .with_filter(ClosedConnectionNotes),
-    );
+    let subscriber = tracing_subscriber::registry()
+        .with(layer.with_filter(filter).with_filter(SaidBetterByTheWorker));
     if tracing::subscriber::set_global_default(subscriber).is_ok() {
         // The platform verifier logs each certificate it refuses at ERROR, naming neither the
         // executor nor the host; the worker says it once with both (`cluster::health`).
@@ -76,14 +71,16 @@ fn not_said_better_by_the_worker(meta: &Metadata<'_>) -> bool {
     !(*meta.level() == Level::ERROR && said_better)
 }
 
-/// lapin's I/O loop, finding its connection already closed or failed (by the worker's own close
-/// at shutdown, or by a loss the worker reports itself), logs `InvalidConnectionState` as an I/O
-/// error at ERROR. That line is left out; other I/O errors are kept.
-struct ClosedConnectionNotes;
+/// Leaves out dependencies' ERROR lines the worker says better: by their callsite
+/// ([`not_said_better_by_the_worker`]) and, where one callsite also carries real errors, by the
+/// event's `error` field. lapin's I/O loop, finding its connection already closed or failed (by
+/// the worker's own close at shutdown, or by a loss the worker reports itself), logs
+/// `InvalidConnectionState` as an I/O error; its other I/O errors are kept.
+struct SaidBetterByTheWorker;
 
-impl<S: Subscriber> Filter<S> for ClosedConnectionNotes {
-    fn enabled(&self, _: &Metadata<'_>, _: &Context<'_, S>) -> bool {
-        true
+impl<S: Subscriber> Filter<S> for SaidBetterByTheWorker {
+    fn enabled(&self, meta: &Metadata<'_>, _: &Context<'_, S>) -> bool {
+        not_said_better_by_the_worker(meta)
     }
 
     fn event_enabled(&self, event: &Event<'_>, _: &Context<'_, S>) -> bool {
@@ -218,8 +215,7 @@ mod tests {
         let buf = Buf::default();
         let layer = tracing_subscriber::fmt::layer()
             .with_writer(buf.clone())
-            .with_filter(filter_fn(not_said_better_by_the_worker))
-            .with_filter(ClosedConnectionNotes);
+            .with_filter(SaidBetterByTheWorker);
         let subscriber = tracing_subscriber::registry().with(layer);
         tracing::subscriber::with_default(subscriber, || {
             // As lapin 4.12.3's io_loop writes them when a connection closes.
