@@ -6,6 +6,7 @@
 //! of the pod is dropped at once.
 
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod, PodCondition, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::naming;
 
@@ -15,6 +16,7 @@ use crate::naming;
 /// 8 % of the worker's CPU in a burst (load-tests/README.md).
 #[derive(Clone, Debug, serde::Deserialize)]
 pub(super) struct WatchedPod {
+    #[serde(deserialize_with = "watched_meta")]
     pub(super) metadata: kube::api::ObjectMeta,
     #[serde(default)]
     spec: Option<WatchedSpec>,
@@ -36,6 +38,37 @@ struct WatchedContainer {
     name: String,
     #[serde(default)]
     image: Option<String>,
+}
+
+/// The metadata the reporter and the watcher read. The API server adds `managedFields` to
+/// every pod (one entry per writer: the worker, the scheduler, the kubelet), often larger than
+/// the rest of the metadata; they are skipped, not built, as are owner references and the rest.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WatchedMeta {
+    name: Option<String>,
+    namespace: Option<String>,
+    uid: Option<String>,
+    resource_version: Option<String>,
+    labels: Option<std::collections::BTreeMap<String, String>>,
+    annotations: Option<std::collections::BTreeMap<String, String>>,
+    creation_timestamp: Option<Time>,
+    deletion_timestamp: Option<Time>,
+}
+
+fn watched_meta<'de, D: serde::Deserializer<'de>>(d: D) -> Result<kube::api::ObjectMeta, D::Error> {
+    let m = <WatchedMeta as serde::Deserialize>::deserialize(d)?;
+    Ok(kube::api::ObjectMeta {
+        name: m.name,
+        namespace: m.namespace,
+        uid: m.uid,
+        resource_version: m.resource_version,
+        labels: m.labels,
+        annotations: m.annotations,
+        creation_timestamp: m.creation_timestamp,
+        deletion_timestamp: m.deletion_timestamp,
+        ..Default::default()
+    })
 }
 
 impl kube::Resource for WatchedPod {
@@ -303,6 +336,42 @@ mod tests {
         }
         let bare: WatchedPod = serde_json::from_value(json!({"metadata": {"name": "p"}})).unwrap();
         assert_eq!(bare.into_pod().metadata.name.as_deref(), Some("p"));
+    }
+
+    #[test]
+    fn the_watch_reads_what_it_needs_of_the_metadata_and_skips_managed_fields() {
+        let mut full = full_pod(json!({"phase": "Running"}), Some("node-1"), true);
+        full.metadata.resource_version = Some("812".into());
+        let mut body = serde_json::to_value(&full).unwrap();
+        // In the shape the API server gives them: one entry per writer, a tree of field names.
+        body["metadata"]["managedFields"] = json!([
+            {"manager": "buildcluster-worker", "operation": "Update", "apiVersion": "v1",
+             "time": "2027-01-15T08:00:00Z", "fieldsType": "FieldsV1",
+             "fieldsV1": {"f:metadata": {"f:labels": {".": {}, "f:app": {}}},
+                          "f:spec": {"f:containers": {"k:{\"name\":\"42\"}": {".": {}, "f:image": {}}}}}},
+            {"manager": "kubelet", "operation": "Update", "apiVersion": "v1", "subresource": "status",
+             "time": "2027-01-15T08:00:05Z", "fieldsType": "FieldsV1",
+             "fieldsV1": {"f:status": {"f:phase": {}}}}
+        ]);
+        body["metadata"]["ownerReferences"] =
+            json!([{"apiVersion": "v1", "kind": "Node", "name": "n", "uid": "u"}]);
+        let watched: WatchedPod = serde_json::from_value(body).unwrap();
+        let meta = &watched.metadata;
+        assert_eq!(meta.managed_fields, None);
+        assert_eq!(meta.owner_references, None);
+        assert_eq!(meta.resource_version.as_deref(), Some("812"));
+        for (read, want) in [
+            (&meta.name, &full.metadata.name),
+            (&meta.namespace, &full.metadata.namespace),
+            (&meta.uid, &full.metadata.uid),
+        ] {
+            assert_eq!(read, want);
+        }
+        assert_eq!(meta.labels, full.metadata.labels);
+        assert_eq!(meta.annotations, full.metadata.annotations);
+        assert_eq!(meta.creation_timestamp, full.metadata.creation_timestamp);
+        assert!(meta.deletion_timestamp.is_some());
+        assert_eq!(watched.into_pod(), slim(full));
     }
 
     #[test]
