@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::config::{ClusterConfig, Timeline};
 use super::faults::{Fault, FaultId, FaultSet};
 use super::listener::Listener;
+use super::managed::{self, Part, Writer};
 use super::request::Propagation;
 use super::script::ScriptRule;
 use super::store::{Key, Store, StoredObject};
@@ -152,13 +153,19 @@ pub(crate) fn collect_dependents(store: &mut Store, uid: &str, propagation: Prop
         let Some(slot) = store.table::<Secret>().get(&key) else {
             continue;
         };
-        let mut secret = slot.obj.clone();
+        let before = slot.obj.clone();
+        let mut secret = before.clone();
         let refs = secret.metadata.owner_references.take().unwrap_or_default();
         let remaining: Vec<_> = refs.into_iter().filter(|r| r.uid != uid).collect();
         if remaining.is_empty() && propagation != Propagation::Orphan {
             store.remove::<Secret>(&key);
         } else {
             secret.metadata.owner_references = (!remaining.is_empty()).then_some(remaining);
+            let writer = Writer {
+                manager: "kube-controller-manager",
+                part: Part::Main,
+            };
+            managed::record(Some(&before), &mut secret, writer);
             store.put(secret);
         }
     }

@@ -32,6 +32,7 @@ mod kubeconfig;
 mod kubelet;
 mod lifecycle;
 mod listener;
+mod managed;
 mod quantity;
 mod request;
 mod script;

@@ -1,4 +1,4 @@
-//! Leases (optimistic concurrency) and Secrets (stringData, garbage collection).
+//! Leases (optimistic concurrency), Secrets (stringData, garbage collection), managedFields.
 
 use bcw_tests::kube_sim::Timeline;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -7,7 +7,7 @@ use kube::Resource;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 
-use crate::support::{NS, api_error, build_pod, client, eventually, start_one};
+use crate::support::{NS, api_error, build_pod, client, eventually, phase, start_one};
 
 fn lease(name: &str, holder: &str) -> Lease {
     serde_json::from_value(json!({
@@ -160,4 +160,54 @@ async fn secrets_follow_their_pod() {
         .right()
         .expect("a Status");
     assert_eq!(deleted.details.unwrap().name, "kept");
+}
+
+/// As the API server's field manager keeps them: the creator's entry (everything it set, the
+/// scheduler's binding not among it), then the kubelet's status writes (conditions by type,
+/// the scheduler's `PodScheduled` not among them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_pod_carries_the_managed_fields_of_its_creator_and_its_kubelet() {
+    let (_sim, a) = start_one(Timeline::fast().running_for(None)).await;
+    let pods: Api<Pod> = Api::namespaced(client(&a), NS);
+    let pp = PostParams {
+        field_manager: Some("buildcluster-worker".into()),
+        ..Default::default()
+    };
+    let created = pods.create(&pp, &build_pod("mf", "node:22")).await.unwrap();
+    let entries = created.metadata.managed_fields.clone().unwrap_or_default();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0].manager.as_deref(), Some("buildcluster-worker"));
+    assert_eq!(entries[0].operation.as_deref(), Some("Update"));
+    let running = eventually("the pod to run", || async {
+        a.pod(NS, "mf").filter(|p| phase(p) == "Running")
+    })
+    .await;
+    let entries = running.metadata.managed_fields.unwrap_or_default();
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    let fields = |i: usize| serde_json::to_value(&entries[i].fields_v1).unwrap();
+    let creator = fields(0);
+    assert!(
+        creator.pointer("/f:spec/f:containers").is_some(),
+        "{creator}"
+    );
+    assert!(creator.pointer("/f:spec/f:nodeName").is_none(), "{creator}");
+    assert!(creator.get("f:status").is_none(), "{creator}");
+    assert_eq!(entries[1].manager.as_deref(), Some("kubelet"));
+    assert_eq!(entries[1].subresource.as_deref(), Some("status"));
+    let status = fields(1);
+    assert_eq!(status.pointer("/f:status/f:phase"), Some(&json!({})));
+    assert_eq!(
+        status.pointer("/f:status/f:containerStatuses"),
+        Some(&json!({}))
+    );
+    let conditions = status.pointer("/f:status/f:conditions").unwrap();
+    assert!(
+        conditions.get(r#"k:{"type":"Ready"}"#).is_some(),
+        "{status}"
+    );
+    assert!(
+        conditions.get(r#"k:{"type":"PodScheduled"}"#).is_none(),
+        "{status}"
+    );
+    assert!(status.get("f:spec").is_none(), "{status}");
 }

@@ -40,6 +40,42 @@ fn pod(name: &str, image: &str) -> Value {
            "spec": {"containers": [{"name": "c", "image": image}]}})
 }
 
+/// The parts of a created object's managedFields that do not depend on the clock.
+const MANAGED: &[&str] = &[
+    "/metadata/managedFields/0/manager",
+    "/metadata/managedFields/0/operation",
+    "/metadata/managedFields/0/apiVersion",
+    "/metadata/managedFields/0/fieldsType",
+    "/metadata/managedFields/0/fieldsV1",
+    "/metadata/managedFields/0/subresource",
+    "/metadata/managedFields/1",
+];
+
+/// A pod with keyed lists (containers, env, ports, mounts, volumes, pull secrets), atomic ones
+/// (command, tolerations), atomic maps (nodeSelector, a node selector term), defaults filled
+/// in (requests from limits, pull policy) and nested objects, empty and not.
+fn managed_pod() -> Value {
+    json!({"metadata": {"name": "mf-pod", "labels": {"a": "b"}, "annotations": {"x": "y"},
+                        "finalizers": ["example.com/f"]},
+           "spec": {
+               "containers": [{"name": "build", "image": "busybox:1", "command": ["sh"],
+                               "env": [{"name": "E", "value": "1"}],
+                               "ports": [{"containerPort": 80}],
+                               "volumeMounts": [{"name": "w", "mountPath": "/w"}],
+                               "securityContext": {"runAsUser": 1, "capabilities": {"add": ["NET_ADMIN"]}},
+                               "resources": {"limits": {"cpu": "1"}}},
+                              {"name": "side", "image": "busybox:1"}],
+               "volumes": [{"name": "w", "emptyDir": {}}, {"name": "m", "emptyDir": {"medium": "Memory"}}],
+               "imagePullSecrets": [{"name": "s"}],
+               "tolerations": [{"key": "k", "operator": "Exists"}],
+               "securityContext": {"runAsUser": 2},
+               "nodeSelector": {"a": "b"},
+               "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
+                   {"nodeSelectorTerms": [{"matchExpressions": [{"key": "k", "operator": "In", "values": ["v"]}]}]}}},
+               "runtimeClassName": "kata",
+               "activeDeadlineSeconds": 5}})
+}
+
 fn cases() -> Vec<Case> {
     vec![
         Case {
@@ -69,6 +105,31 @@ fn cases() -> Vec<Case> {
                 "/status/phase",
                 "/status/qosClass",
             ],
+        },
+        Case {
+            name: "create a pod: managedFields name its writer and every field it set",
+            method: "POST",
+            path: "/pods",
+            body: Some(managed_pod()),
+            compare: MANAGED,
+        },
+        Case {
+            name: "create a Secret: managedFields",
+            method: "POST",
+            path: "/secrets",
+            body: Some(
+                json!({"metadata": {"name": "mf-secret", "labels": {"a": "b"}},
+                              "type": "Opaque", "data": {"token": "eA=="}}),
+            ),
+            compare: MANAGED,
+        },
+        Case {
+            name: "create a Lease: managedFields",
+            method: "POST",
+            path: "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases",
+            body: Some(json!({"metadata": {"name": "mf-lease"},
+                              "spec": {"holderIdentity": "a", "leaseDurationSeconds": 15}})),
+            compare: MANAGED,
         },
         Case {
             name: "an image without a tag is pulled Always",
@@ -289,6 +350,10 @@ async fn run(client: &kube::Client, ns: &str) -> BTreeMap<&'static str, BTreeMap
         out.insert(case.name, parts);
     }
     out.insert("watch events of a Secret", watch_sequence(client, ns).await);
+    out.insert(
+        "another manager updates a Lease",
+        managed_update(client, ns).await,
+    );
     out
 }
 
@@ -336,6 +401,37 @@ async fn watch_from_one(client: &kube::Client, ns: &str) -> BTreeMap<String, Val
 
 /// Create, change and delete a Secret while watching from the list's resourceVersion: the
 /// event types in order.
+/// The Lease the suite created, updated by another field manager: the field it changed moves
+/// to it, the rest stays with the creator.
+async fn managed_update(client: &kube::Client, ns: &str) -> BTreeMap<String, Value> {
+    let path = format!("/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/mf-lease");
+    let (_, mut lease) = send(client, "GET", &path, None).await;
+    lease["spec"]["holderIdentity"] = json!("b");
+    let (code, body) = send(
+        client,
+        "PUT",
+        &format!("{path}?fieldManager=other"),
+        Some(&lease),
+    )
+    .await;
+    let mut out = BTreeMap::from([("code".to_string(), json!(code))]);
+    for p in [
+        "/0/manager",
+        "/0/fieldsV1",
+        "/1/manager",
+        "/1/operation",
+        "/1/fieldsV1",
+        "/2",
+    ] {
+        let pointer = format!("/metadata/managedFields{p}");
+        out.insert(
+            pointer.clone(),
+            body.pointer(&pointer).cloned().unwrap_or(Value::Null),
+        );
+    }
+    out
+}
+
 async fn watch_sequence(client: &kube::Client, ns: &str) -> BTreeMap<String, Value> {
     let base = format!("/api/v1/namespaces/{ns}/secrets");
     let (_, list) = send(client, "GET", &format!("{base}?labelSelector=w%3D1"), None).await;

@@ -142,18 +142,18 @@ pub async fn handle(cluster: Arc<ClusterInner>, req: hyper::Request<Incoming>) -
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_owned();
-        Some(
-            dispatch(
-                &cluster,
-                &parts.method,
-                &path,
-                info.as_ref(),
-                &query,
-                &content_type,
-                body,
-            )
-            .await,
-        )
+        let user_agent = parts.headers.get(header::USER_AGENT);
+        let manager = super::managed::manager_of(
+            query.get("fieldManager"),
+            user_agent.and_then(|v| v.to_str().ok()),
+        );
+        let request = Request {
+            info: info.as_ref(),
+            query: &query,
+            content_type: &content_type,
+            manager: &manager,
+        };
+        Some(dispatch(&cluster, &parts.method, &path, request, body).await)
     } else {
         None
     };
@@ -176,27 +176,31 @@ pub async fn handle(cluster: Arc<ClusterInner>, req: hyper::Request<Incoming>) -
     }
 }
 
+/// What the handlers read of a request besides its body.
+#[derive(Clone, Copy)]
+struct Request<'a> {
+    info: Option<&'a RequestInfo>,
+    query: &'a Query,
+    content_type: &'a str,
+    /// The field manager a write is recorded under (`managedFields`).
+    manager: &'a str,
+}
+
 async fn dispatch(
     cluster: &Arc<ClusterInner>,
     method: &Method,
     path: &str,
-    info: Option<&RequestInfo>,
-    query: &Query,
-    content_type: &str,
+    request: Request<'_>,
     body: Incoming,
 ) -> Resp {
-    let Some(info) = info else {
+    let Some(info) = request.info else {
         return discovery::handle(cluster, method, path);
     };
     let result = match info.kind {
         None => Err(ApiError::path_not_found()),
-        Some(ResourceKind::Pods) => route::<Pod>(cluster, info, query, content_type, body).await,
-        Some(ResourceKind::Secrets) => {
-            route::<Secret>(cluster, info, query, content_type, body).await
-        }
-        Some(ResourceKind::Leases) => {
-            route::<Lease>(cluster, info, query, content_type, body).await
-        }
+        Some(ResourceKind::Pods) => route::<Pod>(cluster, info, request, body).await,
+        Some(ResourceKind::Secrets) => route::<Secret>(cluster, info, request, body).await,
+        Some(ResourceKind::Leases) => route::<Lease>(cluster, info, request, body).await,
     };
     result.unwrap_or_else(|e| error(&e))
 }
@@ -204,10 +208,15 @@ async fn dispatch(
 async fn route<K: ApiObject>(
     cluster: &Arc<ClusterInner>,
     info: &RequestInfo,
-    query: &Query,
-    content_type: &str,
+    request: Request<'_>,
     body: Incoming,
 ) -> Result<Resp, ApiError> {
+    let Request {
+        query,
+        content_type,
+        manager,
+        ..
+    } = request;
     let ns = info.namespace.as_deref();
     match info.subresource.as_deref() {
         None => {}
@@ -223,15 +232,15 @@ async fn route<K: ApiObject>(
         (Verb::Get, Some(ns), Some(name)) => list::get::<K>(cluster, ns, name),
         (Verb::Create, Some(ns), None) => {
             let body = read_body(body).await?;
-            write::create::<K>(cluster, ns, query, &body)
+            write::create::<K>(cluster, ns, query, &body, manager)
         }
         (Verb::Update, Some(ns), Some(name)) => {
             let body = read_body(body).await?;
-            write::update::<K>(cluster, ns, name, &body)
+            write::update::<K>(cluster, ns, name, &body, manager)
         }
         (Verb::Patch, Some(ns), Some(name)) => {
             let body = read_body(body).await?;
-            write::patch::<K>(cluster, ns, name, content_type, &body)
+            write::patch::<K>(cluster, ns, name, content_type, &body, manager)
         }
         (Verb::Delete, Some(ns), Some(name)) => {
             let body = read_body(body).await?;

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use super::kinds::generate_name;
 use super::{ApiObject, Resp, json as json_resp};
 use crate::kube_sim::cluster::{ClusterInner, lock};
+use crate::kube_sim::managed::{self, Part, Writer};
 use crate::kube_sim::request::Query;
 use crate::kube_sim::status::ApiError;
 use crate::kube_sim::store::Store;
@@ -21,7 +22,6 @@ fn set_system_fields(meta: &mut ObjectMeta) {
     meta.creation_timestamp = Some(Time(Timestamp::from_second(now.as_second()).unwrap_or(now)));
     meta.deletion_timestamp = None;
     meta.deletion_grace_period_seconds = None;
-    meta.managed_fields = None;
     meta.self_link = None;
 }
 
@@ -40,9 +40,21 @@ pub fn create<K: ApiObject>(
     ns: &str,
     query: &Query,
     body: &[u8],
+    manager: &str,
 ) -> Result<Resp, ApiError> {
     let obj = K::decode(body)?;
-    create_object(cluster, ns, obj, query.get("dryRun") == Some("All"), None)
+    let writer = Writer {
+        manager,
+        part: Part::Main,
+    };
+    create_object(
+        cluster,
+        ns,
+        obj,
+        query.get("dryRun") == Some("All"),
+        None,
+        writer,
+    )
 }
 
 fn create_object<K: ApiObject>(
@@ -51,6 +63,7 @@ fn create_object<K: ApiObject>(
     mut obj: K,
     dry_run: bool,
     locked: Option<&mut Store>,
+    writer: Writer<'_>,
 ) -> Result<Resp, ApiError> {
     check_namespace(obj.metadata().namespace.as_deref(), ns)?;
     let meta = obj.metadata_mut();
@@ -65,6 +78,9 @@ fn create_object<K: ApiObject>(
     {
         return Err(ApiError::namespace_not_found(ns));
     }
+    // The field manager sees the object as decoded and defaulted, before admission mutates it.
+    obj.metadata_mut().managed_fields = None;
+    managed::record(None, &mut obj, writer);
     K::admit_create(cluster, &mut obj)?;
     let name = obj.metadata().name.clone().unwrap_or_default();
     let errs = obj.validate_create();
@@ -119,7 +135,12 @@ pub fn update<K: ApiObject>(
     ns: &str,
     name: &str,
     body: &[u8],
+    manager: &str,
 ) -> Result<Resp, ApiError> {
+    let writer = Writer {
+        manager,
+        part: Part::Main,
+    };
     let obj = K::decode(body)?;
     let obj_name = obj.metadata().name.clone().unwrap_or_default();
     if obj_name != name {
@@ -134,7 +155,7 @@ pub fn update<K: ApiObject>(
         if K::ALLOW_CREATE_ON_UPDATE {
             let mut obj = obj;
             obj.metadata_mut().resource_version = None;
-            return create_object(cluster, ns, obj, false, Some(&mut store));
+            return create_object(cluster, ns, obj, false, Some(&mut store), writer);
         }
         return Err(ApiError::not_found(K::RESOURCE.gr(), name));
     };
@@ -161,7 +182,7 @@ pub fn update<K: ApiObject>(
         }
         _ => {}
     }
-    apply_update(&mut store, ns, obj, &old)
+    apply_update(&mut store, ns, obj, &old, writer)
 }
 
 fn apply_update<K: ApiObject>(
@@ -169,6 +190,7 @@ fn apply_update<K: ApiObject>(
     ns: &str,
     mut obj: K,
     old: &K,
+    writer: Writer<'_>,
 ) -> Result<Resp, ApiError> {
     let name = old.metadata().name.clone().unwrap_or_default();
     let om = old.metadata();
@@ -186,6 +208,7 @@ fn apply_update<K: ApiObject>(
     m.resource_version.clone_from(&om.resource_version);
     m.managed_fields = None;
     obj.prepare_update(old);
+    managed::record(Some(old), &mut obj, writer);
     let errs = obj.validate_update(old);
     if !errs.is_empty() {
         return Err(ApiError::invalid(
@@ -237,7 +260,12 @@ pub fn patch<K: ApiObject>(
     name: &str,
     content_type: &str,
     body: &[u8],
+    manager: &str,
 ) -> Result<Resp, ApiError> {
+    let writer = Writer {
+        manager,
+        part: Part::Main,
+    };
     let ct = content_type.split(';').next().unwrap_or("").trim();
     if !matches!(
         ct,
@@ -268,7 +296,7 @@ pub fn patch<K: ApiObject>(
             obj.metadata().name.clone().unwrap_or_default()
         )));
     }
-    apply_update(&mut store, ns, obj, &old)
+    apply_update(&mut store, ns, obj, &old, writer)
 }
 
 #[cfg(test)]
