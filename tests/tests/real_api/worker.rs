@@ -96,6 +96,17 @@ async fn builds_launch_on_runc_and_kata_run_and_succeed_with_their_token_secret_
             pod.status.as_ref().unwrap().phase.as_deref(),
             Some("Succeeded")
         );
+        let managers: Vec<_> = pod
+            .metadata
+            .managed_fields
+            .iter()
+            .flatten()
+            .filter_map(|e| e.manager.as_deref())
+            .collect();
+        assert!(
+            managers.contains(&"buildcluster-worker"),
+            "the worker names itself as the pod's field manager: {managers:?}"
+        );
         let name = pod.metadata.name.clone().unwrap();
         let secret = secrets
             .list(&kube::api::ListParams::default().labels(&format!("sdbuild={build}")))

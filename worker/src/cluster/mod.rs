@@ -508,6 +508,8 @@ pub(crate) async fn client_configs(
         cfg.accept_invalid_certs = true;
     }
     cfg.default_namespace = k.jobs_namespace.clone();
+    // Names the worker in the API server's audit log and as the field manager of what it writes.
+    cfg.headers.push((http::header::USER_AGENT, user_agent()));
     // Our breaker and retry own the policy; kube's built-in retry would hide failures.
     cfg.default_retry = false;
     cfg.connect_timeout = Some(timeout.min(Duration::from_secs(10)));
@@ -516,6 +518,11 @@ pub(crate) async fn client_configs(
     cfg.read_timeout = Some(timeout + Duration::from_secs(1));
     cfg.reset_reader_on_write = true;
     Ok((cfg, watch))
+}
+
+/// `buildcluster-worker/<version>`.
+fn user_agent() -> http::HeaderValue {
+    http::HeaderValue::from_static(concat!("buildcluster-worker/", env!("CARGO_PKG_VERSION")))
 }
 
 #[cfg(test)]
