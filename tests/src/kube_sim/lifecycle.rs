@@ -14,7 +14,7 @@ use tokio::time::{Instant, sleep_until};
 
 use super::cluster::{ClusterInner, lock};
 use super::kubelet::{Kubelet, Step, kill};
-use super::managed::{self, Part, Writer};
+use super::managed;
 use super::request::Propagation;
 use super::store::Key;
 
@@ -76,8 +76,8 @@ async fn drive(
         {
             return;
         }
-        let before = slot.obj.clone();
-        let mut pod = before.clone();
+        let mut pod = slot.obj.clone();
+        let before = pod.status.clone();
         let Some(step) = step else {
             // The kubelet's active deadline: kill everything, the pod fails.
             kill(
@@ -88,7 +88,7 @@ async fn drive(
                     "Pod was active on the node longer than the specified deadline",
                 )),
             );
-            kubelet_wrote(&before, &mut pod);
+            managed::record_kubelet_status(before.as_ref(), &mut pod);
             store.put(pod);
             return;
         };
@@ -105,7 +105,7 @@ async fn drive(
         pod.status = Some(status);
         // The scheduler's binding bypasses the field manager; the kubelet's writes do not.
         if step != Step::Schedule {
-            kubelet_wrote(&before, &mut pod);
+            managed::record_kubelet_status(before.as_ref(), &mut pod);
         }
         store.put(pod);
         drop(store);
@@ -137,13 +137,13 @@ pub fn spawn_termination(cluster: Arc<ClusterInner>, key: Key, uid: String, afte
         if slot.obj.metadata.uid.as_deref() != Some(uid.as_str()) {
             return;
         }
-        let before = slot.obj.clone();
-        let mut pod = before.clone();
+        let mut pod = slot.obj.clone();
+        let before = pod.status.clone();
         if let Some(status) = pod.status.as_mut()
             && status.start_time.is_some()
         {
             kill(status, Timestamp::now(), None);
-            kubelet_wrote(&before, &mut pod);
+            managed::record_kubelet_status(before.as_ref(), &mut pod);
             store.put(pod);
         }
         let propagation = lock(&cluster.deletions)
@@ -152,13 +152,4 @@ pub fn spawn_termination(cluster: Arc<ClusterInner>, key: Key, uid: String, afte
             .unwrap_or(Propagation::Background);
         cluster.remove_pod(&mut store, &key, propagation);
     });
-}
-
-/// Records a status write of the kubelet in the pod's managedFields.
-fn kubelet_wrote(before: &Pod, pod: &mut Pod) {
-    let writer = Writer {
-        manager: "kubelet",
-        part: Part::Status,
-    };
-    managed::record(Some(before), pod, writer);
 }

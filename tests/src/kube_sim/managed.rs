@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry, Time};
 use serde_json::{Map, Value, json};
 
@@ -96,7 +97,19 @@ const UNTRACKED_META: &[&str] = &[
     "selfLink",
 ];
 
-type Path = Vec<String>;
+/// A field's path: its elements (`f:spec`, `k:{"name":"b"}`, ...) joined by [`SEP`].
+type Path = String;
+
+/// Joins path elements: no element holds a newline (field names and keys are JSON, escaped).
+const SEP: char = '\n';
+
+fn child(path: &str, element: &str) -> Path {
+    if path.is_empty() {
+        element.to_owned()
+    } else {
+        format!("{path}{SEP}{element}")
+    }
+}
 
 /// The tracked fields of an object: every path, with the value of each leaf (`None` for a
 /// node whose children are tracked one by one).
@@ -107,10 +120,40 @@ pub fn record<K: StoredObject>(old: Option<&K>, new: &mut K, writer: Writer<'_>)
     let scope = |v: Value| tracked(v, K::RESOURCE, writer.part);
     let before = scope(old.map_or_else(|| zero(K::RESOURCE), to_value));
     let after = scope(to_value(new));
-    let (changed, removed) = compare(&before, &after);
     let entries = old
         .and_then(|o| o.metadata().managed_fields.clone())
         .unwrap_or_default();
+    settle(new, entries, &before, &after, writer);
+}
+
+/// Records the kubelet's write of a pod's status (the pod's status was `before`); only the
+/// status is encoded, as nothing else may change.
+pub fn record_kubelet_status(before: Option<&PodStatus>, pod: &mut Pod) {
+    let writer = Writer {
+        manager: "kubelet",
+        part: Part::Status,
+    };
+    let scope = |status: Option<&PodStatus>| {
+        let status = serde_json::to_value(status).unwrap_or(Value::Null);
+        tracked(
+            json!({ "status": status }),
+            ResourceKind::Pods,
+            Part::Status,
+        )
+    };
+    let (before, after) = (scope(before), scope(pod.status.as_ref()));
+    let entries = pod.metadata.managed_fields.take().unwrap_or_default();
+    settle(pod, entries, &before, &after, writer);
+}
+
+fn settle<K: StoredObject>(
+    new: &mut K,
+    entries: Vec<ManagedFieldsEntry>,
+    before: &Fields,
+    after: &Fields,
+    writer: Writer<'_>,
+) {
+    let (changed, removed) = compare(before, after);
     let entries = reassign(
         entries,
         &changed,
@@ -158,7 +201,7 @@ fn tracked(value: Value, kind: ResourceKind, part: Part) -> Fields {
             m.retain(|k, _| !UNTRACKED_META.contains(&k.as_str()));
         }
         // The root's own fields are present in the zero value: only their contents count.
-        let path = vec![format!("f:{key}")];
+        let path = format!("f:{key}");
         match child {
             Value::Object(m) if !m.is_empty() && !is_granular_map(&key) => {
                 walk_members(&mut fields, &path, m);
@@ -187,11 +230,10 @@ fn walk(fields: &mut Fields, path: Path, name: &str, value: Value) {
     }
 }
 
-fn walk_members(fields: &mut Fields, path: &Path, members: Map<String, Value>) {
-    for (key, child) in members {
-        let mut p = path.clone();
-        p.push(format!("f:{key}"));
-        walk(fields, p, &key, child);
+fn walk_members(fields: &mut Fields, path: &str, members: Map<String, Value>) {
+    for (key, value) in members {
+        let p = child(path, &format!("f:{key}"));
+        walk(fields, p, &key, value);
     }
 }
 
@@ -204,10 +246,9 @@ fn walk_list(fields: &mut Fields, path: Path, name: &str, items: Vec<Value>) {
     }
     fields.insert(path.clone(), None);
     for item in items {
-        let mut p = path.clone();
         match keys {
             Some(keys) => {
-                p.push(item_key(keys, &item));
+                let p = child(&path, &item_key(keys, &item));
                 if ATOMIC_ITEMS.contains(&name) {
                     fields.insert(p, Some(item));
                 } else if let Value::Object(m) = item {
@@ -216,8 +257,7 @@ fn walk_list(fields: &mut Fields, path: Path, name: &str, items: Vec<Value>) {
                 }
             }
             None => {
-                p.push(format!("v:{item}"));
-                fields.insert(p, Some(Value::Null));
+                fields.insert(child(&path, &format!("v:{item}")), Some(Value::Null));
             }
         }
     }
@@ -272,16 +312,25 @@ fn reassign(
     let mut out = Vec::new();
     let mut found = false;
     for mut e in entries {
+        let writes = is_writer(&e);
+        found |= writes;
+        // Most writes touch one entry: the others keep their tree as it is.
+        let tree = e.fields_v1.as_ref().map(|f| &f.0);
+        let loses = |p: &Path| tree.is_some_and(|t| owns(t, p));
+        let gains = writes && !changed.is_empty();
+        if !gains && !removed.iter().any(loses) && (writes || !changed.iter().any(loses)) {
+            out.push(e);
+            continue;
+        }
         let mut owned = paths_of(e.fields_v1.as_ref());
         owned.retain(|p| !removed.contains(p));
-        if is_writer(&e) {
-            found = true;
+        if writes {
             owned.extend(changed.iter().cloned());
-            if !changed.is_empty() {
-                e.time = Some(now());
-            }
         } else {
             owned.retain(|p| !changed.contains(p));
+        }
+        if gains {
+            e.time = Some(now());
         }
         if !owned.is_empty() {
             e.fields_v1 = Some(FieldsV1(tree_of(&owned)));
@@ -326,9 +375,9 @@ fn tree_of(paths: &BTreeSet<Path>) -> Value {
     let mut root = Map::new();
     for path in paths {
         let mut node = &mut root;
-        for element in path {
+        for element in path.split(SEP) {
             let child = node
-                .entry(element.clone())
+                .entry(element.to_owned())
                 .or_insert_with(|| Value::Object(Map::new()));
             let Value::Object(m) = child else {
                 unreachable!("every node is an object")
@@ -336,51 +385,62 @@ fn tree_of(paths: &BTreeSet<Path>) -> Value {
             node = m;
         }
     }
-    mark_owned_nodes(&mut root, paths, &mut Vec::new());
+    mark_owned_nodes(&mut root, paths, "");
     Value::Object(root)
 }
 
-fn mark_owned_nodes(node: &mut Map<String, Value>, owned: &BTreeSet<Path>, path: &mut Path) {
-    for (key, child) in node.iter_mut() {
-        path.push(key.clone());
-        if let Value::Object(m) = child
+fn mark_owned_nodes(node: &mut Map<String, Value>, owned: &BTreeSet<Path>, path: &str) {
+    for (key, value) in node.iter_mut() {
+        let path = child(path, key);
+        if let Value::Object(m) = value
             && !m.is_empty()
         {
-            mark_owned_nodes(m, owned, path);
-            if owned.contains(path) {
+            mark_owned_nodes(m, owned, &path);
+            if owned.contains(&path) {
                 // First, as the API server sorts a node's keys.
                 let children = std::mem::take(m);
                 m.insert(".".into(), json!({}));
                 m.extend(children);
             }
         }
-        path.pop();
     }
+}
+
+/// Whether a FieldsV1 tree owns `path` (a leaf there, or a node marked `"."`).
+fn owns(tree: &Value, path: &str) -> bool {
+    let mut node = tree;
+    for element in path.split(SEP) {
+        match node.get(element) {
+            Some(n) => node = n,
+            None => return false,
+        }
+    }
+    node.as_object()
+        .is_some_and(|m| m.is_empty() || m.contains_key("."))
 }
 
 /// The paths a FieldsV1 tree owns.
 fn paths_of(fields: Option<&FieldsV1>) -> BTreeSet<Path> {
     let mut out = BTreeSet::new();
     if let Some(FieldsV1(Value::Object(m))) = fields {
-        collect(m, &mut Vec::new(), &mut out);
+        collect(m, "", &mut out);
     }
     out
 }
 
-fn collect(node: &Map<String, Value>, path: &mut Path, out: &mut BTreeSet<Path>) {
-    for (key, child) in node {
+fn collect(node: &Map<String, Value>, path: &str, out: &mut BTreeSet<Path>) {
+    for (key, value) in node {
         if key == "." {
-            out.insert(path.clone());
+            out.insert(path.to_owned());
             continue;
         }
-        path.push(key.clone());
-        match child {
-            Value::Object(m) if !m.is_empty() => collect(m, path, out),
+        let path = child(path, key);
+        match value {
+            Value::Object(m) if !m.is_empty() => collect(m, &path, out),
             _ => {
-                out.insert(path.clone());
+                out.insert(path);
             }
         }
-        path.pop();
     }
 }
 
@@ -468,10 +528,7 @@ mod tests {
 
     #[test]
     fn a_node_new_in_a_write_is_owned_itself_and_written_first() {
-        let fields = tree_of(&BTreeSet::from([
-            vec!["f:a".to_owned()],
-            vec!["f:a".to_owned(), "f:b".to_owned()],
-        ]));
+        let fields = tree_of(&BTreeSet::from(["f:a".to_owned(), child("f:a", "f:b")]));
         assert_eq!(
             serde_json::to_string(&fields).unwrap(),
             r#"{"f:a":{".":{},"f:b":{}}}"#
