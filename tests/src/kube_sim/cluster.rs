@@ -153,7 +153,7 @@ pub(crate) fn collect_dependents(store: &mut Store, uid: &str, propagation: Prop
         let Some(slot) = store.table::<Secret>().get(&key) else {
             continue;
         };
-        let before = slot.obj.clone();
+        let before = slot.object();
         let mut secret = before.clone();
         let refs = secret.metadata.owner_references.take().unwrap_or_default();
         let remaining: Vec<_> = refs.into_iter().filter(|r| r.uid != uid).collect();
@@ -295,7 +295,7 @@ impl ClusterHandle {
         store
             .table::<Pod>()
             .get(&(namespace.to_owned(), name.to_owned()))
-            .map(|s| s.obj.clone())
+            .map(|s| s.object())
     }
 
     /// The cluster's current resourceVersion.
@@ -388,6 +388,6 @@ fn all<K: StoredObject>(inner: &ClusterInner) -> Vec<K> {
     lock(&inner.store)
         .table::<K>()
         .iter()
-        .map(|s| s.obj.clone())
+        .map(|s| s.object())
         .collect()
 }

@@ -76,7 +76,7 @@ async fn drive(
         {
             return;
         }
-        let mut pod = slot.obj.clone();
+        let mut pod = slot.object();
         let before = pod.status.clone();
         let Some(step) = step else {
             // The kubelet's active deadline: kill everything, the pod fails.
@@ -137,7 +137,7 @@ pub fn spawn_termination(cluster: Arc<ClusterInner>, key: Key, uid: String, afte
         if slot.obj.metadata.uid.as_deref() != Some(uid.as_str()) {
             return;
         }
-        let mut pod = slot.obj.clone();
+        let mut pod = slot.object();
         let before = pod.status.clone();
         if let Some(status) = pod.status.as_mut()
             && status.start_time.is_some()

@@ -184,7 +184,7 @@ fn tracked(value: Value, kind: ResourceKind, part: Part) -> Fields {
     let Value::Object(root) = value else {
         return fields;
     };
-    for (key, child) in root {
+    for (key, mut value) in root {
         let keep = match (part, key.as_str()) {
             (_, "apiVersion" | "kind") => false,
             (Part::Status, k) => k == "status",
@@ -194,15 +194,14 @@ fn tracked(value: Value, kind: ResourceKind, part: Part) -> Fields {
         if !keep {
             continue;
         }
-        let mut child = child;
         if key == "metadata"
-            && let Value::Object(m) = &mut child
+            && let Value::Object(m) = &mut value
         {
             m.retain(|k, _| !UNTRACKED_META.contains(&k.as_str()));
         }
         // The root's own fields are present in the zero value: only their contents count.
         let path = format!("f:{key}");
-        match child {
+        match value {
             Value::Object(m) if !m.is_empty() && !is_granular_map(&key) => {
                 walk_members(&mut fields, &path, m);
             }

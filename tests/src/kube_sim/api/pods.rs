@@ -51,7 +51,7 @@ pub fn delete_one(
         return Err(ApiError::not_found(gr, &key.1));
     };
     check_preconditions(gr, &key.1, &slot.obj.metadata, opts)?;
-    let pod = slot.obj.clone();
+    let pod = slot.object();
     let current = slot.entry.json.clone();
     let spec = pod.spec.clone().unwrap_or_default();
     let phase = pod

@@ -151,7 +151,7 @@ pub fn update<K: ApiObject>(
     check_namespace(obj.metadata().namespace.as_deref(), ns)?;
     let mut store = lock(&cluster.store);
     let key = (ns.to_owned(), name.to_owned());
-    let Some(old) = store.table::<K>().get(&key).map(|s| s.obj.clone()) else {
+    let Some(old) = store.table::<K>().get(&key).map(|s| s.object()) else {
         if K::ALLOW_CREATE_ON_UPDATE {
             let mut obj = obj;
             obj.metadata_mut().resource_version = None;
@@ -277,7 +277,7 @@ pub fn patch<K: ApiObject>(
         .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
     let mut store = lock(&cluster.store);
     let key = (ns.to_owned(), name.to_owned());
-    let Some(old) = store.table::<K>().get(&key).map(|s| s.obj.clone()) else {
+    let Some(old) = store.table::<K>().get(&key).map(|s| s.object()) else {
         return Err(ApiError::not_found(K::RESOURCE.gr(), name));
     };
     if let Some(rv) = patch

@@ -96,6 +96,7 @@ impl Store {
         let rv = self.rv;
         obj.metadata_mut().resource_version = Some(rv.to_string());
         let entry = Arc::new(entry_of(&obj, rv));
+        obj.metadata_mut().managed_fields = None;
         let key = entry.key.clone();
         let owners = owner_uids(obj.metadata());
         let table = K::table_mut(self);
@@ -135,7 +136,7 @@ impl Store {
         table.unindex(key, &slot.entry, &owners);
         self.rv += 1;
         let rv = self.rv;
-        let mut last = slot.obj.clone();
+        let mut last = slot.object();
         last.metadata_mut().resource_version = Some(rv.to_string());
         let event = Arc::new(Event {
             typ: EventType::Deleted,
@@ -143,7 +144,7 @@ impl Store {
             prev: Some(slot.entry),
         });
         self.publish::<K>(event);
-        Some(slot.obj)
+        Some(last)
     }
 
     /// Forgets the watch history (as an etcd compaction plus a watch-cache restart would):

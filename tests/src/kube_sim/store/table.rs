@@ -5,7 +5,7 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
 
 use super::{Key, ResourceKind, StoredObject};
 use crate::kube_sim::selector::{FieldSelector, LabelSelector};
@@ -83,10 +83,36 @@ impl Event {
 /// A stored object and its serialized entry.
 #[derive(Clone, Debug)]
 pub struct Slot<K> {
-    /// The typed object.
+    /// The typed object, without its managedFields (they live in `entry` only: as typed trees
+    /// they cost tens of KiB per pod, as JSON a few).
     pub obj: K,
     /// What lists and watches serve.
     pub entry: Arc<Entry>,
+}
+
+impl<K: StoredObject> Slot<K> {
+    /// The whole object, managedFields included (to change and store again, or hand out).
+    pub fn object(&self) -> K {
+        let mut obj = self.obj.clone();
+        obj.metadata_mut().managed_fields = managed_fields_of(&self.entry.json);
+        obj
+    }
+}
+
+/// The managedFields of an object's JSON, the rest skipped.
+fn managed_fields_of(json: &[u8]) -> Option<Vec<ManagedFieldsEntry>> {
+    #[derive(serde::Deserialize)]
+    struct Object {
+        metadata: Meta,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Meta {
+        managed_fields: Option<Vec<ManagedFieldsEntry>>,
+    }
+    serde_json::from_slice::<Object>(json)
+        .ok()
+        .and_then(|o| o.metadata.managed_fields)
 }
 
 /// All objects of one resource, with their indexes and watch history.
