@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::config::{ClusterConfig, Timeline};
 use super::faults::{Fault, FaultId, FaultSet};
 use super::listener::Listener;
-use super::managed::{self, Part, Writer};
+use super::managed;
 use super::request::Propagation;
 use super::script::ScriptRule;
 use super::store::{Key, Store, StoredObject};
@@ -161,11 +161,7 @@ pub(crate) fn collect_dependents(store: &mut Store, uid: &str, propagation: Prop
             store.remove::<Secret>(&key);
         } else {
             secret.metadata.owner_references = (!remaining.is_empty()).then_some(remaining);
-            let writer = Writer {
-                manager: "kube-controller-manager",
-                part: Part::Main,
-            };
-            managed::record(Some(&before), &mut secret, writer);
+            managed::record(Some(&before), &mut secret, "kube-controller-manager");
             store.put(secret);
         }
     }

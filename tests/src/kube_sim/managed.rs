@@ -18,16 +18,16 @@ use super::store::{ResourceKind, StoredObject};
 
 /// Who writes, as the API server names the manager and the part written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Writer<'a> {
+struct Writer<'a> {
     /// `fieldManager`, else the User-Agent up to its first `/`, else `unknown`.
-    pub manager: &'a str,
+    manager: &'a str,
     /// The object itself, or its `status` subresource.
-    pub part: Part,
+    part: Part,
 }
 
 /// The part of an object a write may change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Part {
+enum Part {
     /// Everything but a pod's status.
     Main,
     /// Only the status.
@@ -115,8 +115,13 @@ fn child(path: &str, element: &str) -> Path {
 /// node whose children are tracked one by one).
 type Fields = BTreeMap<Path, Option<Value>>;
 
-/// Records a write of `new` (replacing `old`, or creating it) in `new`'s managedFields.
-pub fn record<K: StoredObject>(old: Option<&K>, new: &mut K, writer: Writer<'_>) {
+/// Records `manager`'s write of `new` (replacing `old`, or creating it) in `new`'s
+/// managedFields.
+pub fn record<K: StoredObject>(old: Option<&K>, new: &mut K, manager: &str) {
+    let writer = Writer {
+        manager,
+        part: Part::Main,
+    };
     let scope = |v: Value| tracked(v, K::RESOURCE, writer.part);
     let before = scope(old.map_or_else(|| zero(K::RESOURCE), to_value));
     let after = scope(to_value(new));
@@ -455,8 +460,7 @@ mod tests {
 
     fn write(old: Option<&Lease>, spec: Value, manager: &str) -> Lease {
         let mut new = lease(spec);
-        let part = Part::Main;
-        record(old, &mut new, Writer { manager, part });
+        record(old, &mut new, manager);
         new
     }
 

@@ -109,7 +109,7 @@ impl tracing::field::Visit for ErrorText {
 ///
 /// A layer of its own rather than the fmt layer's JSON: each span keeps its fields already
 /// encoded, and a line is written once, without building a JSON tree for it and parsing each
-/// span's fields back out of text (about half the logging cost of a build).
+/// span's fields back out of text.
 pub struct FlatJson<W> {
     make_writer: W,
 }

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::kinds::generate_name;
 use super::{ApiObject, Resp, json as json_resp};
 use crate::kube_sim::cluster::{ClusterInner, lock};
-use crate::kube_sim::managed::{self, Part, Writer};
+use crate::kube_sim::managed;
 use crate::kube_sim::request::Query;
 use crate::kube_sim::status::ApiError;
 use crate::kube_sim::store::Store;
@@ -43,17 +43,13 @@ pub fn create<K: ApiObject>(
     manager: &str,
 ) -> Result<Resp, ApiError> {
     let obj = K::decode(body)?;
-    let writer = Writer {
-        manager,
-        part: Part::Main,
-    };
     create_object(
         cluster,
         ns,
         obj,
         query.get("dryRun") == Some("All"),
         None,
-        writer,
+        manager,
     )
 }
 
@@ -63,7 +59,7 @@ fn create_object<K: ApiObject>(
     mut obj: K,
     dry_run: bool,
     locked: Option<&mut Store>,
-    writer: Writer<'_>,
+    manager: &str,
 ) -> Result<Resp, ApiError> {
     check_namespace(obj.metadata().namespace.as_deref(), ns)?;
     let meta = obj.metadata_mut();
@@ -78,9 +74,9 @@ fn create_object<K: ApiObject>(
     {
         return Err(ApiError::namespace_not_found(ns));
     }
-    // The field manager sees the object as decoded and defaulted, before admission mutates it.
-    obj.metadata_mut().managed_fields = None;
-    managed::record(None, &mut obj, writer);
+    // The field manager sees the object as decoded and defaulted, before admission mutates it;
+    // what the client sent as managedFields is replaced.
+    managed::record(None, &mut obj, manager);
     K::admit_create(cluster, &mut obj)?;
     let name = obj.metadata().name.clone().unwrap_or_default();
     let errs = obj.validate_create();
@@ -137,10 +133,6 @@ pub fn update<K: ApiObject>(
     body: &[u8],
     manager: &str,
 ) -> Result<Resp, ApiError> {
-    let writer = Writer {
-        manager,
-        part: Part::Main,
-    };
     let obj = K::decode(body)?;
     let obj_name = obj.metadata().name.clone().unwrap_or_default();
     if obj_name != name {
@@ -155,7 +147,7 @@ pub fn update<K: ApiObject>(
         if K::ALLOW_CREATE_ON_UPDATE {
             let mut obj = obj;
             obj.metadata_mut().resource_version = None;
-            return create_object(cluster, ns, obj, false, Some(&mut store), writer);
+            return create_object(cluster, ns, obj, false, Some(&mut store), manager);
         }
         return Err(ApiError::not_found(K::RESOURCE.gr(), name));
     };
@@ -182,7 +174,7 @@ pub fn update<K: ApiObject>(
         }
         _ => {}
     }
-    apply_update(&mut store, ns, obj, &old, writer)
+    apply_update(&mut store, ns, obj, &old, manager)
 }
 
 fn apply_update<K: ApiObject>(
@@ -190,7 +182,7 @@ fn apply_update<K: ApiObject>(
     ns: &str,
     mut obj: K,
     old: &K,
-    writer: Writer<'_>,
+    manager: &str,
 ) -> Result<Resp, ApiError> {
     let name = old.metadata().name.clone().unwrap_or_default();
     let om = old.metadata();
@@ -206,9 +198,8 @@ fn apply_update<K: ApiObject>(
     m.deletion_grace_period_seconds = om.deletion_grace_period_seconds;
     m.generation = om.generation;
     m.resource_version.clone_from(&om.resource_version);
-    m.managed_fields = None;
     obj.prepare_update(old);
-    managed::record(Some(old), &mut obj, writer);
+    managed::record(Some(old), &mut obj, manager);
     let errs = obj.validate_update(old);
     if !errs.is_empty() {
         return Err(ApiError::invalid(
@@ -262,10 +253,6 @@ pub fn patch<K: ApiObject>(
     body: &[u8],
     manager: &str,
 ) -> Result<Resp, ApiError> {
-    let writer = Writer {
-        manager,
-        part: Part::Main,
-    };
     let ct = content_type.split(';').next().unwrap_or("").trim();
     if !matches!(
         ct,
@@ -296,7 +283,7 @@ pub fn patch<K: ApiObject>(
             obj.metadata().name.clone().unwrap_or_default()
         )));
     }
-    apply_update(&mut store, ns, obj, &old, writer)
+    apply_update(&mut store, ns, obj, &old, manager)
 }
 
 #[cfg(test)]
