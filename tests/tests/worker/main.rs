@@ -1,6 +1,7 @@
 //! The worker end to end: real RabbitMQ, kube-sim clusters over real HTTP, the real kube-rs
 //! client. Each test has its own queues and exchanges and removes them at the end.
 
+mod broker;
 mod cdevents;
 mod check_connect;
 mod compat;

@@ -5,8 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool::managed::{self, Metrics, Pool, RecycleError, RecycleResult};
+use lapin::Channel;
 use lapin::options::ConfirmSelectOptions;
-use lapin::{Channel, Connection};
+
+use super::Connection;
 
 /// Confirm-mode channels per connection. A channel is held only while a publish is written
 /// (confirms are awaited without it), so one carries every publish; RabbitMQ answers a busy

@@ -9,6 +9,7 @@
 //! the session ends and the connection is replaced.
 
 pub mod channels;
+mod connection;
 pub mod headers;
 pub mod publisher;
 mod session;
@@ -23,7 +24,7 @@ use std::time::Duration;
 use lapin::options::{BasicAckOptions, BasicNackOptions, QueueDeclareOptions};
 use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{FieldTable, LongString, ShortString};
-use lapin::{Acker, BasicProperties, Connection, ConnectionProperties, DefaultConnectionBuilder};
+use lapin::{Acker, BasicProperties, ConnectionProperties, DefaultConnectionBuilder};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -31,6 +32,7 @@ use tokio_util::task::TaskTracker;
 use session::SessionEnd;
 use tracing::{error, info, warn};
 
+pub use connection::Connection;
 pub use publisher::{Outgoing, PublishError, Publisher, PublisherControl};
 pub use topology::{Topology, TopologyError, TopologyReport};
 
@@ -51,15 +53,18 @@ const RECONNECT_MAX: Duration = Duration::from_secs(30);
 const CLOSE_WAIT: Duration = Duration::from_secs(3);
 
 /// Waits for `what` (a cancel, a requeue, a channel or connection close) for at most
-/// [`CLOSE_WAIT`]; its outcome does not matter: the broker drops whatever the channel or
-/// connection held when the socket goes, and returns its unsettled deliveries to their queues.
-pub(crate) async fn bounded_wait<T>(what: &str, answer: impl Future<Output = T>) {
-    if tokio::time::timeout(CLOSE_WAIT, answer).await.is_err() {
+/// [`CLOSE_WAIT`]; the answer, if one came. The supervisor goes on either way: the broker drops
+/// whatever the channel or connection held when the socket goes, and returns its unsettled
+/// deliveries to their queues.
+pub(crate) async fn bounded_wait<T>(what: &str, answer: impl Future<Output = T>) -> Option<T> {
+    let answer = tokio::time::timeout(CLOSE_WAIT, answer).await.ok();
+    if answer.is_none() {
         warn!(
             what,
             "the broker did not answer in time; going on without it"
         );
     }
+    answer
 }
 
 /// Which queue a delivery came from.
@@ -271,14 +276,9 @@ impl<H: Handler> Supervisor<H> {
             self.readiness.set_consuming(false);
             metrics::broker_connected(false);
             match ended {
-                SessionEnd::Shutdown(consume_channel) => {
-                    self.finish(
-                        connection,
-                        consume_channel,
-                        companion,
-                        before_disconnect.take(),
-                    )
-                    .await;
+                SessionEnd::Shutdown => {
+                    self.finish(connection, companion, before_disconnect.take())
+                        .await;
                     return Ok(report);
                 }
                 SessionEnd::Lost(reason) => {
@@ -288,8 +288,7 @@ impl<H: Handler> Supervisor<H> {
                     // A session can end with its connection still open (a consumer cancelled):
                     // close it, or its consumers would keep their unacknowledged deliveries
                     // while nobody reads them.
-                    let closing = connection.close(200, "session ended; reconnecting".into());
-                    bounded_wait("connection close", closing).await;
+                    let _ = connection.close("session ended; reconnecting").await;
                     warn!(%reason, "broker connection lost; reconnecting");
                     delay = RECONNECT_MIN;
                     sleep_or_shutdown(jitter(delay), &self.shutdown).await;
@@ -309,7 +308,7 @@ impl<H: Handler> Supervisor<H> {
             _ = self.shutdown.cancelled() => return Connected::Retry,
         };
         let connection = match connection {
-            Ok(c) => Arc::new(c),
+            Ok(c) => Arc::new(Connection::new(c)),
             Err(e) => {
                 warn!(error = %e, retry_in = ?delay, "cannot connect to the broker");
                 sleep_or_shutdown(jitter(*delay), &self.shutdown).await;
@@ -326,17 +325,12 @@ impl<H: Handler> Supervisor<H> {
             }
             Err(e) if e.is_fatal() => {
                 error!(error = %e, "broker topology problem");
-                let closing = connection.close(200, "topology problem".into());
-                bounded_wait("connection close", closing).await;
+                let _ = connection.close("topology problem").await;
                 Connected::Fatal(e)
             }
             Err(e) => {
                 warn!(error = %e, "topology check failed; reconnecting");
-                bounded_wait(
-                    "connection close",
-                    connection.close(200, "reconnect".into()),
-                )
-                .await;
+                let _ = connection.close("reconnect").await;
                 sleep_or_shutdown(jitter(*delay), &self.shutdown).await;
                 *delay = (*delay * 2).min(RECONNECT_MAX);
                 Connected::Retry
@@ -346,11 +340,10 @@ impl<H: Handler> Supervisor<H> {
 
     /// Shutdown: builds in flight finish and settle on this connection, then the rest of the
     /// process's publishers (the reporters' last events), then the companion stops and the
-    /// connection closes.
+    /// connection closes with its channels.
     async fn finish(
         &self,
         connection: Arc<Connection>,
-        consume_channel: lapin::Channel,
         companion: session::CompanionHandle,
         before_disconnect: Option<std::pin::Pin<Box<impl Future<Output = ()>>>>,
     ) {
@@ -359,15 +352,13 @@ impl<H: Handler> Supervisor<H> {
             stop_the_rest.await;
         }
         companion.stop().await;
-        let closing = consume_channel.close(200, "shutdown".into());
-        bounded_wait("consume channel close", closing).await;
         self.control.disconnected();
-        bounded_wait("connection close", connection.close(200, "shutdown".into())).await;
+        let _ = connection.close("shutdown").await;
         info!("broker connection closed");
     }
 }
 
-async fn connect(opts: &BrokerOptions) -> lapin::Result<Connection> {
+async fn connect(opts: &BrokerOptions) -> lapin::Result<lapin::Connection> {
     let props = ConnectionProperties::default()
         .with_connection_name(LongString::from(opts.connection_name.as_str()));
     let mut builder = DefaultConnectionBuilder::new()?

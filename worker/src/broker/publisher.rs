@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use lapin::options::BasicPublishOptions;
 use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Confirmation, Connection};
+use lapin::{BasicProperties, Confirmation};
+
+use super::Connection;
 use tokio::sync::watch;
 
 use crate::config::EventsFormat;

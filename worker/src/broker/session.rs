@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
-use lapin::Connection;
 use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::{FieldTable, ShortString};
@@ -16,16 +15,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use super::{
-    Companion, Handler, Inbound, Settle, Source, Supervisor, TopologyReport, bounded_wait,
-    sample_queues,
+    Companion, Connection, Handler, Inbound, Settle, Source, Supervisor, TopologyReport,
+    bounded_wait, sample_queues,
 };
 use crate::telemetry::metrics;
 
 /// How a session ended.
 pub(super) enum SessionEnd {
-    /// Shutdown: the consume channel is handed back so it stays open while builds in flight
-    /// finish and ack (closing it would return their messages to the queue).
-    Shutdown(lapin::Channel),
+    /// Shutdown: the consume channel stays open (the connection keeps it) while builds in
+    /// flight finish and ack; closing it would return their messages to the queue.
+    Shutdown,
     /// The connection, a consumer or the companion ended.
     Lost(String),
 }
@@ -163,7 +162,7 @@ impl<H: Handler> Supervisor<H> {
                 biased;
                 _ = self.shutdown.cancelled() => {
                     self.stop_consuming(&channel, &tag, verify.is_some().then_some(&verify_tag), &mut main).await;
-                    return SessionEnd::Shutdown(channel);
+                    return SessionEnd::Shutdown;
                 }
                 why = ended(companion_ended) => return SessionEnd::Lost(why),
                 next = main.next() => match next {

@@ -2,10 +2,12 @@
 //! needs acknowledgements for credit; they acknowledge nothing else).
 
 use futures::StreamExt;
+use lapin::Acker;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{Acker, Connection};
+
+use super::Connection;
 
 /// Deliveries in flight at once while reading.
 const PREFETCH: u16 = 500;

@@ -11,7 +11,9 @@ use std::time::Duration;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{Connection, ErrorKind, ExchangeKind};
+use lapin::{ErrorKind, ExchangeKind};
+
+use super::Connection;
 
 use crate::config::{QueueType, Settings};
 

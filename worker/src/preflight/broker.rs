@@ -141,7 +141,7 @@ fn classify(e: &lapin::Error) -> BrokerCause {
 pub async fn check(settings: &Settings) -> Vec<Line> {
     let rabbit = &settings.rabbitmq;
     let connection = match connect(rabbit, "buildcluster-worker check-config").await {
-        Ok(c) => c,
+        Ok(c) => crate::broker::Connection::new(c),
         Err(e) => {
             return vec![
                 Line::new(Status::Fail, "broker: connection", e.detail.clone()).with_fix(e.fix()),
@@ -168,7 +168,7 @@ pub async fn check(settings: &Settings) -> Vec<Line> {
     } else {
         lines.extend(layout.administrators().await);
     }
-    let _ = connection.close(200, "checked".into()).await;
+    let _ = connection.close("checked").await;
     lines
 }
 
@@ -189,7 +189,7 @@ impl Object<'_> {
 }
 
 struct Layout<'a> {
-    connection: &'a Connection,
+    connection: &'a crate::broker::Connection,
     topology: &'a Topology,
 }
 

@@ -10,12 +10,13 @@ use bcw_protocol::wire::{Answers, Questions};
 use futures::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
 use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, Consumer};
+use lapin::{BasicProperties, Channel, Consumer};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::warn;
 
 use super::client::{ASK_TIMEOUT, Pending};
+use crate::broker::Connection;
 
 /// Questions sent in one batch, at most.
 const BATCH: usize = 512;

@@ -25,7 +25,7 @@ use lapin::options::{
     ConfirmSelectOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Confirmation, Connection, Consumer};
+use lapin::{BasicProperties, Channel, Confirmation, Consumer};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tracing::info;
@@ -34,7 +34,7 @@ use super::asker::Asker;
 use super::client::{Link, Protocol, Unanswered};
 use super::decider::Decider;
 use crate::broker::stream::StreamReader;
-use crate::broker::{Companion, Running};
+use crate::broker::{Companion, Connection, Running};
 use crate::telemetry::metrics;
 
 /// Questions decided before their answers wait for one append, at most.
