@@ -1,8 +1,12 @@
 //! `bcw-baseline`: the benchmark's baseline pipeline, started by `bcw-load bench` as a process
-//! of its own, like the worker. A binary of its own so that it keeps the system allocator, as
-//! the worker does, while `bcw-load` (kube-sim and the load generator) runs on mimalloc.
+//! of its own, like the worker. A binary of its own so that it runs on the worker's allocator
+//! (jemalloc, configured by `.cargo/config.toml`), while `bcw-load` (kube-sim and the load
+//! generator) runs on mimalloc.
 
 mod baseline;
+
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 use clap::Parser;
 

@@ -49,7 +49,7 @@ enum Command {
 
 /// kube-sim and the load generator share the machine with the consumers they measure: mimalloc
 /// makes their share smaller (load-tests/README.md). The consumers, the worker and
-/// `bcw-baseline`, keep the system allocator.
+/// `bcw-baseline`, run on the worker's allocator (jemalloc).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
