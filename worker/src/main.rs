@@ -11,8 +11,8 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 /// jemalloc, as `.cargo/config.toml` configures it (two arenas, freed pages returned within a
-/// second): about 15 % less CPU per build than glibc's allocator at the same memory targets
-/// (load-tests/README.md, "The allocator").
+/// second): a tenth to a seventh less CPU per build than glibc's allocator, within the same
+/// memory targets (load-tests/README.md, "jemalloc for the worker and the baseline").
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
