@@ -9,7 +9,10 @@ use std::fmt;
 use std::io::Write;
 
 use tracing::field::Field;
+use tracing::level_filters::LevelFilter;
+use tracing::subscriber::Interest;
 use tracing::{Event, Level, Metadata, Subscriber, span};
+use tracing_subscriber::filter::FilterExt;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::{Context, Filter};
 use tracing_subscriber::prelude::*;
@@ -37,15 +40,23 @@ pub fn init(format: LogFormat, level: Option<&str>) {
             .with_writer(std::io::stderr)
             .boxed(),
     };
-    let subscriber = tracing_subscriber::registry()
-        .with(layer.with_filter(filter).with_filter(SaidBetterByTheWorker));
-    if tracing::subscriber::set_global_default(subscriber).is_ok() {
+    if tracing::subscriber::set_global_default(subscriber(layer, filter)).is_ok() {
         // The platform verifier logs each certificate it refuses at ERROR, naming neither the
         // executor nor the host; the worker says it once with both (`cluster::health`).
         let _ = tracing_log::LogTracer::builder()
             .ignore_crate("rustls_platform_verifier")
             .init();
     }
+}
+
+/// The registry with `layer`, filtered by level (`filter`) and by [`SaidBetterByTheWorker`] as
+/// one filter, so that callsites are decided once and the level reaches the macros as a hint:
+/// a disabled `trace!` in a dependency then costs a comparison, not a call into the subscriber.
+fn subscriber<L>(layer: L, filter: EnvFilter) -> impl Subscriber + Send + Sync
+where
+    L: Layer<tracing_subscriber::Registry> + Send + Sync,
+{
+    tracing_subscriber::registry().with(layer.with_filter(filter.and(SaidBetterByTheWorker)))
 }
 
 /// Dependencies' ERROR lines about failures the worker reports itself, with their context
@@ -80,15 +91,36 @@ impl<S: Subscriber> Filter<S> for SaidBetterByTheWorker {
         not_said_better_by_the_worker(meta)
     }
 
+    // Decided by the callsite alone, but for the one whose events are looked at: an event a
+    // filter leaves out must have been asked about (tracing-subscriber's filter pass).
+    fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> Interest {
+        if !not_said_better_by_the_worker(meta) {
+            Interest::never()
+        } else if looked_at(meta) {
+            Interest::sometimes()
+        } else {
+            Interest::always()
+        }
+    }
+
+    // It keeps every level: the level filter beside it gives the hint.
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        Some(LevelFilter::TRACE)
+    }
+
     fn event_enabled(&self, event: &Event<'_>, _: &Context<'_, S>) -> bool {
-        let meta = event.metadata();
-        if *meta.level() != Level::ERROR || meta.target() != "lapin::io_loop" {
+        if !looked_at(event.metadata()) {
             return true;
         }
         let mut error = ErrorText::default();
         event.record(&mut error);
         !error.0.contains("InvalidConnectionState")
     }
+}
+
+/// lapin's I/O loop ERRORs: which of them are kept depends on the event's `error` field.
+fn looked_at(meta: &Metadata<'_>) -> bool {
+    *meta.level() == Level::ERROR && meta.target() == "lapin::io_loop"
 }
 
 /// The `error` field of an event, as text.
@@ -262,11 +294,8 @@ mod tests {
     #[test]
     fn dependencies_errors_the_worker_says_better_are_left_out_and_others_kept() {
         let buf = Buf::default();
-        let layer = tracing_subscriber::fmt::layer()
-            .with_writer(buf.clone())
-            .with_filter(SaidBetterByTheWorker);
-        let subscriber = tracing_subscriber::registry().with(layer);
-        tracing::subscriber::with_default(subscriber, || {
+        let layer = tracing_subscriber::fmt::layer().with_writer(buf.clone());
+        tracing::subscriber::with_default(subscriber(layer, EnvFilter::new("trace")), || {
             // As lapin 4.12.3's io_loop writes them when a connection closes.
             tracing::error!(target: "lapin::io_loop", "Socket was writable but we wrote 0, marking as wouldblock");
             tracing::error!(target: "lapin::io_loop", error = ?format_args!("Error {{ kind: InvalidConnectionState(Error), notifier: None }}"), "error doing IO");
@@ -281,6 +310,18 @@ mod tests {
         assert!(lines[0].contains("error doing IO"), "{text}");
         assert!(lines[1].contains("kept: not an ERROR"), "{text}");
         assert!(lines[2].contains("kept: the worker's own"), "{text}");
+    }
+
+    #[test]
+    fn the_level_filter_reaches_the_macros_as_a_hint() {
+        for (directives, hint) in [
+            ("info", LevelFilter::INFO),
+            ("warn,lapin=debug", LevelFilter::DEBUG),
+        ] {
+            let layer = FlatJson::new(Buf::default());
+            let subscriber = subscriber(layer, EnvFilter::new(directives));
+            assert_eq!(subscriber.max_level_hint(), Some(hint), "{directives}");
+        }
     }
 
     fn json_lines(f: impl FnOnce()) -> Vec<Value> {
