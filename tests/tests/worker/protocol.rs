@@ -8,6 +8,7 @@ use bcw_tests::harness::{
     InProcessWorker, Knobs, StartMsg, WorkerProcess, eventually, settings, settings_json,
 };
 use bcw_tests::kube_sim::{Fault, Verb};
+use buildcluster_worker::protocol::sequencer::APPEND_GAP;
 use serde_json::json;
 
 use crate::support::{
@@ -279,11 +280,25 @@ async fn a_burst_records_each_placement_before_its_create_and_each_launch_in_gro
     let mut placed = std::collections::BTreeSet::new();
     let mut noted = std::collections::BTreeSet::new();
     let (mut appends, mut records) = (0, 0);
+    let mut previous: Option<(u32, u64)> = None;
     for body in stream_bodies(&rabbit, &format!("{}.ledger", names.queue)).await {
-        // (The sequencer's ticks append its clock alone.)
-        let Some(LedgerEntry::Records { records: rs, .. }) = LedgerEntry::decode(&body) else {
+        let Some(LedgerEntry::Records {
+            records: rs,
+            epoch,
+            at: Some(at),
+        }) = LedgerEntry::decode(&body)
+        else {
             continue;
         };
+        // One sequencer's appends start APPEND_GAP apart at least, by its own clock.
+        if let Some((e, last)) = previous.filter(|(e, _)| *e == epoch) {
+            assert!(
+                at - last >= APPEND_GAP.as_millis() as u64,
+                "epoch {e}: appends at {last} and {at} ms"
+            );
+        }
+        previous = Some((epoch, at));
+        // (The sequencer's ticks append its clock alone.)
         if rs.is_empty() {
             continue;
         }
