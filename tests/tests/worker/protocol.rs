@@ -8,7 +8,7 @@ use bcw_tests::harness::{
     InProcessWorker, Knobs, StartMsg, WorkerProcess, eventually, settings, settings_json,
 };
 use bcw_tests::kube_sim::{Fault, Verb};
-use buildcluster_worker::protocol::sequencer::APPEND_GAP;
+use buildcluster_worker::protocol::sequencer::{APPEND_GAP, BUSY_GROUP};
 use serde_json::json;
 
 use crate::support::{
@@ -279,8 +279,9 @@ async fn a_burst_records_each_placement_before_its_create_and_each_launch_in_gro
 
     let mut placed = std::collections::BTreeSet::new();
     let mut noted = std::collections::BTreeSet::new();
-    let (mut appends, mut records) = (0, 0);
-    let mut previous: Option<(u32, u64)> = None;
+    let (mut appends, mut records, mut busy) = (0, 0, 0);
+    // (epoch, at, records) of the previous append.
+    let mut previous: Option<(u32, u64, usize)> = None;
     for body in stream_bodies(&rabbit, &format!("{}.ledger", names.queue)).await {
         let Some(LedgerEntry::Records {
             records: rs,
@@ -290,14 +291,18 @@ async fn a_burst_records_each_placement_before_its_create_and_each_launch_in_gro
         else {
             continue;
         };
-        // One sequencer's appends start APPEND_GAP apart at least, by its own clock.
-        if let Some((e, last)) = previous.filter(|(e, _)| *e == epoch) {
+        // After an append of a busy group, the sequencer's next starts APPEND_GAP later at
+        // least, by its own clock. (Each decision of this burst records one record.)
+        if let Some((e, last, n)) =
+            previous.filter(|(e, _, n)| *e == epoch && *n as u64 >= BUSY_GROUP)
+        {
+            busy += 1;
             assert!(
                 at - last >= APPEND_GAP.as_millis() as u64,
-                "epoch {e}: appends at {last} and {at} ms"
+                "epoch {e}: an append of {n} records at {last} ms, the next at {at} ms"
             );
         }
-        previous = Some((epoch, at));
+        previous = Some((epoch, at, rs.len()));
         // (The sequencer's ticks append its clock alone.)
         if rs.is_empty() {
             continue;
@@ -335,6 +340,10 @@ async fn a_burst_records_each_placement_before_its_create_and_each_launch_in_gro
     assert!(
         appends < records,
         "{records} records in {appends} appends: none grouped"
+    );
+    assert!(
+        busy > 0,
+        "no append followed a busy group: the gap was not exercised"
     );
     println!("{records} records in {appends} ledger appends");
     rabbit.cleanup(&names).await;

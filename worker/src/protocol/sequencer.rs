@@ -48,10 +48,14 @@ const CATCH_UP_LIMIT: Duration = Duration::from_secs(120);
 /// How often an active sequencer appends even with nothing to record, so that its successor
 /// can count the time it saw pass (docs/protocol.md, Time).
 const LEDGER_TICK: Duration = Duration::from_secs(1);
-/// Least time between the starts of two ledger appends. Decisions taken meanwhile wait and go
-/// into the next one, as records do behind a producer's linger: an append costs the broker
-/// about as much as the builds' other messages, and under load this makes them a fraction.
+/// Least time between the starts of two ledger appends under load. Decisions taken meanwhile
+/// go into the next one, as records do behind a producer's linger: an append costs the broker
+/// more than a build's other messages together, and under load this makes them a fraction.
 pub const APPEND_GAP: Duration = Duration::from_millis(5);
+/// Load, for [`APPEND_GAP`]: an append that covered this many decisions shows them coming
+/// faster than the confirms. After a smaller one the next goes at once, since waiting would
+/// only delay builds at rates where appends cost little anyway.
+pub const BUSY_GROUP: u64 = 2;
 
 /// Where the protocol lives on the broker.
 #[derive(Debug, Clone)]
@@ -288,9 +292,10 @@ async fn append(
 }
 
 /// Appends what the decisions recorded, a group at a time: everything decided while one append
-/// waits for its confirm, or for [`APPEND_GAP`] since it started, goes into the next. With
-/// nothing to record for [`LEDGER_TICK`], it appends its clock alone.
+/// waits for its confirm (and, after a [`BUSY_GROUP`], for [`APPEND_GAP`] since it started)
+/// goes into the next. With nothing to record for [`LEDGER_TICK`], it appends its clock alone.
 async fn append_loop(core: Arc<Core>, channel: Channel, ledger: String) -> String {
+    let mut covered = 0;
     loop {
         let woken = tokio::time::timeout(LEDGER_TICK, core.wake.notified())
             .await
@@ -317,7 +322,10 @@ async fn append_loop(core: Arc<Core>, channel: Channel, ledger: String) -> Strin
             return why;
         }
         core.appended.send_replace(Some(upto));
-        tokio::time::sleep_until(next).await;
+        if upto - covered >= BUSY_GROUP {
+            tokio::time::sleep_until(next).await;
+        }
+        covered = upto;
     }
 }
 
