@@ -4,6 +4,11 @@
 //! under comparison creates one) with kube-rs on the same `kube-sim`, publish one confirmed
 //! event, ack. No routing, breaker, budget, retry, validation or lifecycle: whatever the worker
 //! spends beyond this is the price of its logic.
+//!
+//! With `--report` it also does the least a lifecycle reporter can do: one pod watch per
+//! cluster (kube-runtime's watcher on the worker's labels, decoding only the name and the
+//! phase), a confirmed `build.running` per pod seen running and its outcome once it is done.
+//! The reporter's own price is what the worker spends beyond that.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -45,6 +50,10 @@ pub struct BaselineArgs {
     /// AMQP URL.
     #[arg(long)]
     pub amqp: String,
+    /// Also watch the pods and publish `build.running` and the outcome of each (the least
+    /// lifecycle reporting).
+    #[arg(long)]
+    pub report: bool,
 }
 
 /// Runs until the process is killed.
@@ -79,6 +88,18 @@ pub async fn run(args: BaselineArgs) -> anyhow::Result<()> {
             FieldTable::default(),
         )
         .await?;
+    if args.report {
+        let selector = reporter_selector(&pod);
+        for (pods, _) in &clusters {
+            let watched = Api::<Phase>::namespaced(pods.clone().into_client(), "default");
+            tokio::spawn(report(
+                watched,
+                selector.clone(),
+                publish.clone(),
+                args.events.clone(),
+            ));
+        }
+    }
     let shared = Arc::new((clusters, pod, secret, publish, args.events));
     while let Some(delivery) = deliveries.next().await {
         let delivery = delivery?;
@@ -130,4 +151,143 @@ pub async fn run(args: BaselineArgs) -> anyhow::Result<()> {
         });
     }
     Ok(())
+}
+
+/// The worker reporter's selector (managed-by and executor labels), read from the pod template.
+fn reporter_selector(pod: &Pod) -> String {
+    let labels = pod.metadata.labels.clone().unwrap_or_default();
+    [
+        "app.kubernetes.io/managed-by",
+        "buildcluster-worker/executor",
+    ]
+    .iter()
+    .filter_map(|k| labels.get(*k).map(|v| format!("{k}={v}")))
+    .collect::<Vec<_>>()
+    .join(",")
+}
+
+/// Publishes a confirmed `build.running` once for every pod the watch shows running or done,
+/// and its outcome (`build.succeeded`, `build.failed`) once it is done: the lifecycle events
+/// the worker's reporter publishes.
+async fn report(api: Api<Phase>, selector: String, publish: lapin::Channel, events: String) {
+    use kube::runtime::{WatchStreamExt, watcher};
+    let mut running = std::collections::HashSet::new();
+    let mut done = std::collections::HashSet::new();
+    let mut stream = watcher(api, watcher::Config::default().labels(&selector))
+        .default_backoff()
+        .applied_objects()
+        .boxed();
+    while let Some(pod) = stream.next().await {
+        let Ok(Phase { metadata, status }) = pod else {
+            continue;
+        };
+        let Some(name) = metadata.name else { continue };
+        let outcome = match status.phase.as_deref() {
+            Some("Succeeded") => Some("build.succeeded"),
+            Some("Failed") => Some("build.failed"),
+            Some("Running") => None,
+            _ => continue,
+        };
+        let mut types = Vec::new();
+        if running.insert(name.clone()) {
+            types.push("build.running");
+        }
+        if let Some(outcome) = outcome
+            && done.insert(name.clone())
+        {
+            types.push(outcome);
+        }
+        if !types.is_empty() {
+            tokio::spawn(publish_events(publish.clone(), events.clone(), name, types));
+        }
+    }
+}
+
+/// Publishes events of these types about one pod, in order, each confirmed.
+async fn publish_events(
+    publish: lapin::Channel,
+    events: String,
+    pod: String,
+    types: Vec<&'static str>,
+) {
+    let id: u64 = pod
+        .rsplit('-')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_default();
+    for ty in types {
+        let body = serde_json::to_vec(&json!({"type": ty, "data": {"buildId": id, "pod": pod}}))
+            .unwrap_or_default();
+        let Ok(confirm) = publish
+            .basic_publish(
+                ShortString::from(events.as_str()),
+                ShortString::from(ty),
+                BasicPublishOptions::default(),
+                &body,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+        else {
+            return;
+        };
+        if !matches!(confirm.await, Ok(c) if c.is_ack()) {
+            return;
+        }
+    }
+}
+
+/// A pod as the least reporter reads it: its name and phase, everything else skipped.
+#[derive(Clone, Debug, serde::Deserialize)]
+struct Phase {
+    #[serde(deserialize_with = "name_and_version")]
+    metadata: kube::api::ObjectMeta,
+    #[serde(default)]
+    status: PhaseStatus,
+}
+
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+struct PhaseStatus {
+    phase: Option<String>,
+}
+
+/// The watcher needs the name and the resource version; the rest of the metadata is skipped.
+fn name_and_version<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<kube::api::ObjectMeta, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Meta {
+        name: Option<String>,
+        resource_version: Option<String>,
+    }
+    let m = <Meta as serde::Deserialize>::deserialize(d)?;
+    Ok(kube::api::ObjectMeta {
+        name: m.name,
+        resource_version: m.resource_version,
+        ..Default::default()
+    })
+}
+
+impl kube::Resource for Phase {
+    type DynamicType = ();
+    type Scope = k8s_openapi::NamespaceResourceScope;
+
+    fn kind(_: &()) -> std::borrow::Cow<'_, str> {
+        "Pod".into()
+    }
+    fn group(_: &()) -> std::borrow::Cow<'_, str> {
+        "".into()
+    }
+    fn version(_: &()) -> std::borrow::Cow<'_, str> {
+        "v1".into()
+    }
+    fn plural(_: &()) -> std::borrow::Cow<'_, str> {
+        "pods".into()
+    }
+    fn meta(&self) -> &kube::api::ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut kube::api::ObjectMeta {
+        &mut self.metadata
+    }
 }

@@ -336,7 +336,7 @@ fn cpu_budget(md: &mut String, all: &[Outcome]) {
         );
     }
     let _ = writeln!(md);
-    if let Some(line) = bound(all) {
+    for line in [bound(all), reporting(all)].into_iter().flatten() {
         let _ = writeln!(md, "{line}\n");
     }
 }
@@ -398,6 +398,27 @@ fn bound(all: &[Outcome]) -> Option<String> {
             defaults.broker + defaults.harness,
             rate / base.throughput_per_s,
             base.throughput_per_s
+        )
+    })
+}
+
+/// What the least lifecycle reporting costs the baseline, against what the defaults cost.
+fn reporting(all: &[Outcome]) -> Option<String> {
+    let base = CpuSplit::of(find(all, "burst-baseline")?)?;
+    let least = find(all, "burst-baseline-reporting")?;
+    let reporting = CpuSplit::of(least)?;
+    let defaults = CpuSplit::of(find(all, "burst")?)?;
+    (base.consumer > 0.0 && base.broker > 0.0 && reporting.consumer > 0.0).then(|| {
+        format!(
+            "The least lifecycle reporting (`burst-baseline-reporting`: the baseline, a pod watch \
+             and the same confirmed events) costs the baseline process {:.2} x its CPU per build \
+             and RabbitMQ {:.2} x; the defaults' worker spends {:.2} x the baseline process's \
+             ({:.2} x the reporting baseline's), RabbitMQ {:.2} x the baseline's.",
+            reporting.consumer / base.consumer,
+            reporting.broker / base.broker,
+            defaults.consumer / base.consumer,
+            defaults.consumer / reporting.consumer,
+            defaults.broker / base.broker
         )
     })
 }

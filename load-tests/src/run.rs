@@ -355,7 +355,10 @@ impl Bench {
                         .push(Consumer::worker(&self.bin_dir, &config).await?);
                 }
             }
-            Target::Baseline { token_secret } => {
+            Target::Baseline {
+                token_secret,
+                reporting,
+            } => {
                 self.declare_plain_queue(&names).await?;
                 self.publish_burst(&names, &ids, &collector).await?;
                 let args = BaselineLaunch {
@@ -365,6 +368,7 @@ impl Bench {
                     clusters: CLUSTERS.iter().map(|c| self.sim.cluster(c).url()).collect(),
                     pod: self.template(token_secret, "pod"),
                     secret: token_secret.then(|| self.template(true, "secret")),
+                    report: reporting,
                 };
                 consumers
                     .0
@@ -384,6 +388,9 @@ impl Bench {
             sc.target,
             Target::Worker {
                 lifecycle: true,
+                ..
+            } | Target::Baseline {
+                reporting: true,
                 ..
             }
         ) && sc.pod_runs_ms.is_none();
@@ -870,6 +877,7 @@ struct BaselineLaunch {
     clusters: Vec<String>,
     pod: PathBuf,
     secret: Option<PathBuf>,
+    report: bool,
 }
 
 /// One worker or baseline process.
@@ -934,6 +942,9 @@ impl Consumer {
             .kill_on_drop(true);
         if let Some(s) = &a.secret {
             cmd.arg("--secret").arg(s);
+        }
+        if a.report {
+            cmd.arg("--report");
         }
         let child = cmd.spawn().context("starting the baseline")?;
         let pid = child.id().context("baseline pid")?;

@@ -19,6 +19,8 @@ pub enum Target {
     Baseline {
         /// Also create the token Secret.
         token_secret: bool,
+        /// Also the least lifecycle reporting: a pod watch, confirmed `build.running` and outcome.
+        reporting: bool,
     },
 }
 
@@ -138,7 +140,19 @@ pub fn standard(scale: f64) -> Vec<Scenario> {
         Scenario::new(
             "burst-baseline",
             "Baseline: pod + Secret POST, confirmed publish, ack (the physical limit)",
-            Target::Baseline { token_secret: true },
+            Target::Baseline {
+                token_secret: true,
+                reporting: false,
+            },
+            Load::Burst { builds: burst },
+        ),
+        Scenario::new(
+            "burst-baseline-reporting",
+            "Baseline and the least lifecycle reporting: a pod watch, confirmed build.running and outcome events",
+            Target::Baseline {
+                token_secret: true,
+                reporting: true,
+            },
             Load::Burst { builds: burst },
         ),
         Scenario::new(
@@ -174,6 +188,7 @@ pub fn standard(scale: f64) -> Vec<Scenario> {
             "Baseline: pod POST only, confirmed publish, ack",
             Target::Baseline {
                 token_secret: false,
+                reporting: false,
             },
             Load::Burst { builds: burst },
         ),

@@ -30,7 +30,7 @@ fn a_small_bench_measures_every_build_and_writes_its_report() {
         .args([
             "bench",
             "--only",
-            "burst-baseline,burst",
+            "burst-baseline,burst-baseline-reporting,burst",
             "--scale",
             "0.0025",
         ])
@@ -40,7 +40,7 @@ fn a_small_bench_measures_every_build_and_writes_its_report() {
         .expect("bcw-load runs");
     assert!(status.success(), "bcw-load bench failed: {status}");
 
-    for name in ["burst-baseline", "burst"] {
+    for name in ["burst-baseline", "burst-baseline-reporting", "burst"] {
         let r = read_json(&out.path().join(format!("{name}.json")));
         assert_eq!(r["scenario"]["name"], name);
         // The scale's floor: 50 builds per scenario, every one launched and timed.
@@ -103,6 +103,12 @@ fn a_small_bench_measures_every_build_and_writes_its_report() {
     );
     assert!(
         budget.contains("A worker that used no more CPU than the baseline process"),
+        "{budget}"
+    );
+    // And what the least lifecycle reporting costs the baseline, beside the defaults.
+    assert!(
+        budget.contains("| `burst-baseline-reporting` |")
+            && budget.contains("The least lifecycle reporting"),
         "{budget}"
     );
     let svg = std::fs::read_to_string(out.path().join("throughput.svg")).expect("chart");
