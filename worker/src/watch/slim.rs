@@ -5,7 +5,7 @@
 //! would dominate the worker's memory: the watch deserialises only what it reads, and the rest
 //! of the pod is dropped at once.
 
-use k8s_openapi::api::core::v1::{ContainerStatus, Pod, PodCondition, PodStatus};
+use k8s_openapi::api::core::v1::{ContainerState, ContainerStatus, Pod, PodCondition, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::naming;
@@ -21,7 +21,81 @@ pub(super) struct WatchedPod {
     #[serde(default)]
     spec: Option<WatchedSpec>,
     #[serde(default)]
-    status: Option<PodStatus>,
+    status: Option<WatchedStatus>,
+}
+
+/// The status fields [`slim_with_spec`] keeps; the rest (addresses, QoS class, the conditions'
+/// times, the containers' images, ids and resources) is skipped without being built.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WatchedStatus {
+    phase: Option<String>,
+    reason: Option<String>,
+    message: Option<String>,
+    conditions: Option<Vec<WatchedCondition>>,
+    container_statuses: Option<Vec<WatchedContainerStatus>>,
+    init_container_statuses: Option<Vec<WatchedContainerStatus>>,
+}
+
+#[derive(Clone, Debug, serde::Deserialize)]
+struct WatchedCondition {
+    #[serde(rename = "type")]
+    type_: String,
+    status: String,
+    reason: Option<String>,
+    message: Option<String>,
+}
+
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WatchedContainerStatus {
+    name: String,
+    state: Option<ContainerState>,
+    last_state: Option<ContainerState>,
+    #[serde(default)]
+    ready: bool,
+    #[serde(default)]
+    restart_count: i32,
+    started: Option<bool>,
+}
+
+impl WatchedStatus {
+    fn into_status(self) -> PodStatus {
+        let containers = |list: Option<Vec<WatchedContainerStatus>>| {
+            list.map(|l| {
+                l.into_iter()
+                    .map(|c| ContainerStatus {
+                        name: c.name,
+                        state: c.state,
+                        last_state: c.last_state,
+                        ready: c.ready,
+                        restart_count: c.restart_count,
+                        started: c.started,
+                        ..Default::default()
+                    })
+                    .collect()
+            })
+        };
+        PodStatus {
+            phase: self.phase,
+            reason: self.reason,
+            message: self.message,
+            conditions: self.conditions.map(|cs| {
+                cs.into_iter()
+                    .map(|c| PodCondition {
+                        type_: c.type_,
+                        status: c.status,
+                        reason: c.reason,
+                        message: c.message,
+                        ..Default::default()
+                    })
+                    .collect()
+            }),
+            container_statuses: containers(self.container_statuses),
+            init_container_statuses: containers(self.init_container_statuses),
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Clone, Debug, serde::Deserialize)]
@@ -109,7 +183,7 @@ impl WatchedPod {
                 s.node_name,
             )
         });
-        slim_with_spec(metadata, spec, status)
+        slim_with_spec(metadata, spec, status.map(WatchedStatus::into_status))
     }
 }
 
@@ -146,11 +220,53 @@ fn slim(pod: Pod) -> Pod {
             s.node_name,
         )
     });
-    slim_with_spec(metadata, spec, status)
+    slim_with_spec(
+        metadata,
+        spec,
+        status.map(|s| WatchedStatus::from(s).into_status()),
+    )
 }
 
-/// The kept pod around a spec already slimmed by [`slim_spec`]: the worker's annotations and
-/// the metadata the reporter reads, the status without what it never reads.
+/// The fields of a whole status that the watch decodes.
+#[cfg(test)]
+impl From<PodStatus> for WatchedStatus {
+    fn from(st: PodStatus) -> Self {
+        let containers = |list: Option<Vec<ContainerStatus>>| {
+            list.map(|l| {
+                l.into_iter()
+                    .map(|c| WatchedContainerStatus {
+                        name: c.name,
+                        state: c.state,
+                        last_state: c.last_state,
+                        ready: c.ready,
+                        restart_count: c.restart_count,
+                        started: c.started,
+                    })
+                    .collect()
+            })
+        };
+        WatchedStatus {
+            phase: st.phase,
+            reason: st.reason,
+            message: st.message,
+            conditions: st.conditions.map(|cs| {
+                cs.into_iter()
+                    .map(|c| WatchedCondition {
+                        type_: c.type_,
+                        status: c.status,
+                        reason: c.reason,
+                        message: c.message,
+                    })
+                    .collect()
+            }),
+            container_statuses: containers(st.container_statuses),
+            init_container_statuses: containers(st.init_container_statuses),
+        }
+    }
+}
+
+/// The kept pod around a spec and a status already slimmed ([`slim_spec`],
+/// [`WatchedStatus::into_status`]): the worker's annotations and the metadata the reporter reads.
 fn slim_with_spec(
     metadata: kube::api::ObjectMeta,
     spec: Option<k8s_openapi::api::core::v1::PodSpec>,
@@ -160,42 +276,6 @@ fn slim_with_spec(
         a.into_iter()
             .filter(|(k, _)| k.starts_with(naming::ANN_PREFIX))
             .collect()
-    });
-    let status = status.map(|st| {
-        let containers = |list: Option<Vec<ContainerStatus>>| {
-            list.map(|l| {
-                l.into_iter()
-                    .map(|c| ContainerStatus {
-                        name: c.name,
-                        state: c.state,
-                        last_state: c.last_state,
-                        ready: c.ready,
-                        restart_count: c.restart_count,
-                        started: c.started,
-                        ..Default::default()
-                    })
-                    .collect()
-            })
-        };
-        PodStatus {
-            phase: st.phase,
-            reason: st.reason,
-            message: st.message,
-            conditions: st.conditions.map(|cs| {
-                cs.into_iter()
-                    .map(|c| PodCondition {
-                        type_: c.type_,
-                        status: c.status,
-                        reason: c.reason,
-                        message: c.message,
-                        ..Default::default()
-                    })
-                    .collect()
-            }),
-            container_statuses: containers(st.container_statuses),
-            init_container_statuses: containers(st.init_container_statuses),
-            ..Default::default()
-        }
     });
     Pod {
         metadata: kube::api::ObjectMeta {
@@ -316,15 +396,45 @@ mod tests {
     use crate::watch::assess::{Policy, assess};
     use serde_json::json;
 
+    /// Statuses a build pod goes through; the Running one before the last two with every field the API server
+    /// sets (addresses, conditions with their times, containers with ids and a restart).
+    fn statuses() -> Vec<serde_json::Value> {
+        vec![
+            json!({"phase": "Pending"}),
+            json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/3 nodes"}]}),
+            json!({"phase": "Pending", "containerStatuses": [{"name": "42", "ready": false, "restartCount": 0, "image": "x", "imageID": "", "state": {"waiting": {"reason": "InvalidImageName", "message": "bad"}}}]}),
+            json!({"phase": "Pending", "initContainerStatuses": [{"name": "launcher", "ready": false, "restartCount": 0, "image": "x", "imageID": "", "state": {"terminated": {"exitCode": 1, "reason": "Error"}}}]}),
+            json!({"phase": "Running", "containerStatuses": [{"name": "42", "ready": true, "restartCount": 0, "image": "x", "imageID": "", "state": {"running": {"startedAt": "2027-01-15T08:00:05Z"}}}]}),
+            json!({"phase": "Running", "containerStatuses": [
+            {"name": "42", "ready": false, "restartCount": 0, "image": "x", "imageID": "", "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled", "finishedAt": "2027-01-15T08:03:00Z"}}},
+            {"name": "dind", "ready": true, "restartCount": 0, "image": "x", "imageID": "", "state": {"running": {}}}]}),
+            json!({"phase": "Succeeded", "containerStatuses": [{"name": "42", "ready": false, "restartCount": 0, "image": "x", "imageID": "", "state": {"terminated": {"exitCode": 0, "reason": "Completed", "finishedAt": "2027-01-15T08:04:00Z"}}}]}),
+            json!({"phase": "Running", "hostIP": "10.0.0.5", "hostIPs": [{"ip": "10.0.0.5"}],
+               "podIP": "10.1.0.9", "podIPs": [{"ip": "10.1.0.9"}], "qosClass": "Burstable",
+               "startTime": "2027-01-15T08:00:01Z",
+               "conditions": [
+                   {"type": "PodReadyToStartContainers", "status": "True", "lastProbeTime": null, "lastTransitionTime": "2027-01-15T08:00:03Z"},
+                   {"type": "Initialized", "status": "True", "lastProbeTime": null, "lastTransitionTime": "2027-01-15T08:00:04Z"},
+                   {"type": "Ready", "status": "False", "reason": "ContainersNotReady", "message": "containers with unready status: [42]", "lastProbeTime": null, "lastTransitionTime": "2027-01-15T08:00:04Z"},
+                   {"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": "2027-01-15T08:00:01Z"}],
+               "initContainerStatuses": [{"name": "launcher", "ready": true, "restartCount": 0, "started": false,
+                   "image": "screwdrivercd/launcher:v6", "imageID": "docker.io/screwdrivercd/launcher@sha256:ab", "containerID": "containerd://1",
+                   "state": {"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": "2027-01-15T08:00:02Z", "finishedAt": "2027-01-15T08:00:03Z", "containerID": "containerd://1"}}}],
+               "containerStatuses": [{"name": "42", "ready": false, "restartCount": 1, "started": true,
+                   "image": "node:22", "imageID": "docker.io/library/node@sha256:cd", "containerID": "containerd://3",
+                   "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled", "startedAt": "2027-01-15T08:00:04Z", "finishedAt": "2027-01-15T08:01:00Z"}},
+                   "state": {"running": {"startedAt": "2027-01-15T08:01:01Z"}},
+                   "resources": {"requests": {"cpu": "2", "memory": "2Gi"}},
+                   "volumeMounts": [{"name": "workspace", "mountPath": "/sd/workspace"}]}]}),
+            json!({"phase": "Failed", "reason": "DeadlineExceeded", "message": "too long"}),
+            json!({"phase": "Failed", "reason": "Evicted", "message": "low on memory", "containerStatuses": [
+                {"name": "42", "ready": false, "restartCount": 0, "started": true, "image": "x", "imageID": "", "state": {}}]}),
+        ]
+    }
+
     #[test]
     fn a_watched_pod_is_the_slim_pod_of_the_same_json() {
-        for status in [
-            json!({"phase": "Pending"}),
-            json!({"phase": "Running", "containerStatuses": [
-                {"name": "42", "ready": true, "restartCount": 0, "image": "node:22", "imageID": "x",
-                 "state": {"running": {"startedAt": "2027-01-15T08:00:05Z"}}}]}),
-            json!(null),
-        ] {
+        for status in statuses().into_iter().chain([json!(null)]) {
             for node in [None, Some("node-1")] {
                 for deleting in [false, true] {
                     let full = full_pod(status.clone(), node, deleting);
@@ -376,18 +486,6 @@ mod tests {
 
     #[test]
     fn a_slim_pod_is_assessed_exactly_as_the_full_one() {
-        let statuses = [
-            json!({"phase": "Pending"}),
-            json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/3 nodes"}]}),
-            json!({"phase": "Pending", "containerStatuses": [{"name": "42", "ready": false, "restartCount": 0, "image": "x", "imageID": "", "state": {"waiting": {"reason": "InvalidImageName", "message": "bad"}}}]}),
-            json!({"phase": "Pending", "initContainerStatuses": [{"name": "launcher", "ready": false, "restartCount": 0, "image": "x", "imageID": "", "state": {"terminated": {"exitCode": 1, "reason": "Error"}}}]}),
-            json!({"phase": "Running", "containerStatuses": [{"name": "42", "ready": true, "restartCount": 0, "image": "x", "imageID": "", "state": {"running": {"startedAt": "2027-01-15T08:00:05Z"}}}]}),
-            json!({"phase": "Running", "containerStatuses": [
-                {"name": "42", "ready": false, "restartCount": 0, "image": "x", "imageID": "", "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled", "finishedAt": "2027-01-15T08:03:00Z"}}},
-                {"name": "dind", "ready": true, "restartCount": 0, "image": "x", "imageID": "", "state": {"running": {}}}]}),
-            json!({"phase": "Succeeded", "containerStatuses": [{"name": "42", "ready": false, "restartCount": 0, "image": "x", "imageID": "", "state": {"terminated": {"exitCode": 0, "reason": "Completed", "finishedAt": "2027-01-15T08:04:00Z"}}}]}),
-            json!({"phase": "Failed", "reason": "DeadlineExceeded", "message": "too long"}),
-        ];
         let policy = Policy {
             grace: Duration::from_secs(30),
             pending_timeout: Duration::from_secs(600),
@@ -396,7 +494,7 @@ mod tests {
             .parse::<jiff::Timestamp>()
             .unwrap()
             .as_second();
-        for status in statuses {
+        for status in statuses() {
             for node in [None, Some("node-1")] {
                 for deleting in [false, true] {
                     let full = full_pod(status.clone(), node, deleting);
