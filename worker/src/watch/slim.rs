@@ -24,7 +24,7 @@ pub(super) struct WatchedPod {
     status: Option<WatchedStatus>,
 }
 
-/// The status fields [`slim_with_spec`] keeps; the rest (addresses, QoS class, the conditions'
+/// The status fields the reporter reads; the rest (addresses, QoS class, the conditions'
 /// times, the containers' images, ids and resources) is skipped without being built.
 #[derive(Clone, Debug, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
