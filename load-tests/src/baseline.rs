@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
+use buildcluster_worker::naming;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, PostParams};
@@ -130,21 +131,9 @@ pub async fn run(args: BaselineArgs) -> anyhow::Result<()> {
                     return;
                 }
             }
-            let body = serde_json::to_vec(
-                &json!({"type": "build.launched", "data": {"buildId": id, "pod": name}}),
-            )
-            .unwrap_or_default();
-            let confirm = publish
-                .basic_publish(
-                    ShortString::from(events.as_str()),
-                    ShortString::from("build.launched"),
-                    BasicPublishOptions::default(),
-                    &body,
-                    BasicProperties::default().with_delivery_mode(2),
-                )
-                .await;
-            if let Ok(confirm) = confirm
-                && confirm.await.is_ok()
+            if publish_event(publish, events, "build.launched", id, &name)
+                .await
+                .is_some()
             {
                 let _ = delivery.acker.ack(BasicAckOptions::default()).await;
             }
@@ -156,14 +145,11 @@ pub async fn run(args: BaselineArgs) -> anyhow::Result<()> {
 /// The worker reporter's selector (managed-by and executor labels), read from the pod template.
 fn reporter_selector(pod: &Pod) -> String {
     let labels = pod.metadata.labels.clone().unwrap_or_default();
-    [
-        "app.kubernetes.io/managed-by",
-        "buildcluster-worker/executor",
-    ]
-    .iter()
-    .filter_map(|k| labels.get(*k).map(|v| format!("{k}={v}")))
-    .collect::<Vec<_>>()
-    .join(",")
+    [naming::MANAGED_BY_LABEL, naming::EXECUTOR_LABEL]
+        .iter()
+        .filter_map(|k| labels.get(*k).map(|v| format!("{k}={v}")))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Publishes a confirmed `build.running` once for every pod the watch shows running or done,
@@ -216,24 +202,34 @@ async fn publish_events(
         .and_then(|s| s.parse().ok())
         .unwrap_or_default();
     for ty in types {
-        let body = serde_json::to_vec(&json!({"type": ty, "data": {"buildId": id, "pod": pod}}))
-            .unwrap_or_default();
-        let Ok(confirm) = publish
-            .basic_publish(
-                ShortString::from(events.as_str()),
-                ShortString::from(ty),
-                BasicPublishOptions::default(),
-                &body,
-                BasicProperties::default().with_delivery_mode(2),
-            )
-            .await
-        else {
-            return;
-        };
-        if !matches!(confirm.await, Ok(c) if c.is_ack()) {
+        let confirmed = publish_event(&publish, &events, ty, id, &pod).await;
+        if !confirmed.is_some_and(|c| c.is_ack()) {
             return;
         }
     }
+}
+
+/// Publishes one persistent event about a build's pod; its confirmation, if the broker gave one.
+async fn publish_event(
+    publish: &lapin::Channel,
+    events: &str,
+    ty: &str,
+    id: u64,
+    pod: &str,
+) -> Option<lapin::Confirmation> {
+    let body = serde_json::to_vec(&json!({"type": ty, "data": {"buildId": id, "pod": pod}}))
+        .unwrap_or_default();
+    let confirm = publish
+        .basic_publish(
+            ShortString::from(events),
+            ShortString::from(ty),
+            BasicPublishOptions::default(),
+            &body,
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .ok()?;
+    confirm.await.ok()
 }
 
 /// A pod as the least reporter reads it: its name and phase, everything else skipped.
