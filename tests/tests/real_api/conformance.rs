@@ -414,22 +414,42 @@ async fn managed_update(client: &kube::Client, ns: &str) -> BTreeMap<String, Val
         Some(&lease),
     )
     .await;
-    let mut out = BTreeMap::from([("code".to_string(), json!(code))]);
-    for p in [
-        "/0/manager",
-        "/0/fieldsV1",
-        "/1/manager",
-        "/1/operation",
-        "/1/fieldsV1",
-        "/2",
-    ] {
-        let pointer = format!("/metadata/managedFields{p}");
-        out.insert(
-            pointer.clone(),
-            body.pointer(&pointer).cloned().unwrap_or(Value::Null),
-        );
+    let entries = body
+        .pointer("/metadata/managedFields")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut out = BTreeMap::from([
+        ("code".to_string(), json!(code)),
+        ("entries".to_string(), json!(entries.len())),
+        // The order depends on the entries' times to the second, and whether the creation and
+        // this update fell in one second is chance: the rule is compared, not the order.
+        (
+            "in the API server's order".to_string(),
+            json!(in_field_manager_order(&entries)),
+        ),
+    ]);
+    for e in &entries {
+        let manager = e["manager"].as_str().unwrap_or_default();
+        for field in ["operation", "fieldsV1"] {
+            out.insert(format!("{manager} {field}"), e[field].clone());
+        }
     }
     out
+}
+
+/// True when managedFields entries are sorted as the API server sorts them: by operation, time
+/// (to the second), manager, apiVersion.
+fn in_field_manager_order(entries: &[Value]) -> bool {
+    let key = |e: &Value| {
+        let text = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+        let secs = e["time"]
+            .as_str()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .map(|t| t.as_second());
+        (text("operation"), secs, text("manager"), text("apiVersion"))
+    };
+    entries.windows(2).all(|w| key(&w[0]) <= key(&w[1]))
 }
 
 async fn watch_sequence(client: &kube::Client, ns: &str) -> BTreeMap<String, Value> {
