@@ -41,3 +41,95 @@ async fn a_connection_closes_the_channels_its_owners_dropped_before_itself() {
         assert!(closed.is_ok(), "round {round}: {closed:?}");
     }
 }
+
+/// Publishes from many tasks at once, on the runtime's two threads, each get their own confirm:
+/// a `mandatory` publish nobody routes is told so, and only that one; a routed one and one that
+/// asked for no route are told they are placed. (lapin alone hands a return to whichever
+/// outstanding publish's confirm completes next, which failed this within a few hundred
+/// publishes.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishes_each_get_their_own_confirm() {
+    use buildcluster_worker::broker::publisher::channels;
+    use buildcluster_worker::broker::{Outgoing, PublishError, Publisher};
+    use futures::StreamExt;
+    use lapin::options::{BasicAckOptions, QueueDeclareOptions};
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+
+    const PUBLISHES: u32 = 3_000;
+    // By index: 0 mandatory and unroutable, 1 mandatory and routed, 2 routed without the flag.
+    let kind = |i: u32| i % 3;
+    let raw = lapin::Connection::connect(AMQP_URL, ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ must run on 127.0.0.1:5672 (guest/guest)");
+    let connection = Arc::new(Connection::new(raw));
+    let queue = format!("bcw-test-pipelined-{}", std::process::id());
+    let setup = connection.create_channel().await.expect("channel");
+    let exclusive = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    setup
+        .queue_declare(queue.as_str().into(), exclusive, FieldTable::default())
+        .await
+        .expect("queue");
+    let (publisher, control) = Publisher::new(None);
+    control.connected(channels(connection.clone()));
+    let publishes = (0..PUBLISHES).map(|i| {
+        let (publisher, queue) = (publisher.clone(), queue.clone());
+        tokio::spawn(async move {
+            let unroutable = format!("{queue}-nobody");
+            let body = i.to_string();
+            let sent = publisher
+                .publish(Outgoing {
+                    exchange: "",
+                    routing_key: if kind(i) == 0 { &unroutable } else { &queue },
+                    body: body.as_bytes(),
+                    properties: Default::default(),
+                    mandatory: kind(i) != 2,
+                })
+                .await;
+            (i, sent)
+        })
+    });
+    let mut routed = BTreeSet::new();
+    for joined in futures::future::join_all(publishes).await {
+        let (i, sent) = joined.expect("the publish task");
+        match (kind(i), sent) {
+            (1 | 2, Ok(())) => routed.insert(i),
+            (0, Err(PublishError::Unroutable(_))) => false,
+            (k, other) => panic!("publish {i} of kind {k}: {other:?}"),
+        };
+    }
+    let mut consumer = setup
+        .basic_consume(
+            queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    let mut arrived = BTreeSet::new();
+    while arrived.len() < routed.len() {
+        let delivery = consumer
+            .next()
+            .await
+            .expect("a delivery")
+            .expect("delivery");
+        let body = String::from_utf8(delivery.data.clone()).expect("utf-8");
+        arrived.insert(body.parse::<u32>().expect("an index"));
+        delivery
+            .acker
+            .ack(BasicAckOptions::default())
+            .await
+            .expect("ack");
+    }
+    assert_eq!(
+        arrived, routed,
+        "the queue holds exactly the publishes told placed"
+    );
+    control.disconnected();
+    connection.close("test").await.expect("close");
+}

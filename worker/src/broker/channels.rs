@@ -10,10 +10,10 @@ use lapin::options::ConfirmSelectOptions;
 
 use super::Connection;
 
-/// Confirm-mode channels per connection. A channel is held only while a publish is written
-/// (confirms are awaited without it), so one carries every publish; RabbitMQ answers a busy
-/// channel's publishes with few `multiple` confirms, while spreading them over eight channels cost
-/// it about a quarter more CPU per build (load-tests/README.md).
+/// Confirm-mode channels per pool. A pipelined publish holds its channel only while it is
+/// queued (its write and confirm are awaited without it), so one carries every publish; RabbitMQ
+/// answers a busy channel's publishes with few `multiple` confirms, while spreading them over
+/// eight channels cost it about a quarter more CPU per build (load-tests/README.md).
 const CONFIRM_CHANNELS: usize = 1;
 
 /// Opens confirm-mode channels on one connection.
@@ -46,8 +46,30 @@ impl managed::Manager for ChannelManager {
 /// A pool of channels.
 pub type ChannelPool = Pool<ChannelManager>;
 
-/// Builds the pool of confirm-mode channels of a connection.
-pub fn confirm_pool(connection: Arc<Connection>) -> ChannelPool {
+/// The publishing channels of one connection: one whose publishes pipeline, for messages that
+/// need no route, and one that carries a single `mandatory` publish at a time. lapin (4.12.3)
+/// hands a returned message to whichever pending confirm completes next, and completes the
+/// confirms of a `multiple` ack in no set order: with several mandatory publishes outstanding on
+/// one channel, a return can reach another publish than its own, so an unroutable copy would
+/// count as placed and a placed one as unroutable.
+#[derive(Debug, Clone)]
+pub struct Channels {
+    /// Publishes with no `mandatory` flag (events), pipelined.
+    pub pipelined: ChannelPool,
+    /// `mandatory` publishes, one at a time.
+    pub routed: ChannelPool,
+}
+
+/// Builds the publishing channels of a connection.
+pub fn confirm_channels(connection: Arc<Connection>) -> Channels {
+    Channels {
+        pipelined: confirm_pool(connection.clone()),
+        routed: confirm_pool(connection),
+    }
+}
+
+/// Builds a pool of confirm-mode channels of a connection.
+fn confirm_pool(connection: Arc<Connection>) -> ChannelPool {
     Pool::builder(ChannelManager { connection })
         .max_size(CONFIRM_CHANNELS)
         .wait_timeout(Some(Duration::from_secs(10)))

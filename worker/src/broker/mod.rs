@@ -320,7 +320,7 @@ impl<H: Handler> Supervisor<H> {
             Ok(report) => {
                 self.handler.topology_checked(&report);
                 self.control
-                    .connected(publisher::channel_pool(connection.clone()));
+                    .connected(publisher::channels(connection.clone()));
                 Connected::Up(connection, report)
             }
             Err(e) if e.is_fatal() => {

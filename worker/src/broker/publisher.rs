@@ -1,9 +1,10 @@
 //! Confirmed publishing: a deadpool pool of confirm-mode channels per connection, behind a
 //! handle that outlives reconnects.
 //!
-//! A channel is checked out only to write the frame; the confirm is awaited after the channel
-//! went back to the pool, so many tasks pipeline their publishes on one channel. A message is
-//! only reported as sent once the broker confirmed it (and, when `mandatory`, routed it).
+//! A publish that needs no route checks its channel out only to write the frame; the confirm is
+//! awaited after the channel went back to the pool, so many tasks pipeline their publishes on one
+//! channel. A `mandatory` publish holds a channel of its own until its confirm ([`Channels`]). A message is only reported as sent once
+//! the broker confirmed it (and, when `mandatory`, routed it).
 
 use std::time::Duration;
 
@@ -12,6 +13,8 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Confirmation};
 
 use super::Connection;
+use super::channels::{ChannelManager, ChannelPool};
+use deadpool::managed::Object;
 use tokio::sync::watch;
 
 use crate::config::EventsFormat;
@@ -42,12 +45,11 @@ pub enum PublishError {
     Pool(String),
 }
 
-/// The confirm-mode channel pool of one connection.
-pub type ChannelPool = super::channels::ChannelPool;
+pub use super::channels::Channels;
 
-/// Builds the confirm-mode channel pool of a connection.
-pub fn channel_pool(connection: std::sync::Arc<Connection>) -> ChannelPool {
-    super::channels::confirm_pool(connection)
+/// Builds the publishing channels of a connection.
+pub fn channels(connection: std::sync::Arc<Connection>) -> Channels {
+    super::channels::confirm_channels(connection)
 }
 
 /// One message to publish.
@@ -68,7 +70,7 @@ pub struct Outgoing<'a> {
 /// Publishes with confirms over whichever connection is current.
 #[derive(Debug, Clone)]
 pub struct Publisher {
-    current: watch::Receiver<Option<ChannelPool>>,
+    current: watch::Receiver<Option<Channels>>,
     events_exchange: Option<String>,
     format: EventsFormat,
 }
@@ -76,19 +78,20 @@ pub struct Publisher {
 /// The side of the publisher the connection supervisor drives.
 #[derive(Debug)]
 pub struct PublisherControl {
-    tx: watch::Sender<Option<ChannelPool>>,
+    tx: watch::Sender<Option<Channels>>,
 }
 
 impl PublisherControl {
     /// A new connection is up: publish through it.
-    pub fn connected(&self, pool: ChannelPool) {
-        let _ = self.tx.send(Some(pool));
+    pub fn connected(&self, channels: Channels) {
+        let _ = self.tx.send(Some(channels));
     }
 
     /// The connection is gone.
     pub fn disconnected(&self) {
-        if let Some(pool) = self.tx.send_replace(None) {
-            pool.close();
+        if let Some(channels) = self.tx.send_replace(None) {
+            channels.pipelined.close();
+            channels.routed.close();
         }
     }
 }
@@ -118,38 +121,24 @@ impl Publisher {
         self.events_exchange.is_some()
     }
 
-    async fn pool(&self) -> Result<ChannelPool, PublishError> {
+    async fn channels(&self) -> Result<Channels, PublishError> {
         let mut rx = self.current.clone();
-        let pool = tokio::time::timeout(CONNECT_WAIT, rx.wait_for(Option::is_some))
+        let channels = tokio::time::timeout(CONNECT_WAIT, rx.wait_for(Option::is_some))
             .await
             .map_err(|_| PublishError::NotConnected)?
             .map_err(|_| PublishError::NotConnected)?;
-        pool.clone().ok_or(PublishError::NotConnected)
+        channels.clone().ok_or(PublishError::NotConnected)
     }
 
     /// Publishes one message and waits for the broker's confirm.
     pub async fn publish(&self, out: Outgoing<'_>) -> Result<(), PublishError> {
-        let pool = self.pool().await?;
-        let confirm = {
-            let channel = pool
-                .get()
-                .await
-                .map_err(|e| PublishError::Pool(e.to_string()))?;
-            channel
-                .basic_publish(
-                    ShortString::from(out.exchange),
-                    ShortString::from(out.routing_key),
-                    BasicPublishOptions {
-                        mandatory: out.mandatory,
-                        ..Default::default()
-                    },
-                    out.body,
-                    out.properties.with_delivery_mode(2),
-                )
-                .await?
-            // The channel returns to the pool here; the confirm is awaited without holding it.
+        let channels = self.channels().await?;
+        let confirmation = if out.mandatory {
+            routed(&channels.routed, out).await?
+        } else {
+            pipelined(&channels.pipelined, out).await?
         };
-        match confirm.await? {
+        match confirmation {
             Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
             Confirmation::Ack(Some(returned)) => Err(PublishError::Unroutable(
                 returned.reply_text.as_str().to_string(),
@@ -203,6 +192,47 @@ impl Publisher {
         metrics::event_published(event.ty.suffix());
         Ok(())
     }
+}
+
+async fn checkout(pool: &ChannelPool) -> Result<Object<ChannelManager>, PublishError> {
+    pool.get()
+        .await
+        .map_err(|e| PublishError::Pool(e.to_string()))
+}
+
+/// Publishes on the pipelined channel, checked out while the publish is written.
+async fn pipelined(pool: &ChannelPool, out: Outgoing<'_>) -> Result<Confirmation, PublishError> {
+    let confirm = checkout(pool)
+        .await?
+        .basic_publish(
+            ShortString::from(out.exchange),
+            ShortString::from(out.routing_key),
+            BasicPublishOptions::default(),
+            out.body,
+            out.properties.with_delivery_mode(2),
+        )
+        .await?;
+    // The channel returns to the pool here; the confirm is awaited without holding it.
+    Ok(confirm.await?)
+}
+
+/// Publishes `mandatory` on the routed channel, held until the confirm: a return on it is this
+/// publish's.
+async fn routed(pool: &ChannelPool, out: Outgoing<'_>) -> Result<Confirmation, PublishError> {
+    let channel = checkout(pool).await?;
+    let confirm = channel
+        .basic_publish(
+            ShortString::from(out.exchange),
+            ShortString::from(out.routing_key),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            out.body,
+            out.properties.with_delivery_mode(2),
+        )
+        .await?;
+    Ok(confirm.await?)
 }
 
 /// A CDEvent in CloudEvents binary mode: the CDEvent is the body, the CloudEvents attributes
