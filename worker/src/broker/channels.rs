@@ -1,5 +1,5 @@
-//! The publisher's pool of confirm-mode channels on one connection (deadpool). A channel that
-//! closed (a broker error) is found at checkout and replaced.
+//! The publisher's confirm-mode channels on one connection, in two deadpool pools
+//! ([`Channels`]). A channel that closed (a broker error) is found at checkout and replaced.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +11,7 @@ use lapin::options::ConfirmSelectOptions;
 use super::Connection;
 
 /// Confirm-mode channels per pool. A pipelined publish holds its channel only while it is
-/// queued (its write and confirm are awaited without it), so one carries every publish; RabbitMQ
+/// written (its confirm is awaited without it), so one carries every publish; RabbitMQ
 /// answers a busy channel's publishes with few `multiple` confirms, while spreading them over
 /// eight channels cost it about a quarter more CPU per build (load-tests/README.md).
 const CONFIRM_CHANNELS: usize = 1;

@@ -3,8 +3,9 @@
 //!
 //! A publish that needs no route checks its channel out only to write the frame; the confirm is
 //! awaited after the channel went back to the pool, so many tasks pipeline their publishes on one
-//! channel. A `mandatory` publish holds a channel of its own until its confirm ([`Channels`]). A message is only reported as sent once
-//! the broker confirmed it (and, when `mandatory`, routed it).
+//! channel. A `mandatory` publish holds a channel of its own until its confirm ([`Channels`]).
+//! A message is only reported as sent once the broker confirmed it (and, when `mandatory`,
+//! routed it).
 
 use std::time::Duration;
 
@@ -13,8 +14,7 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Confirmation};
 
 use super::Connection;
-use super::channels::{ChannelManager, ChannelPool};
-use deadpool::managed::Object;
+use super::channels::ChannelPool;
 use tokio::sync::watch;
 
 use crate::config::EventsFormat;
@@ -133,12 +133,12 @@ impl Publisher {
     /// Publishes one message and waits for the broker's confirm.
     pub async fn publish(&self, out: Outgoing<'_>) -> Result<(), PublishError> {
         let channels = self.channels().await?;
-        let confirmation = if out.mandatory {
-            routed(&channels.routed, out).await?
+        let pool = if out.mandatory {
+            &channels.routed
         } else {
-            pipelined(&channels.pipelined, out).await?
+            &channels.pipelined
         };
-        match confirmation {
+        match publish_on(pool, out).await? {
             Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
             Confirmation::Ack(Some(returned)) => Err(PublishError::Unroutable(
                 returned.reply_text.as_str().to_string(),
@@ -194,44 +194,29 @@ impl Publisher {
     }
 }
 
-async fn checkout(pool: &ChannelPool) -> Result<Object<ChannelManager>, PublishError> {
-    pool.get()
+/// Publishes on a channel of `pool`. A publish that needs no route gives the channel back once
+/// written, so others pipeline theirs behind it; a `mandatory` one holds it until its confirm, so
+/// a return on the channel is its own ([`Channels`]).
+async fn publish_on(pool: &ChannelPool, out: Outgoing<'_>) -> Result<Confirmation, PublishError> {
+    let channel = pool
+        .get()
         .await
-        .map_err(|e| PublishError::Pool(e.to_string()))
-}
-
-/// Publishes on the pipelined channel, checked out while the publish is written.
-async fn pipelined(pool: &ChannelPool, out: Outgoing<'_>) -> Result<Confirmation, PublishError> {
-    let confirm = checkout(pool)
-        .await?
-        .basic_publish(
-            ShortString::from(out.exchange),
-            ShortString::from(out.routing_key),
-            BasicPublishOptions::default(),
-            out.body,
-            out.properties.with_delivery_mode(2),
-        )
-        .await?;
-    // The channel returns to the pool here; the confirm is awaited without holding it.
-    Ok(confirm.await?)
-}
-
-/// Publishes `mandatory` on the routed channel, held until the confirm: a return on it is this
-/// publish's.
-async fn routed(pool: &ChannelPool, out: Outgoing<'_>) -> Result<Confirmation, PublishError> {
-    let channel = checkout(pool).await?;
+        .map_err(|e| PublishError::Pool(e.to_string()))?;
     let confirm = channel
         .basic_publish(
             ShortString::from(out.exchange),
             ShortString::from(out.routing_key),
             BasicPublishOptions {
-                mandatory: true,
+                mandatory: out.mandatory,
                 ..Default::default()
             },
             out.body,
             out.properties.with_delivery_mode(2),
         )
         .await?;
+    if !out.mandatory {
+        drop(channel);
+    }
     Ok(confirm.await?)
 }
 
