@@ -514,6 +514,62 @@ async fn persistent_failures_use_up_attempts_then_dead_letter() {
     sim.shutdown().await;
 }
 
+/// A retry copy that no queue takes (its delay queue deleted under the worker) counts as a
+/// failure: the build goes back to its queue, neither acknowledged nor dead-lettered, and
+/// launches once a replica has declared the delay queue again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_copy_no_queue_takes_leaves_the_build_in_its_queue() {
+    let sim = two_clusters(running_forever()).await;
+    let (rabbit, names, tap) = broker("nocopy").await;
+    let a = sim.cluster("runc");
+    let knobs = Knobs {
+        max_failures: 1000,
+        max_attempts: 1,
+        reprocess_limit: 10,
+        retry_delays: vec![0.3],
+        ..Knobs::default()
+    };
+    let executors = [ExecutorSpec::new("a", &a.url())];
+    a.inject(
+        Fault::status(503)
+            .on_verbs([Verb::Create])
+            .on_resources(["pods"]),
+    );
+    let worker = InProcessWorker::start(settings(&names, &executors, &knobs)).await;
+    let delay_queue = format!("{}.retry.1", names.queue);
+    let channel = rabbit.channel().await;
+    channel
+        .queue_delete(delay_queue.as_str().into(), Default::default())
+        .await
+        .expect("delete the delay queue");
+    rabbit
+        .publish_json(&names.exchange, &names.queue, &StartMsg::new(41).json())
+        .await;
+    eventually(
+        SOON,
+        "several attempts whose copies nobody takes",
+        || async { (pod_requests(&a, "create") >= 3).then_some(()) },
+    )
+    .await;
+    worker.stop().await.expect("clean shutdown");
+    assert!(tap.of("build.dead_lettered").is_empty());
+    assert_eq!(rabbit.depth(&names.dead()).await, Some(0));
+    assert_eq!(rabbit.depth(&delay_queue).await, None, "still deleted");
+    eventually(SOON, "the build back in its queue", || async {
+        (rabbit.depth(&names.queue).await == Some(1)).then_some(())
+    })
+    .await;
+
+    a.clear_faults();
+    let worker = InProcessWorker::start(settings(&names, &executors, &knobs)).await;
+    let launched = tap.wait_count("build.launched", 1, SOON).await;
+    assert_eq!(launched[0].build_id(), 41);
+    assert_eq!(rabbit.depth(&names.dead()).await, Some(0));
+    worker.stop().await.expect("clean shutdown");
+    rabbit.cleanup(&names).await;
+    sim.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_messages_are_dead_lettered_with_distinct_reasons_among_valid_ones() {
     let sim = KubeSim::start(bcw_tests::kube_sim::SimConfig {
