@@ -17,6 +17,15 @@ use crate::support::{
     two_clusters,
 };
 
+/// Makes every pod create on `c` fail with 503, a failure worth retrying.
+fn fail_pod_creates(c: &ClusterHandle) {
+    c.inject(
+        Fault::status(503)
+            .on_verbs([Verb::Create])
+            .on_resources(["pods"]),
+    );
+}
+
 /// Requests of a verb on pods that a cluster received.
 fn pod_requests(c: &ClusterHandle, verb: &str) -> usize {
     c.request_log()
@@ -474,11 +483,7 @@ async fn persistent_failures_use_up_attempts_then_dead_letter() {
         retry_delays: vec![0.3],
         ..Knobs::default()
     };
-    a.inject(
-        Fault::status(503)
-            .on_verbs([Verb::Create])
-            .on_resources(["pods"]),
-    );
+    fail_pod_creates(&a);
     let worker = InProcessWorker::start(settings(
         &names,
         &[ExecutorSpec::new("a", &a.url())],
@@ -522,6 +527,7 @@ async fn a_retry_copy_no_queue_takes_leaves_the_build_in_its_queue() {
     let sim = two_clusters(running_forever()).await;
     let (rabbit, names, tap) = broker("nocopy").await;
     let a = sim.cluster("runc");
+    // A breaker that never opens: every delivery reaches the cluster and fails.
     let knobs = Knobs {
         max_failures: 1000,
         max_attempts: 1,
@@ -530,11 +536,7 @@ async fn a_retry_copy_no_queue_takes_leaves_the_build_in_its_queue() {
         ..Knobs::default()
     };
     let executors = [ExecutorSpec::new("a", &a.url())];
-    a.inject(
-        Fault::status(503)
-            .on_verbs([Verb::Create])
-            .on_resources(["pods"]),
-    );
+    fail_pod_creates(&a);
     let worker = InProcessWorker::start(settings(&names, &executors, &knobs)).await;
     let delay_queue = format!("{}.retry.1", names.queue);
     let channel = rabbit.channel().await;
