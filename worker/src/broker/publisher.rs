@@ -1,5 +1,5 @@
-//! Confirmed publishing: a deadpool pool of confirm-mode channels per connection, behind a
-//! handle that outlives reconnects.
+//! Confirmed publishing: two deadpool pools of confirm-mode channels per connection
+//! ([`Channels`]), behind a handle that outlives reconnects.
 //!
 //! A publish that needs no route checks its channel out only to write the frame; the confirm is
 //! awaited after the channel went back to the pool, so many tasks pipeline their publishes on one
@@ -12,6 +12,8 @@ use std::time::Duration;
 use lapin::options::BasicPublishOptions;
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Confirmation};
+
+pub use super::channels::Channels;
 
 use super::Connection;
 use super::channels::ChannelPool;
@@ -44,8 +46,6 @@ pub enum PublishError {
     #[error("no publishing channel available: {0}")]
     Pool(String),
 }
-
-pub use super::channels::Channels;
 
 /// Builds the publishing channels of a connection.
 pub fn channels(connection: std::sync::Arc<Connection>) -> Channels {
