@@ -133,3 +133,91 @@ async fn concurrent_publishes_each_get_their_own_confirm() {
     control.disconnected();
     connection.close("test").await.expect("close");
 }
+
+/// Publishes that need no route, from many tasks at once on the runtime's two threads, share the
+/// connection's one pipelined channel and still each get their own confirm: every publish to a
+/// queue that refuses everything (`x-overflow: reject-publish`, no room) is told it was nacked,
+/// and every publish to a queue with room is told it was placed. A confirm given to the wrong
+/// publish (tags and frames out of order on the channel) would fail either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_publishes_each_get_their_own_confirm() {
+    use buildcluster_worker::broker::publisher::channels;
+    use buildcluster_worker::broker::{Outgoing, PublishError, Publisher};
+    use lapin::options::QueueDeclareOptions;
+    use lapin::types::AMQPValue;
+    use std::sync::Arc;
+
+    const PUBLISHES: u32 = 3_000;
+    let raw = lapin::Connection::connect(AMQP_URL, ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ must run on 127.0.0.1:5672 (guest/guest)");
+    let connection = Arc::new(Connection::new(raw));
+    let open = format!("bcw-test-open-{}", std::process::id());
+    let full = format!("bcw-test-full-{}", std::process::id());
+    let setup = connection.create_channel().await.expect("channel");
+    let exclusive = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    let mut refuses = FieldTable::default();
+    refuses.insert("x-max-length".into(), AMQPValue::LongLongInt(0));
+    refuses.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    for (queue, args) in [(&open, FieldTable::default()), (&full, refuses)] {
+        setup
+            .queue_declare(queue.as_str().into(), exclusive, args)
+            .await
+            .expect("queue");
+    }
+    let (publisher, control) = Publisher::new(None);
+    control.connected(channels(connection.clone()));
+    let publishes = (0..PUBLISHES).map(|i| {
+        let publisher = publisher.clone();
+        let queue = if i % 2 == 0 {
+            open.clone()
+        } else {
+            full.clone()
+        };
+        tokio::spawn(async move {
+            let body = i.to_string();
+            let sent = publisher
+                .publish(Outgoing {
+                    exchange: "",
+                    routing_key: &queue,
+                    body: body.as_bytes(),
+                    properties: Default::default(),
+                    mandatory: false,
+                })
+                .await;
+            (i, sent)
+        })
+    });
+    for joined in futures::future::join_all(publishes).await {
+        let (i, sent) = joined.expect("the publish task");
+        match (i % 2, sent) {
+            (0, Ok(())) | (1, Err(PublishError::Nacked)) => {}
+            (_, other) => panic!("publish {i} (to the full queue: {}): {other:?}", i % 2 == 1),
+        }
+    }
+    let held = setup
+        .queue_declare(
+            open.as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("passive declare");
+    assert_eq!(
+        held.message_count(),
+        PUBLISHES / 2,
+        "every placed publish is there"
+    );
+    control.disconnected();
+    connection.close("test").await.expect("close");
+}

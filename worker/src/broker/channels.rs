@@ -1,5 +1,5 @@
-//! The publisher's confirm-mode channels on one connection, in two deadpool pools
-//! ([`Channels`]). A channel that closed (a broker error) is found at checkout and replaced.
+//! The publisher's confirm-mode channels on one connection ([`Channels`]): a pipeline and a
+//! deadpool pool. A channel that closed (a broker error) is found at its next use and replaced.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,12 +9,19 @@ use lapin::Channel;
 use lapin::options::ConfirmSelectOptions;
 
 use super::Connection;
+use super::pipeline::Pipeline;
 
-/// Confirm-mode channels per pool. A pipelined publish holds its channel only while it is
-/// written (its confirm is awaited without it), so one carries every publish; RabbitMQ
-/// answers a busy channel's publishes with few `multiple` confirms, while spreading them over
-/// eight channels cost it about a quarter more CPU per build (load-tests/README.md).
+/// Channels of the routed pool: its publishes go one at a time ([`Channels`]).
 const CONFIRM_CHANNELS: usize = 1;
+
+/// Opens a confirm-mode channel on `connection`.
+pub(super) async fn open_confirm_channel(connection: &Connection) -> Result<Channel, lapin::Error> {
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok(channel)
+}
 
 /// Opens confirm-mode channels on one connection.
 #[derive(Debug)]
@@ -27,11 +34,7 @@ impl managed::Manager for ChannelManager {
     type Error = lapin::Error;
 
     async fn create(&self) -> Result<Channel, lapin::Error> {
-        let channel = self.connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        Ok(channel)
+        open_confirm_channel(&self.connection).await
     }
 
     async fn recycle(&self, channel: &mut Channel, _: &Metrics) -> RecycleResult<lapin::Error> {
@@ -46,8 +49,8 @@ impl managed::Manager for ChannelManager {
 /// A pool of channels.
 pub type ChannelPool = Pool<ChannelManager>;
 
-/// The publishing channels of one connection: one whose publishes pipeline, for messages that
-/// need no route, and one that carries a single `mandatory` publish at a time. lapin (4.12.3)
+/// The publishing channels of one connection: a [`Pipeline`] for messages that need no route,
+/// and one channel that carries a single `mandatory` publish at a time. lapin (4.12.3)
 /// hands a returned message to whichever pending confirm completes next, and completes the
 /// confirms of a `multiple` ack in no set order: with several mandatory publishes outstanding on
 /// one channel, a return can reach another publish than its own, so an unroutable copy would
@@ -55,7 +58,7 @@ pub type ChannelPool = Pool<ChannelManager>;
 #[derive(Debug, Clone)]
 pub struct Channels {
     /// Publishes with no `mandatory` flag (events), pipelined.
-    pub pipelined: ChannelPool,
+    pub pipelined: Pipeline,
     /// `mandatory` publishes, one at a time.
     pub routed: ChannelPool,
 }
@@ -63,7 +66,7 @@ pub struct Channels {
 /// Builds the publishing channels of a connection.
 pub fn confirm_channels(connection: Arc<Connection>) -> Channels {
     Channels {
-        pipelined: confirm_pool(connection.clone()),
+        pipelined: Pipeline::start(connection.clone()),
         routed: confirm_pool(connection),
     }
 }

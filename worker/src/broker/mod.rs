@@ -11,6 +11,7 @@
 pub mod channels;
 mod connection;
 pub mod headers;
+pub mod pipeline;
 pub mod publisher;
 mod session;
 pub mod stream;

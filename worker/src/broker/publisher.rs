@@ -1,9 +1,9 @@
-//! Confirmed publishing: two deadpool pools of confirm-mode channels per connection
-//! ([`Channels`]), behind a handle that outlives reconnects.
+//! Confirmed publishing on the channels of the current connection ([`Channels`]), behind a
+//! handle that outlives reconnects.
 //!
-//! A publish that needs no route checks its channel out only to write the frame; the confirm is
-//! awaited after the channel went back to the pool, so many tasks pipeline their publishes on one
-//! channel. A `mandatory` publish holds a channel of its own until its confirm ([`Channels`]).
+//! A publish that needs no route goes through the connection's pipeline, which starts it at once
+//! on one channel whatever else is outstanding there; a `mandatory` publish holds a channel of
+//! its own until its confirm ([`Channels`]).
 //! A message is only reported as sent once the broker confirmed it (and, when `mandatory`,
 //! routed it).
 
@@ -90,7 +90,6 @@ impl PublisherControl {
     /// The connection is gone.
     pub fn disconnected(&self) {
         if let Some(channels) = self.tx.send_replace(None) {
-            channels.pipelined.close();
             channels.routed.close();
         }
     }
@@ -133,12 +132,12 @@ impl Publisher {
     /// Publishes one message and waits for the broker's confirm.
     pub async fn publish(&self, out: Outgoing<'_>) -> Result<(), PublishError> {
         let channels = self.channels().await?;
-        let pool = if out.mandatory {
-            &channels.routed
+        let confirmation = if out.mandatory {
+            publish_routed(&channels.routed, out).await?
         } else {
-            &channels.pipelined
+            channels.pipelined.publish(out).await?
         };
-        match publish_on(pool, out).await? {
+        match confirmation {
             Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
             Confirmation::Ack(Some(returned)) => Err(PublishError::Unroutable(
                 returned.reply_text.as_str().to_string(),
@@ -194,10 +193,12 @@ impl Publisher {
     }
 }
 
-/// Publishes on a channel of `pool`. A publish that needs no route gives the channel back once
-/// written, so others pipeline theirs behind it; a `mandatory` one holds it until its confirm, so
-/// a return on the channel is its own ([`Channels`]).
-async fn publish_on(pool: &ChannelPool, out: Outgoing<'_>) -> Result<Confirmation, PublishError> {
+/// Publishes a `mandatory` message on the routed channel, held until its confirm so that a
+/// return on the channel is its own ([`Channels`]).
+async fn publish_routed(
+    pool: &ChannelPool,
+    out: Outgoing<'_>,
+) -> Result<Confirmation, PublishError> {
     let channel = pool
         .get()
         .await
@@ -214,9 +215,6 @@ async fn publish_on(pool: &ChannelPool, out: Outgoing<'_>) -> Result<Confirmatio
             out.properties.with_delivery_mode(2),
         )
         .await?;
-    if !out.mandatory {
-        drop(channel);
-    }
     Ok(confirm.await?)
 }
 
