@@ -2,8 +2,9 @@
 
 use buildcluster_worker::broker::Connection;
 use lapin::ConnectionProperties;
-use lapin::options::BasicConsumeOptions;
+use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
+use std::sync::Arc;
 
 use bcw_tests::harness::rabbit::AMQP_URL;
 
@@ -52,28 +53,14 @@ async fn concurrent_publishes_each_get_their_own_confirm() {
     use buildcluster_worker::broker::publisher::channels;
     use buildcluster_worker::broker::{Outgoing, PublishError, Publisher};
     use futures::StreamExt;
-    use lapin::options::{BasicAckOptions, QueueDeclareOptions};
+    use lapin::options::BasicAckOptions;
     use std::collections::BTreeSet;
-    use std::sync::Arc;
 
     const PUBLISHES: u32 = 3_000;
     // By index: 0 mandatory and unroutable, 1 mandatory and routed, 2 routed without the flag.
     let kind = |i: u32| i % 3;
-    let raw = lapin::Connection::connect(AMQP_URL, ConnectionProperties::default())
-        .await
-        .expect("RabbitMQ must run on 127.0.0.1:5672 (guest/guest)");
-    let connection = Arc::new(Connection::new(raw));
     let queue = format!("bcw-test-pipelined-{}", std::process::id());
-    let setup = connection.create_channel().await.expect("channel");
-    let exclusive = QueueDeclareOptions {
-        exclusive: true,
-        auto_delete: true,
-        ..Default::default()
-    };
-    setup
-        .queue_declare(queue.as_str().into(), exclusive, FieldTable::default())
-        .await
-        .expect("queue");
+    let (connection, setup) = with_queues(vec![(&queue, FieldTable::default())]).await;
     let (publisher, control) = Publisher::new(None);
     control.connected(channels(connection.clone()));
     let publishes = (0..PUBLISHES).map(|i| {
@@ -143,35 +130,19 @@ async fn concurrent_publishes_each_get_their_own_confirm() {
 async fn pipelined_publishes_each_get_their_own_confirm() {
     use buildcluster_worker::broker::publisher::channels;
     use buildcluster_worker::broker::{Outgoing, PublishError, Publisher};
-    use lapin::options::QueueDeclareOptions;
     use lapin::types::AMQPValue;
-    use std::sync::Arc;
 
     const PUBLISHES: u32 = 3_000;
-    let raw = lapin::Connection::connect(AMQP_URL, ConnectionProperties::default())
-        .await
-        .expect("RabbitMQ must run on 127.0.0.1:5672 (guest/guest)");
-    let connection = Arc::new(Connection::new(raw));
     let open = format!("bcw-test-open-{}", std::process::id());
     let full = format!("bcw-test-full-{}", std::process::id());
-    let setup = connection.create_channel().await.expect("channel");
-    let exclusive = QueueDeclareOptions {
-        exclusive: true,
-        auto_delete: true,
-        ..Default::default()
-    };
     let mut refuses = FieldTable::default();
     refuses.insert("x-max-length".into(), AMQPValue::LongLongInt(0));
     refuses.insert(
         "x-overflow".into(),
         AMQPValue::LongString("reject-publish".into()),
     );
-    for (queue, args) in [(&open, FieldTable::default()), (&full, refuses)] {
-        setup
-            .queue_declare(queue.as_str().into(), exclusive, args)
-            .await
-            .expect("queue");
-    }
+    let (connection, setup) =
+        with_queues(vec![(&open, FieldTable::default()), (&full, refuses)]).await;
     let (publisher, control) = Publisher::new(None);
     control.connected(channels(connection.clone()));
     let publishes = (0..PUBLISHES).map(|i| {
@@ -218,6 +189,73 @@ async fn pipelined_publishes_each_get_their_own_confirm() {
         PUBLISHES / 2,
         "every placed publish is there"
     );
+    control.disconnected();
+    connection.close("test").await.expect("close");
+}
+
+/// A connection, as the worker wraps it, and a channel on which `queues` were declared
+/// exclusive to it (with their arguments).
+async fn with_queues(queues: Vec<(&str, FieldTable)>) -> (Arc<Connection>, lapin::Channel) {
+    let raw = lapin::Connection::connect(AMQP_URL, ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ must run on 127.0.0.1:5672 (guest/guest)");
+    let connection = Arc::new(Connection::new(raw));
+    let setup = connection.create_channel().await.expect("channel");
+    let exclusive = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    for (queue, args) in queues {
+        setup
+            .queue_declare(queue.into(), exclusive, args)
+            .await
+            .expect("queue");
+    }
+    (connection, setup)
+}
+
+/// A publish the broker refuses by closing the channel (to an exchange that does not exist)
+/// fails alone: the next publish goes out on a channel opened again, and is confirmed.
+#[tokio::test]
+async fn a_publish_after_a_channel_error_goes_out_on_a_new_channel() {
+    use buildcluster_worker::broker::publisher::channels;
+    use buildcluster_worker::broker::{Outgoing, PublishError, Publisher};
+
+    let queue = format!("bcw-test-reopen-{}", std::process::id());
+    let (connection, setup) = with_queues(vec![(&queue, FieldTable::default())]).await;
+    let (publisher, control) = Publisher::new(None);
+    control.connected(channels(connection.clone()));
+    fn to<'a>(exchange: &'a str, routing_key: &'a str) -> Outgoing<'a> {
+        Outgoing {
+            exchange,
+            routing_key,
+            body: b"{}",
+            properties: Default::default(),
+            mandatory: false,
+        }
+    }
+    let missing = publisher.publish(to("bcw-test-no-such-exchange", "")).await;
+    assert!(
+        matches!(missing, Err(PublishError::Broker(_))),
+        "{missing:?}"
+    );
+    for _ in 0..3 {
+        let placed = publisher.publish(to("", &queue)).await;
+        assert!(placed.is_ok(), "{placed:?}");
+    }
+    let held = setup
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("passive declare");
+    assert_eq!(held.message_count(), 3);
     control.disconnected();
     connection.close("test").await.expect("close");
 }
