@@ -1,8 +1,7 @@
 //! The pipelined publishing channel of one connection: one task owns a confirm-mode channel
 //! and starts every publish that needs no route as soon as it is asked for, so the publishes of
-//! many tasks share socket writes and the broker's `multiple` confirms. Held one at a time
-//! until written, as before, each event went out in a write of its own and RabbitMQ read and
-//! confirmed them one by one (load-tests/README.md, "What the broker reads per build").
+//! many tasks share socket writes and the broker's `multiple` confirms instead of each waking
+//! lapin's I/O thread for a write of its own.
 //!
 //! One task is what makes this safe: lapin (4.12.3) takes a publish's delivery tag and queues
 //! its frames in the same first poll of `basic_publish`, so publishes polled by one task go out
