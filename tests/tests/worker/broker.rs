@@ -173,19 +173,8 @@ async fn pipelined_publishes_each_get_their_own_confirm() {
             (_, other) => panic!("publish {i} (to the full queue: {}): {other:?}", i % 2 == 1),
         }
     }
-    let held = setup
-        .queue_declare(
-            open.as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("passive declare");
     assert_eq!(
-        held.message_count(),
+        held(&setup, &open).await,
         PUBLISHES / 2,
         "every placed publish is there"
     );
@@ -244,18 +233,20 @@ async fn a_publish_after_a_channel_error_goes_out_on_a_new_channel() {
         let placed = publisher.publish(to("", &queue)).await;
         assert!(placed.is_ok(), "{placed:?}");
     }
-    let held = setup
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("passive declare");
-    assert_eq!(held.message_count(), 3);
+    assert_eq!(held(&setup, &queue).await, 3);
     control.disconnected();
     connection.close("test").await.expect("close");
+}
+
+/// Messages ready in `queue` (exclusive to `channel`'s connection).
+async fn held(channel: &lapin::Channel, queue: &str) -> u32 {
+    let options = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let declared = channel
+        .queue_declare(queue.into(), options, FieldTable::default())
+        .await
+        .expect("passive declare");
+    declared.message_count()
 }
