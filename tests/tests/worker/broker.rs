@@ -50,7 +50,7 @@ async fn a_connection_closes_the_channels_its_owners_dropped_before_itself() {
 /// publishes.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_publishes_each_get_their_own_confirm() {
-    use buildcluster_worker::broker::publisher::channels;
+    use buildcluster_worker::broker::channels::confirm_channels;
     use buildcluster_worker::broker::{Outgoing, PublishError, Publisher};
     use futures::StreamExt;
     use lapin::options::BasicAckOptions;
@@ -62,7 +62,7 @@ async fn concurrent_publishes_each_get_their_own_confirm() {
     let queue = format!("bcw-test-pipelined-{}", std::process::id());
     let (connection, setup) = with_queues(vec![(&queue, FieldTable::default())]).await;
     let (publisher, control) = Publisher::new(None);
-    control.connected(channels(connection.clone()));
+    control.connected(confirm_channels(connection.clone()));
     let publishes = (0..PUBLISHES).map(|i| {
         let (publisher, queue) = (publisher.clone(), queue.clone());
         tokio::spawn(async move {
@@ -128,7 +128,7 @@ async fn concurrent_publishes_each_get_their_own_confirm() {
 /// publish (tags and frames out of order on the channel) would fail either.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_publishes_each_get_their_own_confirm() {
-    use buildcluster_worker::broker::publisher::channels;
+    use buildcluster_worker::broker::channels::confirm_channels;
     use buildcluster_worker::broker::{Outgoing, PublishError, Publisher};
     use lapin::types::AMQPValue;
 
@@ -144,7 +144,7 @@ async fn pipelined_publishes_each_get_their_own_confirm() {
     let (connection, setup) =
         with_queues(vec![(&open, FieldTable::default()), (&full, refuses)]).await;
     let (publisher, control) = Publisher::new(None);
-    control.connected(channels(connection.clone()));
+    control.connected(confirm_channels(connection.clone()));
     let publishes = (0..PUBLISHES).map(|i| {
         let publisher = publisher.clone();
         let queue = if i % 2 == 0 {
@@ -208,13 +208,13 @@ async fn with_queues(queues: Vec<(&str, FieldTable)>) -> (Arc<Connection>, lapin
 /// fails alone: the next publish goes out on a channel opened again, and is confirmed.
 #[tokio::test]
 async fn a_publish_after_a_channel_error_goes_out_on_a_new_channel() {
-    use buildcluster_worker::broker::publisher::channels;
+    use buildcluster_worker::broker::channels::confirm_channels;
     use buildcluster_worker::broker::{Outgoing, PublishError, Publisher};
 
     let queue = format!("bcw-test-reopen-{}", std::process::id());
     let (connection, setup) = with_queues(vec![(&queue, FieldTable::default())]).await;
     let (publisher, control) = Publisher::new(None);
-    control.connected(channels(connection.clone()));
+    control.connected(confirm_channels(connection.clone()));
     fn to<'a>(exchange: &'a str, routing_key: &'a str) -> Outgoing<'a> {
         Outgoing {
             exchange,

@@ -1,5 +1,5 @@
-//! The publisher's confirm-mode channels on one connection ([`Channels`]): a pipeline and a
-//! deadpool pool. A channel that closed (a broker error) is found at its next use and replaced.
+//! The publisher's confirm-mode channels on one connection ([`Channels`]), each from a deadpool
+//! pool of one. A channel that closed (a broker error) is found at checkout and replaced.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,17 +11,9 @@ use lapin::options::ConfirmSelectOptions;
 use super::Connection;
 use super::pipeline::Pipeline;
 
-/// Channels of the routed pool: its publishes go one at a time ([`Channels`]).
+/// Channels per pool: the pipeline holds its one, and the routed pool's publishes go one at a
+/// time ([`Channels`]).
 const CONFIRM_CHANNELS: usize = 1;
-
-/// Opens a confirm-mode channel on `connection`.
-pub(super) async fn open_confirm_channel(connection: &Connection) -> Result<Channel, lapin::Error> {
-    let channel = connection.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    Ok(channel)
-}
 
 /// Opens confirm-mode channels on one connection.
 #[derive(Debug)]
@@ -34,7 +26,11 @@ impl managed::Manager for ChannelManager {
     type Error = lapin::Error;
 
     async fn create(&self) -> Result<Channel, lapin::Error> {
-        open_confirm_channel(&self.connection).await
+        let channel = self.connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(channel)
     }
 
     async fn recycle(&self, channel: &mut Channel, _: &Metrics) -> RecycleResult<lapin::Error> {
@@ -66,7 +62,7 @@ pub struct Channels {
 /// Builds the publishing channels of a connection.
 pub fn confirm_channels(connection: Arc<Connection>) -> Channels {
     Channels {
-        pipelined: Pipeline::start(connection.clone()),
+        pipelined: Pipeline::start(confirm_pool(connection.clone())),
         routed: confirm_pool(connection),
     }
 }

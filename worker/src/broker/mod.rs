@@ -321,7 +321,7 @@ impl<H: Handler> Supervisor<H> {
             Ok(report) => {
                 self.handler.topology_checked(&report);
                 self.control
-                    .connected(publisher::channels(connection.clone()));
+                    .connected(channels::confirm_channels(connection.clone()));
                 Connected::Up(connection, report)
             }
             Err(e) if e.is_fatal() => {

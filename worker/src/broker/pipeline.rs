@@ -8,8 +8,7 @@
 //! in the order of their tags; publishes from several threads at once can cross, and then a
 //! confirm would reach the wrong publish.
 
-use std::sync::Arc;
-
+use deadpool::managed::Object;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use lapin::options::BasicPublishOptions;
@@ -17,8 +16,7 @@ use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
 use tokio::sync::{mpsc, oneshot};
 
-use super::Connection;
-use super::channels::open_confirm_channel;
+use super::channels::{ChannelManager, ChannelPool};
 use super::publisher::{Outgoing, PublishError};
 
 /// Requests taken from the queue at once.
@@ -29,6 +27,7 @@ const BATCH: usize = 256;
 #[derive(Debug, Clone)]
 pub struct Pipeline {
     tx: mpsc::UnboundedSender<Request>,
+    pool: ChannelPool,
 }
 
 #[derive(Debug)]
@@ -41,11 +40,16 @@ struct Request {
 }
 
 impl Pipeline {
-    /// Starts the pipeline of `connection` (its channel opens at the first publish).
-    pub fn start(connection: Arc<Connection>) -> Pipeline {
+    /// Starts a pipeline on the channel of `pool` (checked out at the first publish).
+    pub fn start(pool: ChannelPool) -> Pipeline {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(connection, rx));
-        Pipeline { tx }
+        tokio::spawn(run(pool.clone(), rx));
+        Pipeline { tx, pool }
+    }
+
+    /// The connection is gone: no channel is checked out any more.
+    pub fn close(&self) {
+        self.pool.close();
     }
 
     /// Publishes `out` (whose `mandatory` is not set) and waits for its confirm.
@@ -69,8 +73,8 @@ impl Pipeline {
 
 /// Starts each request's publish on the channel (reopened once closed), and hands each written
 /// publish's confirm back to its asker.
-async fn run(connection: Arc<Connection>, mut rx: mpsc::UnboundedReceiver<Request>) {
-    let mut channel: Option<Channel> = None;
+async fn run(pool: ChannelPool, mut rx: mpsc::UnboundedReceiver<Request>) {
+    let mut held = None;
     let mut writing = FuturesUnordered::new();
     let mut batch = Vec::with_capacity(BATCH);
     loop {
@@ -80,7 +84,7 @@ async fn run(connection: Arc<Connection>, mut rx: mpsc::UnboundedReceiver<Reques
                     break;
                 }
                 for request in batch.drain(..) {
-                    match usable(&connection, &mut channel).await {
+                    match usable(&pool, &mut held).await {
                         Ok(channel) => writing.push(write(channel, request)),
                         Err(e) => {
                             let _ = request.written.send(Err(e));
@@ -94,17 +98,21 @@ async fn run(connection: Arc<Connection>, mut rx: mpsc::UnboundedReceiver<Reques
     while writing.next().await.is_some() {}
 }
 
-/// The pipeline's channel, opened again if it closed (a broker error closes a channel).
+/// The pipeline's channel, given back and checked out again once closed (a broker error closes
+/// a channel; the pool's recycling replaces it).
 async fn usable(
-    connection: &Connection,
-    channel: &mut Option<Channel>,
+    pool: &ChannelPool,
+    held: &mut Option<Object<ChannelManager>>,
 ) -> Result<Channel, PublishError> {
-    if let Some(open) = channel.as_ref().filter(|c| c.status().connected()) {
-        return Ok(open.clone());
+    if let Some(open) = held.as_ref().filter(|c| c.status().connected()) {
+        return Ok(Channel::clone(open));
     }
-    let opened = open_confirm_channel(connection).await?;
-    *channel = Some(opened.clone());
-    Ok(opened)
+    *held = None;
+    let channel = pool
+        .get()
+        .await
+        .map_err(|e| PublishError::Pool(e.to_string()))?;
+    Ok(Channel::clone(held.insert(channel)))
 }
 
 async fn write(channel: Channel, request: Request) {

@@ -15,7 +15,6 @@ use lapin::{BasicProperties, Confirmation};
 
 pub use super::channels::Channels;
 
-use super::Connection;
 use super::channels::ChannelPool;
 use tokio::sync::watch;
 
@@ -45,11 +44,6 @@ pub enum PublishError {
     /// No channel could be checked out.
     #[error("no publishing channel available: {0}")]
     Pool(String),
-}
-
-/// Builds the publishing channels of a connection.
-pub fn channels(connection: std::sync::Arc<Connection>) -> Channels {
-    super::channels::confirm_channels(connection)
 }
 
 /// One message to publish.
@@ -90,6 +84,7 @@ impl PublisherControl {
     /// The connection is gone.
     pub fn disconnected(&self) {
         if let Some(channels) = self.tx.send_replace(None) {
+            channels.pipelined.close();
             channels.routed.close();
         }
     }
