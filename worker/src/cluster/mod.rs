@@ -96,7 +96,6 @@ pub struct Cluster {
     /// or already there) rather than failing or timing out.
     creates_land: Arc<std::sync::atomic::AtomicBool>,
     caller: Caller,
-    watch_client: kube::Client,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -118,16 +117,14 @@ impl Cluster {
     ) -> Result<Cluster, SetupError> {
         let opts = &config.options;
         let timeout = opts.fusebox.breaker.timeout;
-        let (call_config, watch_config) = client_configs(config, timeout).await?;
-        let host = call_config.cluster_url.to_string();
+        let client_config = client_config(config, timeout).await?;
+        let host = client_config.cluster_url.to_string();
         let health = Arc::new(health::Health::new(
             executor,
             host.trim_end_matches('/'),
             crate::preflight::executor::fixes(executor, config),
         ));
-        let client =
-            kube::Client::try_from(call_config).map_err(|e| SetupError::Settings(e.to_string()))?;
-        let watch_client = kube::Client::try_from(watch_config)
+        let client = kube::Client::try_from(client_config)
             .map_err(|e| SetupError::Settings(e.to_string()))?;
         let backoff = Backoff::for_requests(&opts.requestretry, opts.requestretry.retry_delay * 16)
             .map_err(|e| SetupError::Settings(e.to_string()))?;
@@ -151,7 +148,6 @@ impl Cluster {
                 signals,
                 health,
             },
-            watch_client,
         })
     }
 
@@ -170,9 +166,9 @@ impl Cluster {
         &self.caller.health
     }
 
-    /// A client without read timeout, for long-lived watches.
+    /// The executor's client, for long-lived watches (calls go through [`Caller`]).
     pub fn watch_client(&self) -> kube::Client {
-        self.watch_client.clone()
+        self.caller.client.clone()
     }
 
     fn pods(&self) -> Request {
@@ -445,13 +441,17 @@ fn in_cluster_api(url: &http::Uri) -> bool {
             .is_ok_and(|h| h.trim_matches(['[', ']']) == host.trim_matches(['[', ']']))
 }
 
-/// The kube configs of an executor: one for calls (read timeout, no built-in retry) and one
-/// for watches (no read timeout: a watch may be quiet for minutes). Also used by
-/// `preflight`, so that its checks reach the cluster exactly as the worker does.
-pub(crate) async fn client_configs(
+/// The kube config of an executor, for its calls and its watch. Also used by `preflight`, so
+/// that its checks reach the cluster exactly as the worker does.
+///
+/// No read timeout: a watch may be quiet for minutes, and every call is bounded by the
+/// caller's own timeout, whose expiry drops the request and so closes its connection.
+/// (hyper-timeout's read timeout also re-armed a timer on every read, waking the runtime's
+/// timer for nothing.)
+pub(crate) async fn client_config(
     config: &ExecutorConfig,
     timeout: Duration,
-) -> Result<(kube::Config, kube::Config), SetupError> {
+) -> Result<kube::Config, SetupError> {
     let k = &config.options.kubernetes;
     let mut cfg = if !k.kubeconfig.is_empty() {
         let kc = kube::config::Kubeconfig::read_from(&k.kubeconfig).map_err(|e| {
@@ -513,11 +513,8 @@ pub(crate) async fn client_configs(
     // Our breaker and retry own the policy; kube's built-in retry would hide failures.
     cfg.default_retry = false;
     cfg.connect_timeout = Some(timeout.min(Duration::from_secs(10)));
-    let mut watch = cfg.clone();
-    watch.read_timeout = None;
-    cfg.read_timeout = Some(timeout + Duration::from_secs(1));
-    cfg.reset_reader_on_write = true;
-    Ok((cfg, watch))
+    cfg.read_timeout = None;
+    Ok(cfg)
 }
 
 /// `buildcluster-worker/<version>`.

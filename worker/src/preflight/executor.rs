@@ -151,10 +151,10 @@ pub async fn check(name: &str, config: &ExecutorConfig, needed: &[Access]) -> Ex
     } else {
         k.host.clone()
     };
-    let built = crate::cluster::client_configs(config, config.options.fusebox.breaker.timeout)
+    let built = crate::cluster::client_config(config, config.options.fusebox.breaker.timeout)
         .await
         .map_err(|e| e.to_string())
-        .and_then(|(cfg, _)| {
+        .and_then(|cfg| {
             let host = cfg.cluster_url.to_string();
             kube::Client::try_from(cfg)
                 .map(|c| (c, host))
