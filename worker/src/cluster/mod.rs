@@ -536,4 +536,39 @@ mod tests {
             "a remote cluster keeps the system roots"
         );
     }
+
+    /// An API server that takes a request and never answers: the call must end at the call
+    /// timeout and its connection be closed (nothing else would ever free it).
+    #[tokio::test]
+    async fn a_call_cut_off_by_its_timeout_closes_its_connection() {
+        use std::time::Duration;
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (closed_tx, closed) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            // Reads the request, then waits for the client to close (a read of 0).
+            while conn.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+            let _ = closed_tx.send(());
+        });
+        let mut config = crate::config::ExecutorConfig::default();
+        config.options.kubernetes.host = format!("http://127.0.0.1:{port}");
+        config.options.kubernetes.token = crate::secret::Secret::new("t".to_string());
+        config.options.fusebox.breaker.timeout = Duration::from_millis(300);
+        config.options.requestretry.max_attempts = 1;
+        let (signals, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let cluster = super::Cluster::connect("east", &config, signals)
+            .await
+            .unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(10), cluster.get_pod("p"))
+            .await
+            .expect("the call ends at its own timeout");
+        assert!(answer.is_err(), "{answer:?}");
+        tokio::time::timeout(Duration::from_secs(10), closed)
+            .await
+            .expect("the connection of the cut-off call is closed")
+            .unwrap();
+    }
 }
