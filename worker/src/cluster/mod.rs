@@ -167,7 +167,7 @@ impl Cluster {
     }
 
     /// The executor's client, for long-lived watches (calls go through [`Caller`]).
-    pub fn watch_client(&self) -> kube::Client {
+    pub fn client(&self) -> kube::Client {
         self.caller.client.clone()
     }
 
@@ -445,9 +445,8 @@ fn in_cluster_api(url: &http::Uri) -> bool {
 /// that its checks reach the cluster exactly as the worker does.
 ///
 /// No read timeout: a watch may be quiet for minutes, and every call is bounded by the
-/// caller's own timeout, whose expiry drops the request and so closes its connection.
-/// (hyper-timeout's read timeout also re-armed a timer on every read, waking the runtime's
-/// timer for nothing.)
+/// caller's own timeout, whose expiry drops the request and so closes its connection; kube's
+/// would only add a timer re-armed at every read.
 pub(crate) async fn client_config(
     config: &ExecutorConfig,
     timeout: Duration,

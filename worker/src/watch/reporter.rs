@@ -261,8 +261,7 @@ impl Reporter {
     /// Reports until leadership is lost or `stop`; a stop takes effect between batches, so the
     /// events of the pods being evaluated are sent (and confirmed) first.
     async fn report(&self, leading: &mut watch::Receiver<bool>, stop: &CancellationToken) -> Ended {
-        let api: Api<WatchedPod> =
-            Api::namespaced(self.cluster.watch_client(), &self.cluster.namespace);
+        let api: Api<WatchedPod> = Api::namespaced(self.cluster.client(), &self.cluster.namespace);
         let selector = naming::executor_selector(&self.cluster.executor);
         let mut stream = watcher(api, watcher::Config::default().labels(&selector))
             .default_backoff()
