@@ -106,6 +106,11 @@ async fn concurrent_publishes_each_get_their_own_confirm() {
             .expect("a delivery")
             .expect("delivery");
         let body = String::from_utf8(delivery.data.clone()).expect("utf-8");
+        assert_eq!(
+            *delivery.properties.delivery_mode(),
+            Some(2),
+            "publish {body} is persistent, whichever channel carried it"
+        );
         arrived.insert(body.parse::<u32>().expect("an index"));
         delivery
             .acker

@@ -60,7 +60,7 @@ impl Pipeline {
             exchange: ShortString::from(out.exchange),
             routing_key: ShortString::from(out.routing_key),
             body: out.body.to_vec(),
-            properties: out.properties.with_delivery_mode(2),
+            properties: out.properties,
             written,
         };
         self.tx

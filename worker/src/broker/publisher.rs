@@ -127,6 +127,11 @@ impl Publisher {
     /// Publishes one message and waits for the broker's confirm.
     pub async fn publish(&self, out: Outgoing<'_>) -> Result<(), PublishError> {
         let channels = self.channels().await?;
+        // Persistent whichever channel carries it.
+        let out = Outgoing {
+            properties: out.properties.with_delivery_mode(2),
+            ..out
+        };
         let confirmation = if out.mandatory {
             publish_routed(&channels.routed, out).await?
         } else {
@@ -207,7 +212,7 @@ async fn publish_routed(
                 ..Default::default()
             },
             out.body,
-            out.properties.with_delivery_mode(2),
+            out.properties,
         )
         .await?;
     Ok(confirm.await?)
