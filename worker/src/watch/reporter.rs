@@ -5,9 +5,11 @@
 //!
 //! It is a reconcile loop: each look at a pod asks [`plan`] for the next step, given what the pod
 //! shows and the pod's [`Record`], carries the step out and tells the record how it went. The
-//! watch loop is its own rather than kube-runtime's `Controller`: a batch of watch events is
-//! evaluated concurrently (each step may wait for a publish confirm), the updates of one pod in
-//! their order, and a finished pod shrinks to the little its collection needs.
+//! watch loop is its own rather than kube-runtime's `Controller`: pods are evaluated
+//! concurrently, one evaluation per pod at a time (each step may wait for a publish confirm),
+//! and the watch is read on meanwhile: an update of a pod under evaluation waits for it, so a
+//! pod's updates are taken in their order. A finished pod shrinks to the little its collection
+//! needs.
 //!
 //! Event ids derive from (build, type, attempt of the pod), so a replica that takes over may
 //! repeat an event the previous one published, but never invents a different one.
@@ -19,6 +21,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -48,8 +51,11 @@ use crate::secret::Secret;
 use crate::status::{StatusUpdater, Update};
 use crate::telemetry::metrics;
 
-/// Watch events taken at once, and pods evaluated concurrently.
+/// Watch events taken at once, and pods evaluated concurrently at a resync.
 const EVENT_BATCH: usize = 256;
+/// Pods under evaluation past which the watch is not read until some are done: a broker that
+/// confirms slowly holds the reporter back rather than piling up evaluations.
+const MAX_EVALUATING: usize = EVENT_BATCH;
 /// How long after first seeing a pod its token Secret may still be missing (the launcher
 /// creates it right after the pod); past this, updates that need the token are skipped.
 const TOKEN_WAIT: Duration = Duration::from_secs(30);
@@ -150,6 +156,10 @@ struct Tracked {
     /// Pods this reporter deleted, until the watch says they are gone: updates of theirs that
     /// were on the way before the delete must not start their reports over.
     deleted: HashSet<String>,
+    /// Pods under evaluation (their tracks are with it), with the updates that came meanwhile.
+    busy: HashMap<String, Vec<Pod>>,
+    /// Pods under evaluation that are gone (deleted, or not in a relist): forgotten once back.
+    gone: HashSet<String>,
 }
 
 impl Tracked {
@@ -160,6 +170,8 @@ impl Tracked {
             self.live.retain(|uid, _| seen.contains(uid));
             self.done.retain(|uid, _| seen.contains(uid));
             self.deleted.retain(|uid| seen.contains(uid));
+            let gone = self.busy.keys().filter(|uid| !seen.contains(*uid));
+            self.gone.extend(gone.cloned());
         }
     }
 
@@ -193,6 +205,56 @@ impl Tracked {
         self.live.remove(uid);
         self.done.remove(uid);
         self.deleted.remove(uid);
+        if let Some(queued) = self.busy.get_mut(uid) {
+            queued.clear();
+            self.gone.insert(uid.to_owned());
+        }
+    }
+
+    /// Takes updates of one pod (in watch order): queued when the pod is under evaluation, else
+    /// its track with the first update and the rest, to evaluate now.
+    fn check_out(&mut self, uid: String, updates: Vec<Pod>) -> Option<Evaluation> {
+        if let Some(queued) = self.busy.get_mut(&uid) {
+            queued.extend(updates);
+            return None;
+        }
+        let mut updates = updates.into_iter();
+        let first = updates.next()?;
+        let track = match self.live.remove(&uid) {
+            Some(mut t) => {
+                t.pod = first;
+                t
+            }
+            None => self.first_seen(first),
+        };
+        self.busy.insert(uid.clone(), Vec::new());
+        Some((uid, track, updates.collect()))
+    }
+
+    /// Takes back a pod whose evaluation ended: the next evaluation if updates came meanwhile
+    /// and the pod still needs them, else keeps it.
+    fn back(&mut self, uid: String, mut track: Track) -> Option<Evaluation> {
+        let queued = self.busy.get_mut(&uid).map(std::mem::take);
+        let settles = track.record.deleted() || track.record.only_collection_left().is_some();
+        let mut queued = queued.unwrap_or_default().into_iter();
+        match queued.next() {
+            Some(next) if !settles && !self.gone.contains(&uid) => {
+                track.pod = next;
+                Some((uid, track, queued.collect()))
+            }
+            _ => {
+                self.put_back(uid, track);
+                None
+            }
+        }
+    }
+
+    /// Takes back a pod whose evaluation ended, whatever came meanwhile.
+    fn put_back(&mut self, uid: String, track: Track) {
+        self.busy.remove(&uid);
+        if !self.gone.remove(&uid) {
+            self.keep(uid, track);
+        }
     }
 
     /// Updates of this pod need nothing: its outcome is reported and only its collection is
@@ -224,6 +286,9 @@ impl Tracked {
         }
     }
 }
+
+/// A pod to evaluate: its uid, its track (holding the first update) and the updates after it.
+type Evaluation = (String, Track, Vec<Pod>);
 
 /// The build a pod belongs to, read from the pod.
 #[derive(Debug, Clone)]
@@ -258,8 +323,8 @@ impl Reporter {
         .await
     }
 
-    /// Reports until leadership is lost or `stop`; a stop takes effect between batches, so the
-    /// events of the pods being evaluated are sent (and confirmed) first.
+    /// Reports until leadership is lost or `stop`. Either way the evaluations under way end
+    /// first, so the events they are sending are confirmed (or given up) before it returns.
     async fn report(&self, leading: &mut watch::Receiver<bool>, stop: &CancellationToken) -> Ended {
         let api: Api<WatchedPod> = Api::namespaced(self.cluster.client(), &self.cluster.namespace);
         let selector = naming::executor_selector(&self.cluster.executor);
@@ -271,45 +336,58 @@ impl Reporter {
             handed_over: self.handover.take_found(),
             ..Tracked::default()
         };
+        let mut evaluating = FuturesUnordered::new();
         let mut tick = tokio::time::interval(self.resync);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
+        let ended = loop {
             tokio::select! {
                 biased;
-                () = stop.cancelled() => {
-                    self.handover.leave(tracked.note());
-                    return Ended::Stopped;
-                }
+                () = stop.cancelled() => break Ended::Stopped,
                 changed = leading.changed() => {
                     if changed.is_err() || !*leading.borrow() {
-                        return Ended::NotLeading;
+                        break Ended::NotLeading;
                     }
                 }
-                events = stream.next() => {
-                    let Some(events) = events else { return Ended::NotLeading };
-                    self.take_in(&mut tracked, events).await;
+                Some((uid, track)) = evaluating.next(), if !evaluating.is_empty() => {
+                    if let Some(next) = tracked.back(uid, track) {
+                        evaluating.push(self.evaluate_each(next));
+                    }
+                }
+                events = stream.next(), if evaluating.len() < MAX_EVALUATING => {
+                    let Some(events) = events else { break Ended::NotLeading };
+                    for next in self.take_in(&mut tracked, events) {
+                        evaluating.push(self.evaluate_each(next));
+                    }
                 }
                 _ = tick.tick() => self.resync(&mut tracked).await,
             }
+        };
+        while let Some((uid, track)) = evaluating.next().await {
+            tracked.put_back(uid, track);
         }
+        if ended == Ended::Stopped {
+            self.handover.leave(tracked.note());
+        }
+        ended
     }
 
-    /// Takes in a batch of watch events. Updates of different pods are handled concurrently
-    /// (each may wait for a publish confirm); the updates of one pod, and everything around a
-    /// relist or a deletion, keep their order.
-    async fn take_in(
+    /// Takes in a batch of watch events: the pods to evaluate now. Updates of a pod under
+    /// evaluation wait for it; a deletion or a relist forgets pods, those under evaluation once
+    /// it ends.
+    fn take_in(
         &self,
         tracked: &mut Tracked,
         events: Vec<Result<watcher::Event<WatchedPod>, watcher::Error>>,
-    ) {
+    ) -> Vec<Evaluation> {
         let mut applies = Vec::new();
+        let mut ready = Vec::new();
         for event in events {
             match event {
                 Ok(watcher::Event::InitApply(pod) | watcher::Event::Apply(pod)) => {
                     applies.push(pod.into_pod());
                 }
                 other => {
-                    self.apply(tracked, std::mem::take(&mut applies)).await;
+                    ready.extend(apply(tracked, std::mem::take(&mut applies)));
                     match other {
                         Ok(watcher::Event::Init) => tracked.relisting = Some(HashSet::new()),
                         Ok(watcher::Event::InitDone) => tracked.relisted(),
@@ -322,7 +400,18 @@ impl Reporter {
                 }
             }
         }
-        self.apply(tracked, applies).await;
+        ready.extend(apply(tracked, applies));
+        ready
+    }
+
+    /// Evaluates a pod's updates in their order, and gives its track back.
+    async fn evaluate_each(&self, (uid, mut track, rest): Evaluation) -> (String, Track) {
+        self.evaluate(&mut track).await;
+        for pod in rest {
+            track.pod = pod;
+            self.evaluate(&mut track).await;
+        }
+        (uid, track)
     }
 
     /// The periodic look: time-based verdicts of live pods, collection of finished ones.
@@ -349,56 +438,6 @@ impl Reporter {
             tracked.deleted.insert(uid);
         }
         tracked.settle();
-    }
-
-    /// Takes in pod updates (in watch order, already slimmed by [`WatchedPod::into_pod`]) and
-    /// evaluates each changed pod: pods concurrently, the updates of one pod in order.
-    async fn apply(&self, tracked: &mut Tracked, pods: Vec<Pod>) {
-        if pods.is_empty() {
-            return;
-        }
-        let mut order: HashMap<String, usize> = HashMap::new();
-        let mut groups: Vec<(String, Vec<Pod>)> = Vec::new();
-        for pod in pods {
-            let uid = pod.metadata.uid.clone().unwrap_or_default();
-            if let Some(seen) = tracked.relisting.as_mut() {
-                seen.insert(uid.clone());
-            }
-            // What changes now about a settled pod (its deletion) needs nothing but forgetting
-            // it, which the Delete event does.
-            if tracked.settled(&uid) {
-                continue;
-            }
-            match order.get(&uid) {
-                Some(&i) => groups[i].1.push(pod),
-                None => {
-                    order.insert(uid.clone(), groups.len());
-                    groups.push((uid, vec![pod]));
-                }
-            }
-        }
-        let work = groups.into_iter().map(|(uid, updates)| {
-            let mut updates = updates.into_iter();
-            let first = updates.next().expect("a group has an update");
-            let mut track = match tracked.live.remove(&uid) {
-                Some(mut t) => {
-                    t.pod = first;
-                    t
-                }
-                None => tracked.first_seen(first),
-            };
-            async move {
-                self.evaluate(&mut track).await;
-                for pod in updates {
-                    track.pod = pod;
-                    self.evaluate(&mut track).await;
-                }
-                (uid, track)
-            }
-        });
-        for (uid, track) in futures::future::join_all(work).await {
-            tracked.keep(uid, track);
-        }
     }
 
     fn policy(&self) -> Policy {
@@ -649,6 +688,35 @@ impl Reporter {
     }
 }
 
+/// Takes in pod updates (in watch order, already slimmed by [`WatchedPod::into_pod`]): the
+/// changed pods that are not under evaluation, to evaluate now.
+fn apply(tracked: &mut Tracked, pods: Vec<Pod>) -> Vec<Evaluation> {
+    let mut order: HashMap<String, usize> = HashMap::new();
+    let mut groups: Vec<(String, Vec<Pod>)> = Vec::new();
+    for pod in pods {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        if let Some(seen) = tracked.relisting.as_mut() {
+            seen.insert(uid.clone());
+        }
+        // What changes now about a settled pod (its deletion) needs nothing but forgetting
+        // it, which the Delete event does.
+        if tracked.settled(&uid) {
+            continue;
+        }
+        match order.get(&uid) {
+            Some(&i) => groups[i].1.push(pod),
+            None => {
+                order.insert(uid.clone(), groups.len());
+                groups.push((uid, vec![pod]));
+            }
+        }
+    }
+    groups
+        .into_iter()
+        .filter_map(|(uid, updates)| tracked.check_out(uid, updates))
+        .collect()
+}
+
 fn went(done: bool) -> Went {
     if done { Went::Done } else { Went::Failed }
 }
@@ -703,6 +771,79 @@ mod tests {
             t.record.apply(step, *went, Instant::now());
         }
         t
+    }
+
+    fn phase_of(track: &Track) -> Option<&str> {
+        track.pod.status.as_ref()?.phase.as_deref()
+    }
+
+    fn pod(phase: &str) -> Pod {
+        full_pod(json!({ "phase": phase }), Some("n1"), false)
+    }
+
+    #[test]
+    fn updates_of_a_pod_under_evaluation_wait_for_it_in_their_order() {
+        let mut tracked = Tracked::default();
+        let (uid, track, rest) = tracked.check_out("u".into(), vec![pod("Pending")]).unwrap();
+        assert_eq!((phase_of(&track), rest.len()), (Some("Pending"), 0));
+        assert!(
+            tracked
+                .check_out("u".into(), vec![pod("Running"), pod("Succeeded")])
+                .is_none(),
+            "a second evaluation of a pod never starts while one runs"
+        );
+        let (uid, track, rest) = tracked.back(uid, track).expect("the queued updates");
+        assert_eq!(phase_of(&track), Some("Running"));
+        assert_eq!(
+            rest.iter()
+                .map(|p| p.status.as_ref().unwrap().phase.as_deref())
+                .collect::<Vec<_>>(),
+            [Some("Succeeded")]
+        );
+        assert!(tracked.back(uid, track).is_none());
+        assert!(tracked.live.contains_key("u") && tracked.busy.is_empty());
+        assert!(
+            tracked
+                .check_out("u".into(), vec![pod("Running")])
+                .is_some(),
+            "once back, the pod's next update is evaluated at once"
+        );
+    }
+
+    #[test]
+    fn a_pod_gone_while_under_evaluation_is_forgotten_once_back() {
+        let mut tracked = Tracked::default();
+        let (deleted, deleted_track, _) =
+            tracked.check_out("d".into(), vec![pod("Running")]).unwrap();
+        let (unlisted, unlisted_track, _) =
+            tracked.check_out("r".into(), vec![pod("Running")]).unwrap();
+        assert!(
+            tracked
+                .check_out("d".into(), vec![pod("Succeeded")])
+                .is_none()
+        );
+        tracked.forget("d");
+        tracked.relisting = Some(HashSet::new());
+        tracked.relisted();
+        assert!(
+            tracked.back(deleted, deleted_track).is_none(),
+            "its queued update is dropped"
+        );
+        assert!(tracked.back(unlisted, unlisted_track).is_none());
+        assert!(tracked.live.is_empty() && tracked.done.is_empty());
+        assert!(tracked.busy.is_empty() && tracked.gone.is_empty());
+    }
+
+    #[test]
+    fn a_pod_deleted_by_its_evaluation_takes_no_queued_update() {
+        let mut tracked = Tracked::default();
+        let (uid, mut track, _) = tracked.check_out("x".into(), vec![pod("Failed")]).unwrap();
+        assert!(tracked.check_out("x".into(), vec![pod("Failed")]).is_none());
+        track
+            .record
+            .apply(&Step::Delete(Deletion::Collect), Went::Done, Instant::now());
+        assert!(tracked.back(uid, track).is_none());
+        assert!(tracked.settled("x") && tracked.live.is_empty());
     }
 
     #[test]
