@@ -211,6 +211,35 @@ impl Tracked {
         }
     }
 
+    /// Takes in pod updates (in watch order, already slimmed by [`WatchedPod::into_pod`]): the
+    /// changed pods that are not under evaluation, to evaluate now.
+    fn apply(&mut self, pods: Vec<Pod>) -> Vec<Evaluation> {
+        let mut order: HashMap<String, usize> = HashMap::new();
+        let mut groups: Vec<(String, Vec<Pod>)> = Vec::new();
+        for pod in pods {
+            let uid = pod.metadata.uid.clone().unwrap_or_default();
+            if let Some(seen) = self.relisting.as_mut() {
+                seen.insert(uid.clone());
+            }
+            // What changes now about a settled pod (its deletion) needs nothing but forgetting
+            // it, which the Delete event does.
+            if self.settled(&uid) {
+                continue;
+            }
+            match order.get(&uid) {
+                Some(&i) => groups[i].1.push(pod),
+                None => {
+                    order.insert(uid.clone(), groups.len());
+                    groups.push((uid, vec![pod]));
+                }
+            }
+        }
+        groups
+            .into_iter()
+            .filter_map(|(uid, updates)| self.check_out(uid, updates))
+            .collect()
+    }
+
     /// Takes updates of one pod (in watch order): queued when the pod is under evaluation, else
     /// its track with the first update and the rest, to evaluate now.
     fn check_out(&mut self, uid: String, updates: Vec<Pod>) -> Option<Evaluation> {
@@ -387,7 +416,7 @@ impl Reporter {
                     applies.push(pod.into_pod());
                 }
                 other => {
-                    ready.extend(apply(tracked, std::mem::take(&mut applies)));
+                    ready.extend(tracked.apply(std::mem::take(&mut applies)));
                     match other {
                         Ok(watcher::Event::Init) => tracked.relisting = Some(HashSet::new()),
                         Ok(watcher::Event::InitDone) => tracked.relisted(),
@@ -400,7 +429,7 @@ impl Reporter {
                 }
             }
         }
-        ready.extend(apply(tracked, applies));
+        ready.extend(tracked.apply(applies));
         ready
     }
 
@@ -686,35 +715,6 @@ impl Reporter {
             }
         }
     }
-}
-
-/// Takes in pod updates (in watch order, already slimmed by [`WatchedPod::into_pod`]): the
-/// changed pods that are not under evaluation, to evaluate now.
-fn apply(tracked: &mut Tracked, pods: Vec<Pod>) -> Vec<Evaluation> {
-    let mut order: HashMap<String, usize> = HashMap::new();
-    let mut groups: Vec<(String, Vec<Pod>)> = Vec::new();
-    for pod in pods {
-        let uid = pod.metadata.uid.clone().unwrap_or_default();
-        if let Some(seen) = tracked.relisting.as_mut() {
-            seen.insert(uid.clone());
-        }
-        // What changes now about a settled pod (its deletion) needs nothing but forgetting
-        // it, which the Delete event does.
-        if tracked.settled(&uid) {
-            continue;
-        }
-        match order.get(&uid) {
-            Some(&i) => groups[i].1.push(pod),
-            None => {
-                order.insert(uid.clone(), groups.len());
-                groups.push((uid, vec![pod]));
-            }
-        }
-    }
-    groups
-        .into_iter()
-        .filter_map(|(uid, updates)| tracked.check_out(uid, updates))
-        .collect()
 }
 
 fn went(done: bool) -> Went {
