@@ -262,20 +262,14 @@ impl Tracked {
 
     /// Takes back a pod whose evaluation ended: the next evaluation if updates came meanwhile
     /// and the pod still needs them, else keeps it.
-    fn back(&mut self, uid: String, mut track: Track) -> Option<Evaluation> {
+    fn back(&mut self, uid: String, track: Track) -> Option<Evaluation> {
         let queued = self.busy.get_mut(&uid).map(std::mem::take);
-        let settles = track.record.deleted() || track.record.only_collection_left().is_some();
-        let mut queued = queued.unwrap_or_default().into_iter();
-        match queued.next() {
-            Some(next) if !settles && !self.gone.contains(&uid) => {
-                track.pod = next;
-                Some((uid, track, queued.collect()))
-            }
-            _ => {
-                self.put_back(uid, track);
-                None
-            }
-        }
+        self.put_back(uid.clone(), track);
+        // Kept live: neither gone nor settled by the evaluation (which `keep` decides).
+        let live = self.live.contains_key(&uid);
+        queued
+            .filter(|q| live && !q.is_empty())
+            .and_then(|q| self.check_out(uid, q))
     }
 
     /// Takes back a pod whose evaluation ended, whatever came meanwhile.
